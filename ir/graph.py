@@ -1,0 +1,387 @@
+"""The IR graph: SSA values, nodes and the graph that owns them.
+
+Every edit goes through this API so the graph is valid after each call: a value has exactly one
+producer (a node output, a graph input or a constant), knows its uses, and nodes stay in a
+topological order. Constants hold their numpy array by reference; treat those arrays as
+immutable and make a new constant instead of writing into one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import IRError
+from .schema import InferContext, get_schema
+from .types import DType, TensorType, types_compatible
+
+# Small integer constants carry their contents as a symbolic value, so shape chains fold.
+_SYM_MAX_ELEMENTS = 64
+
+
+class Value:
+    """An SSA value. ``producer`` is the node that defines it (None for graph inputs and
+    constants); ``uses`` lists ``(node, input_index)`` pairs."""
+
+    __slots__ = ("name", "type", "producer", "uses", "const", "_sym", "graph", "__weakref__")
+
+    def __init__(self, graph: "Graph", name: str, type: TensorType, producer: "Node | None" = None,
+                 const: np.ndarray | None = None):
+        self.graph = graph
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.uses: list[tuple[Node, int]] = []
+        self.const = const
+        self._sym: tuple | None = None
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+    @property
+    def shape(self):
+        return self.type.shape
+
+    @property
+    def is_constant(self) -> bool:
+        return self.const is not None
+
+    @property
+    def is_graph_input(self) -> bool:
+        return self.producer is None and self.const is None
+
+    @property
+    def sym(self) -> tuple | None:
+        """Known contents of a small integer tensor, as dims (ints or symbol names)."""
+        if self.const is not None:
+            c = self.const
+            if c.dtype.kind in "iu" and c.ndim <= 1 and c.size <= _SYM_MAX_ELEMENTS:
+                return tuple(int(x) for x in c.reshape(-1))
+            return None
+        return self._sym
+
+    def replace_all_uses_with(self, other: "Value") -> None:
+        """Point every use (and graph output) of this value at ``other``."""
+        if other is self:
+            return
+        for node, i in list(self.uses):
+            node.set_input(i, other)
+        g = self.graph
+        g.outputs = [other if o is self else o for o in g.outputs]
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+class Node:
+    """One op application. Attributes are typed per the op's schema (defaults filled in)."""
+
+    __slots__ = ("graph", "op", "name", "attrs", "_inputs", "outputs", "__weakref__")
+
+    def __init__(self, graph: "Graph", op: str, name: str, attrs: dict[str, Any]):
+        self.graph = graph
+        self.op = op
+        self.name = name
+        self.attrs = attrs
+        self._inputs: list[Value | None] = []
+        self.outputs: list[Value] = []
+
+    @property
+    def inputs(self) -> tuple[Value | None, ...]:
+        return tuple(self._inputs)
+
+    def input(self, i: int) -> Value | None:
+        return self._inputs[i] if i < len(self._inputs) else None
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise IRError(f"node {self.name} ({self.op}) has {len(self.outputs)} outputs")
+        return self.outputs[0]
+
+    def set_input(self, i: int, value: Value | None) -> None:
+        old = self._inputs[i]
+        if old is value:
+            return
+        if old is not None:
+            old.uses.remove((self, i))
+        self._inputs[i] = value
+        if value is not None:
+            value.uses.append((self, i))
+
+    def attr(self, name: str) -> Any:
+        return self.attrs[name]
+
+    def __repr__(self) -> str:
+        ins = ", ".join("%" + v.name if v is not None else "none" for v in self._inputs)
+        outs = ", ".join("%" + v.name for v in self.outputs)
+        return f"<{outs} = {self.op}({ins}) @{self.name}>"
+
+
+_NAME_OK = re.compile(r"[A-Za-z0-9_.\-:/]+")
+
+
+class Graph:
+    """A dataflow graph with named inputs, outputs, constants and a topologically ordered list
+    of nodes."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self.constants: dict[str, Value] = {}
+        self.metadata: dict[str, str] = {}
+        self._names: set[str] = set()
+        self._node_names: set[str] = set()
+        self._counter = itertools.count()
+
+    # -- naming ---------------------------------------------------------------------------
+    def unique_name(self, hint: str | None = None) -> str:
+        base = hint or "v"
+        if base not in self._names:
+            return base
+        while True:
+            cand = f"{base}_{next(self._counter)}"
+            if cand not in self._names:
+                return cand
+
+    def _claim(self, name: str | None, hint: str) -> str:
+        if name is None:
+            name = self.unique_name(hint)
+        elif name in self._names:
+            raise IRError(f"value name {name!r} is already defined")
+        self._names.add(name)
+        return name
+
+    def _node_name(self, name: str | None, op: str) -> str:
+        base = name or op.lower()
+        cand = base
+        while cand in self._node_names:
+            cand = f"{base}_{next(self._counter)}"
+        self._node_names.add(cand)
+        return cand
+
+    # -- construction ---------------------------------------------------------------------
+    def add_input(self, name: str, type: TensorType) -> Value:
+        v = Value(self, self._claim(name, "input"), type)
+        self.inputs.append(v)
+        return v
+
+    def add_constant(self, array: np.ndarray | Any, name: str | None = None) -> Value:
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
+        v = Value(self, self._claim(name, "const"), TensorType.of(array), const=array)
+        self.constants[v.name] = v
+        return v
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        attrs: dict[str, Any] | None = None,
+        *,
+        num_outputs: int = 1,
+        name: str | None = None,
+        output_names: Sequence[str | None] | None = None,
+        output_types: Sequence[TensorType | None] | None = None,
+        before: Node | None = None,
+        after: Node | None = None,
+    ) -> Node:
+        """Create a node, infer its output types and insert it (at the end by default).
+
+        ``output_types`` may refine what inference finds (a frontend that knows a shape
+        inference cannot prove); they must be compatible with the inferred types.
+        """
+        schema = get_schema(op)
+        if schema is None:
+            raise IRError(f"unknown op {op!r}")
+        if output_names is not None:
+            num_outputs = len(output_names)
+        node_name = self._node_name(name, op)
+        where = f"node {node_name} ({op})"
+        for v in inputs:
+            if v is not None and v.graph is not self:
+                raise IRError(f"{where}: input %{v.name} belongs to another graph")
+        n_in = len(inputs)
+        while n_in and inputs[n_in - 1] is None:
+            n_in -= 1
+        inputs = list(inputs[:n_in])
+        if n_in < schema.min_inputs or n_in > schema.max_inputs:
+            raise IRError(f"{where}: takes {schema.min_inputs}..{schema.max_inputs} inputs, got {n_in}")
+        if not schema.output_count_ok(num_outputs):
+            raise IRError(f"{where}: cannot have {num_outputs} outputs")
+        resolved = schema.resolve_attrs(dict(attrs or {}), where)
+        ctx = InferContext(op, inputs, resolved, num_outputs)
+        try:
+            types = schema.infer(ctx)
+        except IRError as e:
+            raise IRError(f"{where}: {e}") from None
+        except (ValueError, IndexError, TypeError) as e:
+            raise IRError(f"{where}: type inference failed: {e}") from None
+        if len(types) != num_outputs:
+            raise IRError(f"{where}: inference gave {len(types)} outputs, expected {num_outputs}")
+        if output_types is not None:
+            types = [_refine(t, d, where) for t, d in zip(types, output_types)]
+        node = Node(self, op, node_name, resolved)
+        for i, v in enumerate(inputs):
+            node._inputs.append(None)
+            node.set_input(i, v)
+        for i, t in enumerate(types):
+            oname = output_names[i] if output_names is not None else None
+            node.outputs.append(Value(self, self._claim(oname, node_name), t, producer=node))
+        if schema.sym is not None:
+            try:
+                syms = schema.sym(ctx)
+            except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError):
+                syms = [None] * num_outputs
+            for out, s in zip(node.outputs, syms):
+                out._sym = None if s is None else tuple(s)
+        self._insert(node, before, after)
+        return node
+
+    def _insert(self, node: Node, before: Node | None, after: Node | None) -> None:
+        if before is not None:
+            self.nodes.insert(self.nodes.index(before), node)
+        elif after is not None:
+            self.nodes.insert(self.nodes.index(after) + 1, node)
+        else:
+            self.nodes.append(node)
+
+    def op(self, op: str, *inputs: Value | None, **attrs: Any) -> Value:
+        """Shorthand for single-output nodes appended at the end: ``g.op("Add", a, b)``."""
+        return self.add_node(op, inputs, attrs).output
+
+    def set_outputs(self, values: Iterable[Value]) -> None:
+        self.outputs = list(values)
+
+    # -- removal --------------------------------------------------------------------------
+    def remove_node(self, node: Node) -> None:
+        """Remove a node whose outputs are unused (graph outputs count as uses)."""
+        outs = set(map(id, self.outputs))
+        for v in node.outputs:
+            if v.uses or id(v) in outs:
+                raise IRError(f"cannot remove {node.name}: output %{v.name} is still used")
+        for i in range(len(node._inputs)):
+            node.set_input(i, None)
+        self.nodes.remove(node)
+        self._node_names.discard(node.name)
+        for v in node.outputs:
+            self._names.discard(v.name)
+
+    def remove_constant(self, value: Value) -> None:
+        if value.uses or value in self.outputs:
+            raise IRError(f"cannot remove constant %{value.name}: still used")
+        del self.constants[value.name]
+        self._names.discard(value.name)
+
+    def rename_value(self, value: Value, name: str) -> None:
+        if name == value.name:
+            return
+        if name in self._names:
+            raise IRError(f"value name {name!r} is already defined")
+        self._names.discard(value.name)
+        if value.is_constant:
+            del self.constants[value.name]
+            self.constants[name] = value
+        value.name = name
+        self._names.add(name)
+
+    # -- queries --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self.nodes))
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def values(self) -> Iterator[Value]:
+        yield from self.inputs
+        yield from self.constants.values()
+        for n in self.nodes:
+            yield from n.outputs
+
+    def value(self, name: str) -> Value:
+        for v in self.values():
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.outputs]
+
+    def to_networkx(self):
+        """A DiGraph over nodes (edges follow data flow)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(self.nodes)
+        for n in self.nodes:
+            for v in n._inputs:
+                if v is not None and v.producer is not None:
+                    g.add_edge(v.producer, n)
+        return g
+
+    def toposort(self) -> None:
+        """Restore a topological node order (stable with respect to the current order)."""
+        import networkx as nx
+
+        order = {n: i for i, n in enumerate(self.nodes)}
+        g = self.to_networkx()
+        try:
+            self.nodes = list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+        except nx.NetworkXUnfeasible:
+            raise IRError("the graph has a cycle") from None
+
+    def parameter_count(self) -> int:
+        return int(sum(v.const.size for v in self.constants.values() if v.dtype.is_float))
+
+    def clone(self) -> "Graph":
+        """A structural copy; constant arrays are shared, not copied."""
+        g = Graph(self.name)
+        g.metadata = dict(self.metadata)
+        vmap: dict[int, Value] = {}
+        for v in self.inputs:
+            vmap[id(v)] = g.add_input(v.name, v.type)
+        for v in self.constants.values():
+            vmap[id(v)] = g.add_constant(v.const, v.name)
+        for n in self.nodes:
+            m = Node(g, n.op, g._node_name(n.name, n.op), dict(n.attrs))
+            for i, v in enumerate(n._inputs):
+                m._inputs.append(None)
+                m.set_input(i, None if v is None else vmap[id(v)])
+            for o in n.outputs:
+                nv = Value(g, g._claim(o.name, m.name), o.type, producer=m)
+                nv._sym = o._sym
+                m.outputs.append(nv)
+                vmap[id(o)] = nv
+            g.nodes.append(m)
+        g.outputs = [vmap[id(v)] for v in self.outputs]
+        return g
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.constants)} constants>"
+
+
+def _refine(inferred: TensorType, declared: TensorType | None, where: str) -> TensorType:
+    if declared is None:
+        return inferred
+    if not types_compatible(declared, inferred):
+        raise IRError(f"{where}: declared type {declared} conflicts with inferred {inferred}")
+    if inferred.shape is None:
+        return declared
+    if declared.shape is None:
+        return inferred
+    shape = tuple(i if i is not None else d for i, d in zip(inferred.shape, declared.shape))
+    return TensorType(inferred.dtype, shape)
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME_OK.fullmatch(name))
