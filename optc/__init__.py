@@ -1,3 +1,11 @@
-"""optc: a compiler-style graph optimizer for neural networks."""
+"""optc: a compiler-style graph optimizer for neural networks.
+
+The package root re-exports the everyday API; submodules (``optc.ir``, ``optc.frontend``, ...)
+are the layers DESIGN.md describes.
+"""
 
 __version__ = "0.1.0"
+
+from .api import load_inputs, load_model, run_reference, save_outputs  # noqa: E402
+
+__all__ = ["__version__", "load_inputs", "load_model", "run_reference", "save_outputs"]

@@ -146,7 +146,19 @@ def _compare(ctx):
     return [TensorType(DType.BOOL, broadcast_shapes(ctx.shape(0), ctx.shape(1)))]
 
 
-for _name in ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"):
+def _equal_dims(a, b):
+    """1/0 when the comparison is decided: symbolic dims are never negative."""
+    if a == b and a is not None:
+        return 1
+    if isinstance(a, int) and isinstance(b, int):
+        return 0
+    if (isinstance(a, str) and isinstance(b, int) and b < 0) or (isinstance(b, str) and isinstance(a, int) and a < 0):
+        return 0
+    return None
+
+
+op("Equal", ["A", "B"], sym=_elementwise_sym(_equal_dims))(_compare)
+for _name in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual"):
     op(_name, ["A", "B"])(_compare)
 
 
@@ -170,7 +182,18 @@ for _name in ("Max", "Min", "Sum", "Mean"):
     op(_name, ["data_0*"])(_variadic)
 
 
-@op("Where", ["condition", "X", "Y"])
+def _where_sym(ctx):
+    c, x, y = ctx.sym(0), ctx.sym(1), ctx.sym(2)
+    if c is None or x is None or y is None or any(not isinstance(v, int) for v in c):
+        return [None]
+    n = max(len(c), len(x), len(y))
+    c, x, y = (t * n if len(t) == 1 else t for t in (c, x, y))
+    if not len(c) == len(x) == len(y) == n:
+        return [None]
+    return [tuple(a if k else b for k, a, b in zip(c, x, y))]
+
+
+@op("Where", ["condition", "X", "Y"], sym=_where_sym)
 def _where(ctx):
     if ctx.dtype(0) is not DType.BOOL:
         raise ctx.fail("condition must be bool")

@@ -371,7 +371,16 @@ def _pad(ctx):
     return [t.with_shape(shape)]
 
 
-@op("ConstantOfShape", ["input"], ["output"], attrs={"value": A(TENSOR, None)})
+def _constant_of_shape_sym(ctx):
+    target, value = ctx.sym(0), ctx.attr("value")
+    if target is None or len(target) != 1 or not isinstance(target[0], int) or target[0] > 64:
+        return [None]
+    if value is None or value.dtype.kind not in "iub":
+        return [None]
+    return [(int(value.reshape(-1)[0]),) * target[0]]
+
+
+@op("ConstantOfShape", ["input"], ["output"], attrs={"value": A(TENSOR, None)}, sym=_constant_of_shape_sym)
 def _constant_of_shape(ctx):
     value = ctx.attr("value")
     dtype = DType.FLOAT32 if value is None else DType.from_numpy(value.dtype)

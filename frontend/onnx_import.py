@@ -1,0 +1,292 @@
+"""ONNX → IR.
+
+Reads the model with onnx (external data resolved next to the model file, and refused when it
+points outside that folder), walks it with onnx-graphsurgeon, and maps each node onto the IR
+op of the same name, normalizing older-opset spellings (reduction axes as attributes, ...) to
+the IR's single canonical form. Shape-computation chains are folded afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from ..ir import DType, Graph, IRError, ModelFileError, TensorType, UnsupportedOpError, get_schema
+from ..ir.folding import fold_graph
+
+MIN_OPSET = 13
+
+_ONNX_TO_DTYPE = {
+    onnx.TensorProto.FLOAT: DType.FLOAT32,
+    onnx.TensorProto.FLOAT16: DType.FLOAT16,
+    onnx.TensorProto.BFLOAT16: DType.BFLOAT16,
+    onnx.TensorProto.DOUBLE: DType.FLOAT64,
+    onnx.TensorProto.INT8: DType.INT8,
+    onnx.TensorProto.INT16: DType.INT16,
+    onnx.TensorProto.INT32: DType.INT32,
+    onnx.TensorProto.INT64: DType.INT64,
+    onnx.TensorProto.UINT8: DType.UINT8,
+    onnx.TensorProto.UINT16: DType.UINT16,
+    onnx.TensorProto.UINT32: DType.UINT32,
+    onnx.TensorProto.UINT64: DType.UINT64,
+    onnx.TensorProto.BOOL: DType.BOOL,
+}
+DTYPE_TO_ONNX = {v: k for k, v in _ONNX_TO_DTYPE.items()}
+
+# Attributes the IR does not model, accepted only at the value that means "no change".
+_IGNORED_ATTRS: dict[str, dict[str, Any]] = {
+    "Cast": {"saturate": 1, "round_mode": "up"},
+    "CastLike": {"saturate": 1, "round_mode": "up"},
+    "BatchNormalization": {"spatial": 1},
+    "Dropout": {"seed": None},
+    "Split": {},
+}
+
+# Ops whose `axes` moved from an attribute to an input (opset 18 for the reductions).
+_AXES_ATTR_TO_INPUT = {
+    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+    "ReduceLogSumExp", "ReduceSumSquare", "ReduceSum", "Squeeze", "Unsqueeze",
+}
+
+
+def dtype_from_onnx(code: int, where: str = "") -> DType:
+    try:
+        return _ONNX_TO_DTYPE[code]
+    except KeyError:
+        name = onnx.TensorProto.DataType.Name(code) if code in onnx.TensorProto.DataType.values() else str(code)
+        raise UnsupportedOpError(f"{where}element type {name} is not supported") from None
+
+
+def load_onnx_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file and its external data, with one-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+        raise ModelFileError(f"{path}: not a valid ONNX model ({_first_line(e) or 'cannot parse protobuf'})") from None
+    if not model.HasField("graph"):
+        raise ModelFileError(f"{path}: not a valid ONNX model (no graph)")
+    _load_external_data(model, path.parent.resolve(), path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(base):
+            raise ModelFileError(f"{path}: external data of tensor {tensor.name!r} points outside the model's folder ({location})")
+        if not target.is_file():
+            raise ModelFileError(f"{path}: external data file {location} of tensor {tensor.name!r} is missing")
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        with open(target, "rb") as f:
+            f.seek(offset)
+            data = f.read(int(length)) if length is not None else f.read()
+        if length is not None and len(data) != int(length):
+            raise ModelFileError(f"{path}: external data file {location} is truncated (tensor {tensor.name!r})")
+        tensor.raw_data = data
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def import_onnx(model: onnx.ModelProto | str | os.PathLike, *, fold: bool = True) -> Graph:
+    """Convert an ONNX model (or a path to one) into an IR graph."""
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx_model(model)
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        model = _upgrade(model, opset)
+        opset = MIN_OPSET
+    try:
+        g = gs.import_onnx(model)
+    except Exception as e:  # graphsurgeon raises plain exceptions for malformed graphs
+        raise ModelFileError(f"malformed ONNX graph: {_first_line(e)}") from None
+    return _Importer(opset).run(g, fold)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return MIN_OPSET
+
+
+def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    try:
+        from onnx import version_converter
+
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:
+        raise UnsupportedOpError(f"opset {opset} is older than {MIN_OPSET} and could not be upgraded: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class _Importer:
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.graph = Graph()
+        self.values: dict[str, Any] = {}
+
+    def run(self, g: gs.Graph, fold: bool) -> Graph:
+        graph = self.graph
+        graph.name = _clean_name(g.name or "main")
+        constants = {name: t for name, t in g.tensors().items() if isinstance(t, gs.Constant)}
+        for t in g.inputs:
+            if t.name in constants:
+                continue  # an initializer listed as input: a constant with a default value
+            self.values[t.name] = graph.add_input(t.name, self._type_of(t, f"input {t.name!r}"))
+        for name, t in constants.items():
+            self.values[name] = graph.add_constant(self._array(t), name)
+        for node in g.nodes:
+            self._node(node)
+        outputs = []
+        for t in g.outputs:
+            if t.name not in self.values:
+                raise ModelFileError(f"graph output {t.name!r} is not produced by any node")
+            outputs.append(self.values[t.name])
+        graph.set_outputs(outputs)
+        if fold:
+            fold_graph(graph)
+        return graph
+
+    # -- tensors -----------------------------------------------------------------------
+    def _type_of(self, t: gs.Variable, where: str) -> TensorType:
+        if t.dtype is None:
+            raise ModelFileError(f"{where} has no element type")
+        dtype = DType.from_numpy(t.dtype) if not isinstance(t.dtype, int) else dtype_from_onnx(t.dtype, f"{where}: ")
+        if t.shape is None:
+            return TensorType(dtype, None)
+        dims = []
+        for i, d in enumerate(t.shape):
+            if isinstance(d, int) and d >= 0:
+                dims.append(d)
+            elif isinstance(d, str) and d:
+                dims.append(_symbol(d))
+            else:
+                dims.append(_symbol(f"{t.name}_d{i}"))
+        return TensorType(dtype, tuple(dims))
+
+    def _array(self, t: gs.Constant) -> np.ndarray:
+        try:
+            values = t.values
+        except Exception as e:
+            raise ModelFileError(f"initializer {t.name!r} cannot be read: {_first_line(e)}") from None
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "biuf":
+            raise UnsupportedOpError(f"initializer {t.name!r} has unsupported element type {arr.dtype}")
+        return arr
+
+    def _input(self, t: gs.Tensor | None):
+        if t is None or t.name == "":
+            return None
+        if t.name not in self.values:
+            if isinstance(t, gs.Constant):
+                self.values[t.name] = self.graph.add_constant(self._array(t), t.name)
+            else:
+                raise ModelFileError(f"tensor {t.name!r} is used before it is defined (graph not topologically sorted?)")
+        return self.values[t.name]
+
+    # -- nodes -------------------------------------------------------------------------
+    def _node(self, node: gs.Node) -> None:
+        where = f"node {node.name or '<unnamed>'} ({node.op}, opset {self.opset})"
+        if node.domain not in (None, "", "ai.onnx"):
+            raise UnsupportedOpError(f"unsupported op {node.domain}.{node.op} at {where}")
+        if node.op == "Constant":
+            self._constant(node, where)
+            return
+        schema = get_schema(node.op)
+        if schema is None:
+            raise UnsupportedOpError(f"unsupported op {node.op} at {where}")
+        inputs = [self._input(t) for t in node.inputs]
+        attrs = self._attrs(node, schema, where)
+        inputs = self._normalize(node, inputs, attrs, where)
+        outs = [t.name for t in node.outputs]
+        n_out = len(outs)
+        while n_out > 1 and outs[n_out - 1] == "":
+            n_out -= 1  # trailing optional outputs that are not requested
+        names = [o if o else None for o in outs[:n_out]]
+        for o in names:
+            if o is not None and o in self.values:
+                raise ModelFileError(f"tensor {o!r} is defined twice (at {where})")
+        try:
+            ir_node = self.graph.add_node(node.op, inputs, attrs, output_names=names, name=node.name or None)
+        except UnsupportedOpError:
+            raise
+        except IRError as e:
+            raise IRError(f"{where}: {e}") from None
+        for name, v in zip(names, ir_node.outputs):
+            if name is not None:
+                self.values[name] = v
+
+    def _constant(self, node: gs.Node, where: str) -> None:
+        (key, value), = node.attrs.items() if len(node.attrs) == 1 else ((None, None),)
+        if key == "value":
+            arr = self._array(value)
+        elif key in ("value_float", "value_int"):
+            arr = np.array(value, dtype=np.float32 if key == "value_float" else np.int64)
+        elif key in ("value_floats", "value_ints"):
+            arr = np.array(value, dtype=np.float32 if key == "value_floats" else np.int64)
+        else:
+            raise UnsupportedOpError(f"Constant with attribute {key!r} is not supported at {where}")
+        name = node.outputs[0].name
+        self.values[name] = self.graph.add_constant(arr, name)
+
+    def _attrs(self, node: gs.Node, schema, where: str) -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        ignorable = _IGNORED_ATTRS.get(node.op, {})
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Constant):
+                value = self._array(value)
+            elif isinstance(value, gs.Graph):
+                raise UnsupportedOpError(f"unsupported op {node.op} with a subgraph attribute at {where}")
+            if key in schema.attrs:
+                if key in ("to", "dtype") and isinstance(value, (int, np.integer)):
+                    value = dtype_from_onnx(int(value), f"{where}: ")
+                attrs[key] = value
+            elif key in ignorable and (ignorable[key] is None or value == ignorable[key]):
+                continue
+            elif key == "axes" and node.op in _AXES_ATTR_TO_INPUT:
+                attrs["__axes__"] = value
+            elif node.op == "Split" and key == "split":
+                attrs["__split__"] = value
+            else:
+                raise UnsupportedOpError(f"unsupported attribute {key}={value!r} of {node.op} at {where}")
+        return attrs
+
+    def _normalize(self, node: gs.Node, inputs: list, attrs: dict, where: str) -> list:
+        """Rewrite older spellings into the IR's canonical (newest-ONNX) form."""
+        if "__axes__" in attrs:
+            axes = attrs.pop("__axes__")
+            inputs = inputs[:1] + [self.graph.add_constant(np.array(axes, dtype=np.int64))]
+        if "__split__" in attrs:
+            split = attrs.pop("__split__")
+            inputs = inputs[:1] + [self.graph.add_constant(np.array(split, dtype=np.int64))]
+        return inputs
+
+
+def _symbol(name: str) -> str:
+    """A dim_param as an identifier, so symbolic arithmetic can use it."""
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    if not out or out[0].isdigit():
+        out = "d_" + out
+    return out
+
+
+def _clean_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in name) or "main"

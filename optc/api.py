@@ -1,0 +1,55 @@
+"""The Python API behind the CLI: load a model, run it, read and write input/output files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .ir import Graph, OptcError
+
+
+def load_model(path: str | os.PathLike) -> Graph:
+    """Import an ``.onnx`` or ``.pt2`` model file into the IR."""
+    from .frontend import load_model as _load
+
+    return _load(path)
+
+
+def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a graph through the reference interpreter (the numeric ground truth)."""
+    from .ir.interpreter import run
+
+    return run(graph, inputs)
+
+
+def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` of named input arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptcError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise OptcError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def save_outputs(path: str | os.PathLike, outputs: dict[str, np.ndarray]) -> Path:
+    """Write named arrays as ``.npz`` atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise OptcError(f"{path}: output file must end in .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **outputs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
