@@ -128,6 +128,9 @@ class OpSchema:
             spec = self.attrs.get(key)
             if spec is None:
                 raise IRError(f"{where}: {self.name} has no attribute {key!r}")
+            if value is None and spec.default is None:
+                out[key] = None  # explicitly absent; lets resolved attrs be resolved again
+                continue
             try:
                 out[key] = coerce_attr(spec.kind, value)
             except TypeError as e:
