@@ -246,10 +246,20 @@ def _layernorm(ctx):
     t = ctx.type(0)
     outs = [t]
     if ctx.num_outputs > 1:
-        axis = norm_axis(ctx.attr("axis"), t.rank)
-        stat = t.with_shape(tuple(t.shape[:axis]) + (1,) * (t.rank - axis)).with_dtype(DType.FLOAT32)
+        # Mean and InvStdDev have the stash type (as ONNX's type inference says).
+        stash = _STASH_DTYPES.get(ctx.attr("stash_type"))
+        if stash is None:
+            raise ctx.fail(f"unsupported stash_type {ctx.attr('stash_type')}")
+        if t.shape is None:
+            stat = TensorType(stash, None)
+        else:
+            axis = norm_axis(ctx.attr("axis"), t.rank)
+            stat = TensorType(stash, tuple(t.shape[:axis]) + (1,) * (t.rank - axis))
         outs += [stat] * (ctx.num_outputs - 1)
     return outs
+
+
+_STASH_DTYPES = {1: DType.FLOAT32, 10: DType.FLOAT16, 11: DType.FLOAT64, 16: DType.BFLOAT16}
 
 
 @op("RMSNormalization", ["X", "scale"], ["Y"], attrs={"axis": A(INT, -1), "epsilon": A(FLOAT, 1e-5), "stash_type": A(INT, 1)})

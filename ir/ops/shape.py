@@ -86,7 +86,8 @@ def _flatten(ctx):
     axis = ctx.attr("axis")
     if not -r <= axis <= r:
         raise ctx.fail(f"axis {axis} out of range for rank {r}")
-    axis %= r + 1 if axis < 0 else r + 1
+    if axis < 0:
+        axis += r
     return [t.with_shape((mul_dims(t.shape[:axis]), mul_dims(t.shape[axis:])))]
 
 
@@ -239,7 +240,7 @@ def sliced_extent(dim, start, end, step):
         s = min(max(start + dim if start < 0 else start, 0), dim)
         e = min(max(end + dim if end < 0 else end, 0), dim)
         return max(0, -(-(e - s) // step))
-    s = min(max(start + dim if start < 0 else start, -1), dim - 1)
+    s = min(max(start + dim if start < 0 else start, 0), dim - 1)  # ONNX clamps to [0, dim-1]
     e = min(max(end + dim if end < 0 else end, -1), dim - 1)
     return max(0, -(-(s - e) // -step))
 
