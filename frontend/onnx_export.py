@@ -41,7 +41,7 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
         t = tensors.get(id(v))
         if t is None:
             if v.is_constant:
-                t = gs.Constant(v.name, np.ascontiguousarray(v.const))
+                t = gs.Constant(v.name, v.const)  # already C-contiguous; keeps 0-d arrays 0-d
             else:
                 t = gs.Variable(v.name, dtype=v.dtype.numpy, shape=_dims(v.type.shape))
             tensors[id(v)] = t

@@ -45,7 +45,7 @@ _IGNORED_ATTRS: dict[str, dict[str, Any]] = {
     "CastLike": {"saturate": 1, "round_mode": "up"},
     "BatchNormalization": {"spatial": 1},
     "Dropout": {"seed": None},
-    "Split": {},
+    "Attention": {"softcap": 0.0, "qk_matmul_output_mode": 0, "softmax_precision": None},
 }
 
 # Ops whose `axes` moved from an attribute to an input (opset 18 for the reductions).
@@ -106,7 +106,8 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike, *, fold: bool = True
     """Convert an ONNX model (or a path to one) into an IR graph."""
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx_model(model)
-    opset = _default_opset(model)
+    source_opset = opset = _default_opset(model)
+    _check_value_kinds(model)
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
         opset = MIN_OPSET
@@ -114,7 +115,17 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike, *, fold: bool = True
         g = gs.import_onnx(model)
     except Exception as e:  # graphsurgeon raises plain exceptions for malformed graphs
         raise ModelFileError(f"malformed ONNX graph: {_first_line(e)}") from None
-    return _Importer(opset).run(g, fold)
+    return _Importer(opset, source_opset).run(g, fold)
+
+
+def _check_value_kinds(model: onnx.ModelProto) -> None:
+    """The IR holds tensors only: refuse sequence, optional and map values up front."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        kind = vi.type.WhichOneof("value")
+        if kind not in (None, "tensor_type"):
+            raise UnsupportedOpError(f"value {vi.name!r} has a {kind.replace('_type', '')} type; only tensors are supported")
+        if kind == "tensor_type" and vi.type.tensor_type.elem_type:
+            dtype_from_onnx(vi.type.tensor_type.elem_type, f"value {vi.name!r}: ")
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -138,8 +149,9 @@ def _first_line(e: BaseException) -> str:
 
 
 class _Importer:
-    def __init__(self, opset: int):
+    def __init__(self, opset: int, source_opset: int):
         self.opset = opset
+        self.source_opset = source_opset
         self.graph = Graph()
         self.values: dict[str, Any] = {}
 
@@ -169,7 +181,10 @@ class _Importer:
     def _type_of(self, t: gs.Variable, where: str) -> TensorType:
         if t.dtype is None:
             raise ModelFileError(f"{where} has no element type")
-        dtype = DType.from_numpy(t.dtype) if not isinstance(t.dtype, int) else dtype_from_onnx(t.dtype, f"{where}: ")
+        try:
+            dtype = DType.from_numpy(t.dtype) if not isinstance(t.dtype, int) else dtype_from_onnx(t.dtype, f"{where}: ")
+        except TypeError:
+            raise UnsupportedOpError(f"{where} has unsupported element type {t.dtype}") from None
         if t.shape is None:
             return TensorType(dtype, None)
         dims = []
@@ -185,7 +200,9 @@ class _Importer:
     def _array(self, t: gs.Constant) -> np.ndarray:
         try:
             values = t.values
-        except Exception as e:
+        except (ValueError, TypeError, KeyError) as e:
+            if "type" in str(e).lower():
+                raise UnsupportedOpError(f"initializer {t.name!r} has an unsupported element type ({_first_line(e)})") from None
             raise ModelFileError(f"initializer {t.name!r} cannot be read: {_first_line(e)}") from None
         arr = np.asarray(values)
         if arr.dtype.kind not in "biuf":
@@ -274,10 +291,26 @@ class _Importer:
         if "__axes__" in attrs:
             axes = attrs.pop("__axes__")
             inputs = inputs[:1] + [self.graph.add_constant(np.array(axes, dtype=np.int64))]
+        if node.op == "Attention" and (len(inputs) > 4 or len(node.outputs) > 1):
+            raise UnsupportedOpError(f"Attention with a KV cache (past/present inputs or outputs) is not supported at {where}")
+        if node.op == "Dropout" and len(inputs) > 2 and inputs[2] is not None:
+            mode = inputs[2].const
+            if mode is None or bool(mode):
+                raise UnsupportedOpError(f"training-mode Dropout is not supported (inference only) at {where}")
+        if node.op == "PRelu" and self.source_opset < 7 and inputs[1].is_constant:
+            inputs = self._legacy_prelu_slope(inputs)
         if "__split__" in attrs:
             split = attrs.pop("__split__")
             inputs = inputs[:1] + [self.graph.add_constant(np.array(split, dtype=np.int64))]
         return inputs
+
+    def _legacy_prelu_slope(self, inputs: list) -> list:
+        """Before opset 7 a 1-D slope applied along the channel axis (1), not the last axis."""
+        x, slope = inputs
+        if slope.const.ndim == 1 and x.type.rank and x.type.rank > 2 and slope.const.size > 1:
+            c = slope.const.reshape((-1,) + (1,) * (x.type.rank - 2))
+            slope = self.graph.add_constant(c)
+        return [x, slope]
 
 
 def _symbol(name: str) -> str:

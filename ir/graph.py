@@ -221,7 +221,7 @@ class Graph:
         try:
             types = schema.infer(ctx)
         except IRError as e:
-            raise IRError(f"{where}: {e}") from None
+            raise type(e)(f"{where}: {e}") from None
         except (ValueError, IndexError, TypeError) as e:
             raise IRError(f"{where}: type inference failed: {e}") from None
         if len(types) != num_outputs:

@@ -86,7 +86,7 @@ def export_onnx(model, inputs: Mapping, path: str | os.PathLike, *, dynamo: bool
         if dynamo:
             dims = dynamic_dims(inputs, max_seq)
             torch.onnx.export(wrapped, args, str(path), input_names=names, output_names=output_names,
-                              dynamic_shapes=tuple(dims[k] for k in names), dynamo=True, verbose=False)
+                              dynamic_shapes=(tuple(dims[k] for k in names),), dynamo=True, verbose=False)
         else:
             axes = {k: {0: "batch", 1: "seq"} if inputs[k].dim() == 2 else {0: "batch"} for k in names}
             torch.onnx.export(wrapped, args, str(path), input_names=names, output_names=output_names,

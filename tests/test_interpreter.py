@@ -825,7 +825,7 @@ def _attention_ref(q, k, v, mask=None, scale=None, causal=False):
         s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
     if causal:
         sq, sk = q.shape[2], k.shape[2]
-        s = np.where(np.tril(np.ones((sq, sk), bool), sk - sq), s, -np.inf)
+        s = np.where(np.tril(np.ones((sq, sk), bool)), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
     return (p / p.sum(-1, keepdims=True)) @ v
 

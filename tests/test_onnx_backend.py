@@ -16,7 +16,10 @@ from optc.backend import ReferenceBackend, ReferenceRep
 from optc.ir import UnsupportedOpError
 
 # name pattern (regex, as onnx's BackendTest.exclude takes) -> why it cannot pass.
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "test_attention_4d_causal_fp16_expanded": "2 of 192 elements differ by one fp16 ulp from the stored "
+    "reference: optc's fp16 MatMul/Softmax accumulate in float32, the reference rounds every step",
+}
 
 
 class _SkipUnsupported(ReferenceBackend):

@@ -349,22 +349,28 @@ def _lrn(node, x):
 # -- attention ---------------------------------------------------------------------------------
 @kernel("Attention")
 def _attention(node, q, k, v, mask=None):
-    """softmax(Q Kᵀ · scale + mask) V with grouped-query heads; see the op's docstring. A query
-    row whose keys are all masked out gives zeros (torch's scaled_dot_product_attention)."""
+    """softmax(Q Kᵀ · scale + mask) V with grouped-query heads; see the op's docstring. Half
+    precision inputs are computed in float32 (as ONNX Runtime does). A query row whose keys are
+    all masked out gives zeros (torch's scaled_dot_product_attention)."""
     hq, hk = q.shape[1], k.shape[1]
     if hq % hk:
         raise ValueError(f"query heads {hq} are not a multiple of key/value heads {hk}")
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.float()
     attn_mask = mask
     if node.attrs["is_causal"]:
         sq, sk = q.shape[2], k.shape[2]
-        # Bottom-right aligned: query i sees keys j <= i + (sk - sq).
-        causal = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
+        # Top-left aligned, as torch and ONNX (without a KV cache): query i sees keys j <= i.
+        causal = torch.ones(sq, sk, dtype=torch.bool).tril()
         if mask is None:
             attn_mask = causal
         elif mask.dtype == torch.bool:
             attn_mask = mask & causal
         else:
             attn_mask = torch.where(causal, mask, torch.full((), float("-inf"), dtype=mask.dtype))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=node.attrs["scale"],
-                                          enable_gqa=hq != hk)
-
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=node.attrs["scale"],
+                                         enable_gqa=hq != hk)
+    return out.to(dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import IRError
+from ..errors import IRError, UnsupportedOpError
 from ..symbolic import add_dims, mul_dims
 from ..types import DType, TensorType
 from ._common import FLOAT, INT, INTS, STRING, A, broadcast_shapes, norm_axis, op, require_float, require_same_dtype, same_float_type
@@ -225,13 +225,13 @@ op("GlobalAveragePool", ["X"])(_global_pool)
 op("GlobalMaxPool", ["X"])(_global_pool)
 
 
-@op("BatchNormalization", ["X", "scale", "B", "input_mean", "input_var"], ["Y"],
+@op("BatchNormalization", ["X", "scale", "B", "input_mean", "input_var"], ["Y", "running_mean?", "running_var?"],
     attrs={"epsilon": A(FLOAT, 1e-5), "momentum": A(FLOAT, 0.9), "training_mode": A(INT, 0)})
 def _batchnorm(ctx):
     """Inference form: (x - mean) / sqrt(var + eps) * scale + B over channel axis 1."""
     require_float(ctx, 0)
-    if ctx.attr("training_mode"):
-        raise ctx.fail("training_mode=1 is not supported (inference only)")
+    if ctx.attr("training_mode") or ctx.num_outputs > 1:
+        raise UnsupportedOpError("training-mode BatchNormalization (running statistics) is not supported (inference only)")
     return [ctx.type(0)]
 
 
@@ -287,7 +287,8 @@ def _attention(ctx):
     softmax(Q Kᵀ · scale + mask) V. K and V may have fewer heads than Q (grouped-query
     attention: each KV head serves heads_q / heads_kv query heads). A bool mask keeps
     positions where it is true; a float mask is added to the scores. ``is_causal`` hides
-    future positions (aligned to the end when the key sequence is longer)."""
+    future positions: query i sees keys j <= i (top-left aligned, as torch's
+    scaled_dot_product_attention and ONNX's Attention without a KV cache)."""
     require_float(ctx, 0)
     dt = require_same_dtype(ctx, [0, 1, 2])
     q, k, v = ctx.shape(0), ctx.shape(1), ctx.shape(2)
