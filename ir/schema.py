@@ -153,6 +153,11 @@ def register(schema: OpSchema) -> OpSchema:
     return schema
 
 
+def unregister(name: str) -> None:
+    """Remove an op (for plugins and tests that register temporary ops)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_schema(op: str) -> OpSchema | None:
     _ensure_loaded()
     return _REGISTRY.get(op)

@@ -13,14 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optc.ir import DType, Graph, IRError, TensorType
-from optc.ir.schema import AttrKind, AttrSpec, OpSchema, get_schema, register
+from optc.ir.schema import AttrKind, AttrSpec, OpSchema, register, unregister
 from optc.ir.text import elided_weights, parse_graph, print_graph
 
 F32 = DType.FLOAT32
 I64 = DType.INT64
 
-# An op carrying every attribute kind (no core op has float/string lists yet).
-if get_schema("TestAttrKinds") is None:
+@pytest.fixture(autouse=True, scope="module")
+def attr_kinds_op():
+    """An op carrying every attribute kind (no core op has float/string lists yet), registered
+    only while this module runs so other tests see the real catalog."""
     register(OpSchema(
         "TestAttrKinds", ("X",), ("Y",), lambda ctx: [ctx.type(0)],
         {
@@ -30,6 +32,8 @@ if get_schema("TestAttrKinds") is None:
             "dt": AttrSpec(AttrKind.DTYPE, None), "req": AttrSpec(AttrKind.INT),
         },
     ))
+    yield
+    unregister("TestAttrKinds")
 
 
 # -- helpers --------------------------------------------------------------------------------------
