@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from optc import load_model, run_reference, zoo
-from optc.ir.analysis import summarize
+from optc.ir.analysis import bind_dims, summarize
 
 OUTPUTS = ["last_hidden_state", "pooler_output"]
 
@@ -55,7 +55,7 @@ def main() -> int:
         t = time.perf_counter()
         graph = load_model(path)
         t_import = time.perf_counter() - t
-        info = summarize(graph).to_json({"batch": 2, "seq": args.seq, "s0": 2, "s1": args.seq})
+        info = summarize(graph).to_json(bind_dims(graph, {k: v.shape for k, v in feed.items()}))
         times, got = [], None
         for _ in range(args.repeat):
             t = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 from .graph import Graph, Node
 from .symbolic import Monomial, mul_dims
@@ -143,6 +144,17 @@ def summarize(graph: Graph) -> GraphSummary:
         inputs=[_describe(v) for v in graph.inputs],
         outputs=[_describe(v) for v in graph.outputs],
     )
+
+
+def bind_dims(graph: Graph, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """The sizes of the graph's named symbolic dims, read off concrete input shapes."""
+    dims: dict[str, int] = {}
+    for v in graph.inputs:
+        if v.name in shapes and v.type.shape is not None:
+            for d, n in zip(v.type.shape, shapes[v.name]):
+                if isinstance(d, str) and d.isidentifier():
+                    dims.setdefault(d, int(n))
+    return dims
 
 
 def _describe(v) -> dict:

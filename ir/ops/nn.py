@@ -95,6 +95,12 @@ def _conv_out(d, k, s, dil, p0, p1):
     return (d + p0 + p1 - dil * (k - 1) - 1) // s + 1
 
 
+def _window(ctx, n: int, default_kernel) -> tuple[list, list, list]:
+    """Kernel extent, strides and dilations of an n-D sliding window (conv or pool)."""
+    kernel = list(ctx.attr("kernel_shape") or default_kernel)
+    return kernel, list(ctx.attr("strides") or [1] * n), list(ctx.attr("dilations") or [1] * n)
+
+
 def _spatial_pads(ctx, spatial, kernel, strides, dilations, transposed=False):
     n = len(spatial)
     pads = list(ctx.attr("pads") or [0] * (2 * n))
@@ -131,9 +137,7 @@ def _conv(ctx):
     if x is None or w is None:
         return [TensorType(dt, None)]
     n = len(x) - 2
-    kernel = list(ctx.attr("kernel_shape") or w[2:])
-    strides = list(ctx.attr("strides") or [1] * n)
-    dil = list(ctx.attr("dilations") or [1] * n)
+    kernel, strides, dil = _window(ctx, n, w[2:])
     pads = _spatial_pads(ctx, x[2:], kernel, strides, dil)
     if pads is None:
         return [TensorType(dt, (x[0], w[0]) + (None,) * n)]
@@ -151,9 +155,7 @@ def _conv_transpose(ctx):
     cout = mul_dims([w[1], ctx.attr("group")])
     if ctx.attr("output_shape"):
         return [TensorType(dt, (x[0], cout) + tuple(ctx.attr("output_shape")[-n:]))]
-    kernel = list(ctx.attr("kernel_shape") or w[2:])
-    strides = list(ctx.attr("strides") or [1] * n)
-    dil = list(ctx.attr("dilations") or [1] * n)
+    kernel, strides, dil = _window(ctx, n, w[2:])
     opad = list(ctx.attr("output_padding") or [0] * n)
     auto = ctx.attr("auto_pad")
     sp = []
@@ -186,9 +188,7 @@ def _pool(ctx):
     if x is None:
         return [t] * ctx.num_outputs
     n = len(x) - 2
-    kernel = list(ctx.attr("kernel_shape"))
-    strides = list(ctx.attr("strides") or [1] * n)
-    dil = list(ctx.attr("dilations") or [1] * n)
+    kernel, strides, dil = _window(ctx, n, ())
     pads = _spatial_pads(ctx, x[2:], kernel, strides, dil)
     sp = []
     for i in range(n):

@@ -38,6 +38,12 @@ def _size(ctx):
     return [TensorType(DType.INT64, ())]
 
 
+def _length_of(ctx, i: int) -> int | None:
+    """The static length of 1-D input ``i`` (a shape operand): the rank it describes."""
+    n = ctx.shape(i)
+    return n[0] if n and isinstance(n[0], int) else None
+
+
 def reshape_target(in_shape, target, allowzero: bool):
     """The output shape of Reshape(in_shape -> target); target entries may be symbolic."""
     out = list(target)
@@ -71,9 +77,7 @@ def _reshape(ctx):
         c = ctx.const(1)
         target = None if c is None else [int(x) for x in c]
     if target is None:
-        n = ctx.shape(1)
-        rank = n[0] if n and isinstance(n[0], int) else None
-        return [t.with_shape(unknown_shape_of_rank(rank))]
+        return [t.with_shape(unknown_shape_of_rank(_length_of(ctx, 1)))]
     return [t.with_shape(reshape_target(t.shape, target, bool(ctx.attr("allowzero"))))]
 
 
@@ -264,7 +268,6 @@ def _slice(ctx):
         return [t]
     parts = _slice_dims(ctx)
     if parts is None:
-        n = ctx.shape(1)
         axes = const_ints(ctx, 3) if ctx.has(3) else None
         shape = list(t.shape)
         if axes is not None:
@@ -331,8 +334,7 @@ def _expand(ctx):
     t = ctx.type(0)
     target = ctx.sym(1)
     if target is None:
-        n = ctx.shape(1)
-        rank = n[0] if n and isinstance(n[0], int) else None
+        rank = _length_of(ctx, 1)
         if rank is None or t.shape is None:
             return [t.with_shape(unknown_shape_of_rank(rank))]
         return [t.with_shape(unknown_shape_of_rank(max(rank, t.rank)))]
@@ -387,9 +389,7 @@ def _constant_of_shape(ctx):
     dtype = DType.FLOAT32 if value is None else DType.from_numpy(value.dtype)
     target = ctx.sym(0)
     if target is None:
-        n = ctx.shape(0)
-        rank = n[0] if n and isinstance(n[0], int) else None
-        return [TensorType(dtype, unknown_shape_of_rank(rank))]
+        return [TensorType(dtype, unknown_shape_of_rank(_length_of(ctx, 0)))]
     return [TensorType(dtype, tuple(target))]
 
 
