@@ -242,14 +242,36 @@ class _Importer:
             if o is not None and o in self.values:
                 raise ModelFileError(f"tensor {o!r} is defined twice (at {where})")
         try:
-            ir_node = self.graph.add_node(node.op, inputs, attrs, output_names=names, name=node.name or None)
-        except UnsupportedOpError:
-            raise
+            if "__heads__" in attrs:
+                outputs = self._attention_3d(node, inputs, attrs, names)
+            else:
+                outputs = self.graph.add_node(node.op, inputs, attrs, output_names=names, name=node.name or None).outputs
         except IRError as e:
-            raise IRError(f"{where}: {e}") from None
-        for name, v in zip(names, ir_node.outputs):
+            raise type(e)(f"{where}: {e}") from None
+        for name, v in zip(names, outputs):
             if name is not None:
                 self.values[name] = v
+
+    def _attention_3d(self, node: gs.Node, inputs: list, attrs: dict, names: list) -> list:
+        """ONNX Attention on [batch, seq, heads*head_dim] tensors: split the heads out, run the
+        IR's 4-D Attention, and merge them back."""
+        heads = attrs.pop("__heads__")
+        q, k, v = inputs[:3]
+        mask = inputs[3] if len(inputs) > 3 else None
+        g = self.graph
+        to_bhsd = g.add_constant(np.array([0, 0, 0, -1], np.int64))
+
+        def split_heads(x, n):
+            shape = to_bhsd if n is None else g.add_constant(np.array([0, 0, n, -1], np.int64))
+            return g.op("Transpose", g.op("Reshape", x, shape), perm=(0, 2, 1, 3))
+
+        hq, hk = heads.get("q_num_heads"), heads.get("kv_num_heads")
+        if hq is None or hk is None:
+            raise UnsupportedOpError("3-D Attention needs both q_num_heads and kv_num_heads")
+        y = g.op("Attention", split_heads(q, hq), split_heads(k, hk), split_heads(v, hk), mask, **attrs)
+        merged = g.op("Transpose", y, perm=(0, 2, 1, 3))
+        merge = g.add_constant(np.array([0, 0, -1], np.int64))
+        return g.add_node("Reshape", [merged, merge], output_names=names[:1], name=node.name or None).outputs
 
     def _constant(self, node: gs.Node, where: str) -> None:
         (key, value), = node.attrs.items() if len(node.attrs) == 1 else ((None, None),)
@@ -280,6 +302,8 @@ class _Importer:
                 continue
             elif key == "axes" and node.op in _AXES_ATTR_TO_INPUT:
                 attrs["__axes__"] = value
+            elif node.op == "Attention" and key in ("q_num_heads", "kv_num_heads"):
+                attrs.setdefault("__heads__", {})[key] = int(value)
             elif node.op == "Split" and key == "split":
                 attrs["__split__"] = value
             else:
