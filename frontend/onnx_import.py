@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from ..ir import DType, Graph, IRError, ModelFileError, TensorType, UnsupportedOpError, get_schema
 from ..ir.folding import fold_graph
+from ..ir.verifier import verify
 
 MIN_OPSET = 13
 
@@ -175,6 +176,7 @@ class _Importer:
         graph.set_outputs(outputs)
         if fold:
             fold_graph(graph)
+        verify(graph)  # an importer bug must surface here, not as a wrong answer later
         return graph
 
     # -- tensors -----------------------------------------------------------------------
