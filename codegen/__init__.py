@@ -1,1 +1,1 @@
-"""Placeholder package: filled by a later issue."""
+"""Codegen: IR → TVM Relax (+ TIR with optc's default schedules) → a built module per target."""

@@ -1,1 +1,6 @@
-"""Placeholder package: filled by a later issue."""
+"""Targets: x86-64 today; arm64 (cross-compiled, NEON) and CUDA slot in through the same
+interface (``targets.base.Target``)."""
+
+from .base import Target, TargetError, get_target, known_targets
+
+__all__ = ["Target", "TargetError", "get_target", "known_targets"]
