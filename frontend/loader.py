@@ -23,7 +23,7 @@ def load_model(path: str | os.PathLike) -> Graph:
 
         return import_onnx(path)
     if suffix == ".pt2":
-        from .torch_import import load_pt2
+        from .pytorch import load_pt2
 
         return load_pt2(path)
     raise ModelFileError(f"{path}: unknown model format {suffix or '(no suffix)'}; expected one of {', '.join(SUFFIXES)}")

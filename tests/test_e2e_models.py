@@ -15,7 +15,7 @@ import models
 from optc import zoo
 from optc.frontend.onnx_export import save_onnx
 from optc.frontend.onnx_import import import_onnx
-from optc.frontend.torch_import import export_module
+from optc.frontend.pytorch import export_module
 from optc.ir.interpreter import run
 from optc.ir.text import parse_graph, print_graph
 from optc.ir.verifier import verify

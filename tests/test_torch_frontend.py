@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.export import Dim
 
 import models
-from optc.frontend.torch_import import export_module, import_exported_program, load_pt2
+from optc.frontend.pytorch import export_module, import_exported_program, load_pt2
 from optc.ir import DType, UnsupportedOpError
 
 TOL = 1e-5
@@ -344,12 +344,12 @@ def test_unmapped_ops_fall_back_to_decomposition():
 
 def test_refused_native_mapping_falls_back_to_decomposition(monkeypatch):
     """A mapped op whose handler refuses a particular use is decomposed instead."""
-    from optc.frontend import torch_import as ti
+    from optc.frontend.pytorch import registry
 
     def refuse(m, node, a):
         raise UnsupportedOpError("no")
 
-    monkeypatch.setitem(ti._HANDLERS, torch.ops.aten.silu.default, refuse)
+    monkeypatch.setitem(registry.HANDLERS, torch.ops.aten.silu.default, refuse)
     model = MLP().eval()
     x = torch.randn(2, 3, 16)
     g = export_module(model, (x,))

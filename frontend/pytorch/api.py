@@ -1,0 +1,83 @@
+"""The entry points: import an ``ExportedProgram``, a ``.pt2`` file, or an ``nn.Module`` (exported
+here). An import that meets unmapped ops decomposes them first, and one whose handler refuses a
+particular use of a mapped op is retried with that op decomposed too."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Sequence
+
+import torch
+
+from ...ir import Graph, ModelFileError, UnsupportedOpError
+from .decomposition import Refused, decompose, unmapped_nodes
+from .importer import Importer
+from .naming import names_from_spec, recover_dim_names
+from .registry import target_name
+
+
+def import_exported_program(ep: "torch.export.ExportedProgram", *, dim_names: dict[str, str] | None = None,
+                            name: str = "main") -> Graph:
+    """Convert an exported program to an IR graph (see ``optc.frontend.pytorch``).
+
+    ``dim_names`` renames symbolic dims; keys are shape-environment symbols (``"s43"``) or the
+    recovered ``torch.export.Dim`` names (``"seq"``)."""
+    return _import(ep, dim_names or {}, name, {})
+
+
+def load_pt2(path: str | os.PathLike, *, dim_names: dict[str, str] | None = None) -> Graph:
+    """Load a ``.pt2`` written by ``torch.export.save`` and import it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        ep = torch.export.load(path)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a bad file for the user
+        raise ModelFileError(f"{path}: not a loadable torch.export archive ({type(e).__name__}: {e})") from None
+    return import_exported_program(ep, dim_names=dim_names, name=_graph_name(path))
+
+
+def export_module(module: torch.nn.Module, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                  dynamic_shapes: Any = None, *, dim_names: dict[str, str] | None = None) -> Graph:
+    """``torch.export.export(module, args, kwargs, dynamic_shapes=..., strict=False)`` in eval
+    mode, then import. ``Dim`` names in ``dynamic_shapes`` name the graph's symbolic dims."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, tuple(args), dict(kwargs or {}), dynamic_shapes=dynamic_shapes, strict=False)
+    finally:
+        module.train(was_training)
+    return _import(ep, dim_names or {}, type(module).__name__, names_from_spec(ep, dynamic_shapes))
+
+
+def _import(ep, dim_names: dict[str, str], name: str, spec_names: dict[str, str]) -> Graph:
+    names = recover_dim_names(ep)
+    names.update(spec_names)
+    original = ep
+    # Natively mapped ops whose handler refused a particular use (an adaptive pool to size 2,
+    # ...): decomposed like unmapped ops on the next attempt.
+    refused: set = set()
+    while True:
+        ep = original
+        unmapped = unmapped_nodes(ep.graph_module, refused)
+        if unmapped:
+            ep = decompose(ep, unmapped, refused)
+            still = unmapped_nodes(ep.graph_module, refused)
+            if still:
+                node = still[0]
+                raise UnsupportedOpError(
+                    f"torch frontend: no mapping for {target_name(node.target)} (fx node {node.name})"
+                )
+        try:
+            return Importer(ep, names, dim_names, name).run()
+        except Refused as r:
+            if r.op in refused:
+                raise r.error from None
+            refused.add(r.op)
+
+
+def _graph_name(path: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.splitext(os.path.basename(path))[0])
+    return base or "main"
