@@ -3,16 +3,72 @@
 ``relax_passes(target)`` run on the Relax module before legalization (e.g. rewriting a matmul
 with a constant weight into a kernel that reads the weight pre-packed at compile time), and
 ``schedule_rules(target)`` are dlight-style rules applied to every TIR function after fusion.
+
+What runs where (CPU targets):
+
+=====================  =====================================  ==============================
+piece                  matches                                 file
+=====================  =====================================  ==============================
+PackDenseWeights       relax ``matmul(x, W)``, W a 2-D f32      dense.py
+ (Relax pass)          constant (or permute_dims of one)
+DenseRule              PrimFuncs with an ``optc_dense_pad``    dense.py
+                       block (+ fused elementwise epilogue)
+MatmulRule             matmul/batch-matmul reduction blocks    matmul.py
+                       ``C[.., i, j] += A[.., i, k] * B[.., k, j]``
+                       (either operand transposed) + epilogue
+ReductionRule          softmax / layer norm / other row        reduction.py
+                       reductions (+ elementwise around them)
+ElementwiseRule        spatial-only PrimFuncs                  elementwise.py
+=====================  =====================================  ==============================
 """
 
 from __future__ import annotations
 
 
 def relax_passes(target) -> list:
-    """Relax passes that choose kernel implementations and weight layouts for ``target``."""
-    return []
+    """Relax passes that choose kernel implementations and weight layouts for ``target``.
+
+    They expect weights bound as ``relax.Constant`` (e.g. after ``relax.transform.BindParams``)
+    and must run before ``LegalizeOps``.
+    """
+    if target.kind != "cpu":
+        return []
+    from .dense import PackDenseWeights
+
+    return [PackDenseWeights(target)]
 
 
 def schedule_rules(target) -> list:
-    """Schedule rules, most specific first, for ``tvm.s_tir.dlight.ApplyDefaultSchedule``."""
-    return []
+    """Schedule rules, most specific first, for ``tvm.s_tir.dlight.ApplyDefaultSchedule``.
+
+    Apply after ``LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR``.
+    """
+    if target.kind != "cpu":
+        return []
+    from .dense import DenseRule
+
+    rules = [DenseRule(target)]
+    try:
+        from .matmul import MatmulRule
+        from .reduction import ReductionRule
+        from .elementwise import ElementwiseRule
+    except ImportError:  # pragma: no cover - while the rules are being written
+        return rules
+    return rules + [MatmulRule(target), ReductionRule(target), ElementwiseRule(target)]
+
+
+def finalize_passes(target) -> list:
+    """Passes to run on the module *after* the Relax finalize passes (VMShapeLower), right before
+    ``tvm.compile``.
+
+    ``MarkShapeFuncsNoAlias``: TVM 0.27's LLVM codegen drops per-buffer alias info (TBAA) for
+    every function of a module as soon as one PrimFunc lacks ``tirx.noalias`` -- and the
+    ``shape_func`` that VMShapeLower adds for symbolic shapes lacks it. Without alias info LLVM
+    cannot keep matmul accumulators in registers (they are re-stored every FMA): the dense
+    kernel runs 2x slower. Shape funcs have a single buffer parameter, so marking them is safe.
+    """
+    if target.kind != "cpu":
+        return []
+    from .common import MarkShapeFuncsNoAlias
+
+    return [MarkShapeFuncsNoAlias()]

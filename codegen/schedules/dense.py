@@ -1,0 +1,274 @@
+"""Dense layers with constant weights: pre-packed weights, a register-blocked kernel, fused epilogues.
+
+Two halves:
+
+``PackDenseWeights`` (a Relax pass, before legalization) rewrites ``matmul(x, W)`` where ``W`` is a
+2-D constant (also ``matmul(x, permute_dims(W))``) into a ``call_tir`` of optc's dense kernel that
+reads the weight packed as ``[ceil(N/nb), K, nb]`` -- the packing happens once, here, in numpy. The
+kernel computes into a row/column padded buffer ``optc_dense_pad`` (rows padded to the register tile
+by clamping the row index of ``x``, columns by zero weight columns), so the schedule never needs a
+predicate in its inner loop, even for a symbolic number of rows; the copy block ``optc_dense_out``
+writes the real ``[..., N]`` result. The PrimFunc is marked ``op_pattern = kOutEWiseFusable`` so
+FuseOps fuses elementwise/broadcast epilogues (bias add, GELU, residual add) into it.
+
+``DenseRule`` (a dlight-style rule, after FuseOps/FuseTIR) schedules any PrimFunc holding an
+``optc_dense_pad`` block: register tile ``mi x nb`` (accumulators in registers), vectorized over
+the ``nb`` packed lanes, K unrolled, column panels parallel over the cores, and the epilogue blocks
+inlined into one block computed per tile right after the accumulation (so the output is written
+once, straight from registers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm.sym.analyzer import Analyzer
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .common import K_OUT_EWISE_FUSABLE, CPUTiles, block_name, extent, find_block, largest_divisor, vectorize_inner
+
+DENSE_BLOCK = "optc_dense_pad"
+OUT_BLOCK = "optc_dense_out"
+KERNEL_ATTR = "optc.kernel"
+
+
+def pack_weight(w: np.ndarray, nb: int) -> np.ndarray:
+    """[K, N] -> [ceil(N/nb), K, nb], zero-padding the last panel."""
+    k, n = w.shape
+    npad = -(-n // nb) * nb
+    if npad != n:
+        w = np.concatenate([w, np.zeros((k, npad - n), w.dtype)], axis=1)
+    return np.ascontiguousarray(w.reshape(k, npad // nb, nb).transpose(1, 0, 2))
+
+
+def _unflatten(r, lead):
+    """Indices of the leading dims for flattened row ``r`` (constant-1 dims give 0)."""
+    idx = []
+    nonunit = [d for d in lead if not (isinstance(d, tirx.IntImm) and int(d) == 1)]
+    seen = 0
+    for d in reversed(lead):
+        if isinstance(d, tirx.IntImm) and int(d) == 1:
+            idx.append(tirx.const(0, "int64"))
+            continue
+        seen += 1
+        if seen == len(nonunit):          # outermost non-unit dim: no modulo needed (r < M)
+            idx.append(r)
+        else:
+            idx.append(tirx.floormod(r, d))
+            r = tirx.floordiv(r, d)
+    idx.reverse()
+    return idx
+
+
+def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str):
+    """TE of the packed dense: x [..., K] x wp [Nb, K, nb] -> [..., n]."""
+    lead = [tirx.Cast("int64", d) if str(d.ty) != "int64" else d for d in x.shape[:-1]]
+    kdim = x.shape[-1]
+    nblk, _, nb = wp.shape
+    m = tirx.const(1, "int64")
+    for d in lead:
+        m = m * d
+    m = Analyzer().simplify(m)
+    mp = (m + (mi - 1)) // mi * mi
+    k = te.reduce_axis((0, kdim), name="k")
+
+    def row(i):
+        return _unflatten(tirx.min(i, m - 1), lead)
+
+    def body(i, j):
+        xv = x[tuple(row(i)) + (k,)]
+        wv = wp[j // nb, k, j % nb]
+        if out_dtype != str(x.dtype):
+            xv, wv = xv.astype(out_dtype), wv.astype(out_dtype)
+        return te.sum(xv * wv, axis=k)
+
+    c = te.compute((mp, nblk * nb), body, name=DENSE_BLOCK, attrs={"optc.dense_nb": int(nb), "optc.dense_mi": int(mi)})
+
+    def out_body(*idx):
+        flat = None
+        for d, v in zip(lead, idx[:-1]):
+            if isinstance(d, tirx.IntImm) and int(d) == 1:
+                continue  # unit dims (batch 1) stay out of the row index: one loop per row
+            v = tirx.Cast("int64", v) if str(v.ty) != "int64" else v
+            flat = v if flat is None else flat * d + v
+        if flat is None:
+            flat = tirx.const(0, "int64")
+        return c[flat, idx[-1]]
+
+    return te.compute(tuple(lead) + (n,), out_body, name=OUT_BLOCK)
+
+
+def _as_constant_weight(expr, lookup):
+    """The constant [K, N] numpy weight behind ``expr`` (a Constant, or permute_dims of one), else None."""
+    seen = 0
+    while isinstance(expr, relax.Var) and seen < 8:
+        bound = lookup(expr)
+        if bound is None:
+            break
+        expr, seen = bound, seen + 1
+    if isinstance(expr, tvm.ir.expr.Constant):
+        arr = expr.value.numpy()
+        return arr if arr.ndim == 2 else None
+    if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.permute_dims"):
+        inner = _as_constant_weight(expr.args[0], lookup)
+        if inner is None:
+            return None
+        axes = expr.attrs.axes
+        if axes is None or [int(a) for a in axes] == [1, 0]:
+            return np.ascontiguousarray(inner.T)
+    return None
+
+
+@mutator
+class _DenseRewriter(PyExprMutator):
+    def __init__(self, mod, tiles: CPUTiles, min_flops: int):
+        super().__init__(mod)
+        self.tiles = tiles
+        self.min_flops = min_flops
+        self.rewritten = 0
+
+    def visit_call_(self, call):  # noqa: N802  (TVM's visitor naming)
+        call = super().visit_call_(call)
+        if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.matmul"):
+            return call
+        x, w = call.args
+        xs = x.ty
+        if not isinstance(xs, relax.TensorType) or xs.ndim < 2 or xs.dtype != "float32" or xs.shape is None:
+            return call
+        weight = _as_constant_weight(w, self.lookup_binding)
+        if weight is None or weight.dtype != np.float32:
+            return call
+        kdim, n = weight.shape
+        xk = xs.shape.values[-1]
+        if not (isinstance(xk, tirx.IntImm) and int(xk) == kdim):
+            return call
+        out_dtype = call.attrs.out_dtype or "float32"
+        if str(out_dtype) not in ("float32", ""):
+            return call
+        nb = self.tiles.nb if n >= self.tiles.nb else max(self.tiles.lanes, 1 << (n - 1).bit_length())
+        packed = relax.const(pack_weight(weight, nb), "float32")
+        mi = self.tiles.mi
+
+        def kernel(xt, wt):
+            return dense_packed_te(xt, wt, n, mi, "float32")
+
+        self.rewritten += 1
+        return self.builder_.call_te(
+            kernel, x, packed, primfunc_name_hint="optc_dense_packed",
+            primfunc_attrs={"op_pattern": K_OUT_EWISE_FUSABLE, KERNEL_ATTR: "dense_packed"})
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="optc.PackDenseWeights")
+class PackDenseWeights:
+    """Rewrite ``matmul(x, constant W)`` into optc's packed-weight dense kernel (see module doc)."""
+
+    def __init__(self, target, min_flops: int = 0):
+        self.tiles = CPUTiles.for_target(target)
+        self.min_flops = min_flops
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rw = _DenseRewriter(mod, self.tiles, self.min_flops)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                new = rw.visit_expr(func)
+                rw.builder_.update_func(gv, new)
+        return rw.builder_.get()
+
+
+class DenseRule(s_tir.dlight.ScheduleRule):
+    """Schedule PrimFuncs holding an ``optc_dense_pad`` block (with any fused epilogue)."""
+
+    def __init__(self, target):
+        self.tiles = CPUTiles.for_target(target)
+
+    def apply(self, func, target, _tunable):  # noqa: D102
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        dense = find_block(sch, DENSE_BLOCK)
+        if dense is None:
+            return None
+        schedule_dense(sch, dense, self.tiles)
+        return sch
+
+
+def _split_k(sch, k_loop, unroll: int):
+    kext = extent(sch, k_loop)
+    ku = largest_divisor(kext, [unroll, unroll // 2, 2])
+    if ku > 1:
+        ko, ki = sch.split(k_loop, [None, ku])
+        return ko, ki
+    return k_loop, None
+
+
+def schedule_dense(sch: s_tir.Schedule, dense, tiles: CPUTiles, k_unroll: int = 4) -> None:
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    pos = [block_name(sch, b) for b in blocks].index(block_name(sch, dense))
+    before, after = blocks[:pos], blocks[pos + 1:]
+
+    # 1. fold the epilogue chain (copy, bias, GELU, residual, ...) into as few blocks as possible
+    for blk in after:
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
+            pass
+    epilogue = list(sch.get_child_blocks(root))[pos + 1:]
+
+    # 2. register tile
+    i, j, k = sch.get_loops(dense)
+    wp_nb = _panel_width(sch, dense, tiles.nb)
+    ann = sch.get(dense).annotations
+    mi = int(ann["optc.dense_mi"]) if "optc.dense_mi" in ann else tiles.mi
+    mo, mii = sch.split(i, [None, mi])
+    no, ni = sch.split(j, [None, wp_nb])
+    ko, ki = _split_k(sch, k, k_unroll)
+    n_panels = extent(sch, no) or 1
+    if n_panels >= 2 * tiles.cores or tiles.cores == 1:
+        order = [no, mo, ko] + ([ki] if ki is not None else []) + [mii, ni]
+        sch.reorder(*order)
+        par, tile_loop = no, mo
+    else:
+        order = [mo, no, ko] + ([ki] if ki is not None else []) + [mii, ni]
+        sch.reorder(*order)
+        par = sch.fuse(mo, no)
+        tile_loop = par
+    sch.parallel(par)
+    sch.vectorize(ni)
+    sch.unroll(mii)
+    if ki is not None:
+        sch.unroll(ki)
+
+    # 3. epilogue computed per register tile, straight from the accumulators
+    local_ok = True
+    for blk in epilogue:
+        try:
+            sch.reverse_compute_at(blk, tile_loop, preserve_unit_loops=False)
+            vectorize_inner(sch, blk, tiles.lanes)
+        except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
+            local_ok = False
+            _schedule_standalone(sch, blk, tiles)
+    init = sch.decompose_reduction(dense, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if local_ok and epilogue:
+        sch.set_scope(dense, 0, "local")
+    for blk in before:
+        try:
+            _schedule_standalone(sch, blk, tiles)
+        except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
+            pass
+
+
+def _panel_width(sch, dense, default: int) -> int:
+    """The packed panel width nb the kernel was built for (a block annotation; survives FuseTIR)."""
+    ann = sch.get(dense).annotations
+    return int(ann["optc.dense_nb"]) if "optc.dense_nb" in ann else default
+
+
+def _schedule_standalone(sch, blk, tiles: CPUTiles) -> None:
+    """Parallel outer loops + vectorized inner loop for a spatial block left on its own."""
+    loops = sch.get_loops(blk)
+    if len(loops) >= 2:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    vectorize_inner(sch, blk, tiles.lanes)
