@@ -94,14 +94,15 @@ def export_onnx(model, inputs: Mapping, path: str | os.PathLike, *, dynamo: bool
     return path
 
 
-def export_pt2(model, inputs: Mapping, path: str | os.PathLike, *, max_seq: int = 512) -> Path:
-    """``torch.export`` with symbolic batch and seq, saved with ``torch.export.save``."""
+def export_pt2(model, inputs: Mapping, path: str | os.PathLike, *, max_seq: int = 512, dynamic_shapes=None) -> Path:
+    """``torch.export`` (by default with symbolic batch and seq), saved with ``torch.export.save``."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(model, (), dict(inputs), dynamic_shapes=dynamic_dims(inputs, max_seq), strict=False)
+        dims = dynamic_shapes if dynamic_shapes is not None else dynamic_dims(inputs, max_seq)
+        ep = torch.export.export(model, (), dict(inputs), dynamic_shapes=dims, strict=False)
         torch.export.save(ep, str(path))
     return path

@@ -94,3 +94,47 @@ def test_user_errors_are_one_line_exit_2(case, model_file, tmp_path):
     if case == "unknown_op":
         assert "Frobnicate" in lines[0] and "opset 17" in lines[0]
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def pt2_file(tmp_path_factory):
+    import torch
+
+    from optc import zoo
+
+    class Mlp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    torch.manual_seed(0)
+    dims = {"x": {0: torch.export.Dim("batch")}}
+    return zoo.export_pt2(Mlp().eval(), {"x": torch.randn(2, 8)}, tmp_path_factory.mktemp("pt2") / "mlp.pt2", dynamic_shapes=dims)
+
+
+def test_inspect_and_run_pt2(pt2_file, tmp_path, capsys):
+    assert main(["inspect", str(pt2_file), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == 8 * 4 + 4 and info["ops"]["MatMul"] == 1
+    x = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    assert main(["run", str(pt2_file), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npz"), "--reference"]) == 0
+
+
+@pytest.mark.parametrize("case", ["truncated", "zip_but_not_archive"])
+def test_bad_pt2_is_one_line_exit_2(case, pt2_file, tmp_path):
+    import zipfile
+
+    bad = tmp_path / "bad.pt2"
+    if case == "truncated":
+        bad.write_bytes(pt2_file.read_bytes()[:4096])
+    else:
+        with zipfile.ZipFile(bad, "w") as z:
+            z.writestr("archive/data.txt", "hello")
+    r = _cli("inspect", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("optc: error: ") and "Traceback" not in r.stderr

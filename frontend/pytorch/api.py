@@ -4,13 +4,16 @@ particular use of a mapped op is retried with that op decomposed too."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import zipfile
 from typing import Any, Sequence
 
 import torch
 
 from ...ir import Graph, ModelFileError, UnsupportedOpError
+from ...ir.verifier import verify
 from .decomposition import Refused, decompose, unmapped_nodes
 from .importer import Importer
 from .naming import names_from_spec, recover_dim_names
@@ -31,10 +34,17 @@ def load_pt2(path: str | os.PathLike, *, dim_names: dict[str, str] | None = None
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a torch.export archive (not a zip file; truncated?)")
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # torch logs its own traceback before raising
     try:
         ep = torch.export.load(path)
     except Exception as e:  # noqa: BLE001 - any loader failure is a bad file for the user
-        raise ModelFileError(f"{path}: not a loadable torch.export archive ({type(e).__name__}: {e})") from None
+        raise ModelFileError(f"{path}: not a loadable torch.export archive ({type(e).__name__}: {_first_line(e)})") from None
+    finally:
+        export_log.setLevel(level)
     return import_exported_program(ep, dim_names=dim_names, name=_graph_name(path))
 
 
@@ -71,11 +81,18 @@ def _import(ep, dim_names: dict[str, str], name: str, spec_names: dict[str, str]
                     f"torch frontend: no mapping for {target_name(node.target)} (fx node {node.name})"
                 )
         try:
-            return Importer(ep, names, dim_names, name).run()
+            graph = Importer(ep, names, dim_names, name).run()
+            verify(graph)  # an importer bug must surface here, not as a wrong answer later
+            return graph
         except Refused as r:
             if r.op in refused:
                 raise r.error from None
             refused.add(r.op)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _graph_name(path: str) -> str:
