@@ -157,9 +157,15 @@ def compute_to_torch(t: torch.Tensor, dtype: DType) -> torch.Tensor:
 
 
 # -- input checking ----------------------------------------------------------------------------
-def _check_inputs(graph_inputs: Sequence[Value], given: Mapping[str, Any], kind: str,
-                  dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple]) -> dict[str, int]:
-    """Validate names, dtypes, ranks and dims of the given inputs; return the symbol bindings."""
+def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: str,
+                 dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple]) -> dict[str, int]:
+    """Validate names, dtypes, ranks and dims of the given inputs; return the symbol bindings.
+
+    ``graph_inputs`` are the declared inputs: graph input ``Value``s, or anything with the same
+    ``name``, ``dtype``, ``shape`` and ``type`` (the compiled runtime passes its signature's
+    ``TensorSpec``s), so the interpreter and compiled modules check inputs the same way.
+    ``dtype_of``/``shape_of`` read a given array's IR element type (None if it has none) and
+    shape. Raises ``IRError`` naming the input."""
     names = [v.name for v in graph_inputs]
     missing = [n for n in names if n not in given]
     unexpected = sorted(set(given) - set(names))
@@ -203,6 +209,14 @@ def _check_inputs(graph_inputs: Sequence[Value], given: Mapping[str, Any], kind:
         if want is not None and want != n:
             raise IRError(f"input {name!r}: dim {axis} is {d!r}={want} by the other inputs, got {n}")
     return bindings
+
+
+_check_inputs = check_inputs  # the name the engine used before the runtime shared it
+
+
+def numpy_dtype(x: Any) -> DType | None:
+    """The IR element type of a numpy-like array, or None."""
+    return _numpy_dtype(x)
 
 
 def eval_dim(dim: Any, bindings: Mapping[str, int]) -> int | None:

@@ -1,0 +1,211 @@
+"""Build a graph into a TVM module: lower → optc's Relax passes → legalize / fuse → schedule →
+compile for the target.
+
+    >>> cm = build(graph, "x86")          # a CompiledModule
+    >>> cm.fallback_funcs                 # kernels only the generic fallback scheduled
+    >>> model = cm.load()                 # a runtime.CompiledModel: model.run({...})
+    >>> cm.export("out/model.so")         # the library (+ its signature beside it)
+
+Scheduling: every fused TIR function first meets the fast rules of
+``codegen.schedules.schedule_rules(target)`` (dlight style); the ones no rule takes get the
+generic parallel + vectorized fallback of ``codegen/schedules/fallback.py`` and are listed in
+``fallback_funcs`` (and logged): un-scheduled TIR is ~100x slower than ONNX Runtime and must
+never ship silently. A function even the fallback cannot schedule is listed in ``unscheduled``
+and logged as a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ir import DType, Graph, TensorType
+from ..ir.errors import OptcError
+from .lower import Assumption, lower
+
+log = logging.getLogger("optc.codegen")
+
+
+class BuildError(OptcError):
+    """TVM failed to build a lowered module (a gap in optc's lowering or schedules)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a compiled module: name, element type and shape (ints, symbolic
+    dim names such as ``"seq"`` or products ``"batch*seq"``, None for unknown)."""
+
+    name: str
+    dtype: DType
+    shape: tuple | None
+
+    @property
+    def type(self) -> TensorType:
+        return TensorType(self.dtype, self.shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype.value, "shape": None if self.shape is None else list(self.shape)}
+
+    @staticmethod
+    def from_json(d: dict) -> "TensorSpec":
+        return TensorSpec(d["name"], DType.parse(d["dtype"]), None if d["shape"] is None else tuple(d["shape"]))
+
+
+@dataclass
+class CompiledModule:
+    """A built module and its signature."""
+
+    executable: Any  # tvm.relax.Executable
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    target: Any  # optc Target
+    assumptions: list[Assumption] = field(default_factory=list)
+    fallback_funcs: list[str] = field(default_factory=list)  # only the generic fallback schedule
+    unscheduled: list[str] = field(default_factory=list)  # not even that
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per build phase
+
+    def signature(self) -> dict:
+        return {
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "assumptions": [a.to_json() for a in self.assumptions],
+            "target": self.target.describe() if self.target is not None else None,
+        }
+
+    def load(self, device: str = "cpu"):
+        """A ``CompiledModel`` running this module in-process."""
+        from .runtime import CompiledModel
+
+        return CompiledModel(self.executable, self.inputs, self.outputs, self.assumptions, target=self.target)
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the library to ``path`` (``.so``) and its signature to ``<path>.json``, each
+        atomically (a temp file in the same folder, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            self.executable.export_library(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        sig = signature_path(path)
+        fd, tmp = tempfile.mkstemp(prefix=sig.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.signature(), f, indent=1)
+            os.replace(tmp, sig)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def signature_path(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".json")
+
+
+def _specs(values) -> list[TensorSpec]:
+    return [TensorSpec(v.name, v.dtype, v.shape) for v in values]
+
+
+def schedule_module(mod, target) -> tuple[Any, list[str], list[str]]:
+    """Apply optc's schedule rules, then the fallback to what they left; returns
+    ``(mod, fallback_funcs, unscheduled)``."""
+    from tvm import tirx
+    from tvm.s_tir import dlight as dl
+
+    from . import schedules
+    from .schedules.fallback import fallback_rule
+
+    rules = list(schedules.schedule_rules(target))
+    if rules:
+        mod = dl.ApplyDefaultSchedule(*rules)(mod)
+
+    def pending(m):
+        out = []
+        for gv, f in m.functions_items():
+            if isinstance(f, tirx.PrimFunc) and not (f.attrs is not None and "tirx.is_scheduled" in f.attrs
+                                                     and int(f.attrs["tirx.is_scheduled"]) == 1):
+                out.append(gv.name_hint)
+        return sorted(out)
+
+    before = pending(mod)
+    if before:
+        mod = dl.ApplyDefaultSchedule(fallback_rule(target))(mod)
+    after = pending(mod)
+    fallback = [n for n in before if n not in after]
+    if fallback:
+        log.info("%d kernel(s) got only the generic fallback schedule: %s", len(fallback), ", ".join(fallback))
+    if after:
+        log.warning("%d kernel(s) are unscheduled (serial scalar loops): %s", len(after), ", ".join(after))
+    return mod, fallback, after
+
+
+def build(graph: Graph, target="x86") -> CompiledModule:
+    """Compile ``graph`` for ``target`` (a name such as ``"x86"`` or an optc ``Target``)."""
+    import tvm
+    from tvm import relax
+
+    from ..targets import get_target
+    from . import schedules
+
+    if isinstance(target, str):
+        target = get_target(target)
+    tvm_target = target.tvm()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lowered = lower(graph, target)
+    mod = lowered.mod
+    timings["lower"] = time.perf_counter() - t0
+    try:
+        with tvm_target:
+            t = time.perf_counter()
+            passes = list(schedules.relax_passes(target))
+            if passes:
+                mod = tvm.transform.Sequential(passes)(mod)
+            mod = tvm.transform.Sequential([
+                relax.backend.DispatchSampling(),
+                relax.backend.DispatchSortScan(),
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+            ])(mod)
+            timings["legalize_fuse"] = time.perf_counter() - t
+            t = time.perf_counter()
+            mod, fallback, unscheduled = schedule_module(mod, target)
+            timings["schedule"] = time.perf_counter() - t
+            t = time.perf_counter()
+            ex = tvm.compile(mod, tvm_target, relax_pipeline=tvm.transform.Sequential([
+                relax.transform.RewriteDataflowReshape(),
+                relax.transform.ToNonDataflow(),
+                relax.transform.RemovePurityChecking(),
+                relax.transform.CallTIRRewrite(),
+                relax.transform.StaticPlanBlockMemory(),
+                relax.transform.LowerAllocTensor(),
+                relax.transform.KillAfterLastUse(),
+                relax.transform.LowerRuntimeBuiltin(),
+                relax.transform.ComputePrimValue(),
+                relax.transform.VMShapeLower(),
+                relax.transform.AttachGlobalSymbol(),
+            ]))
+            timings["compile"] = time.perf_counter() - t
+    except OptcError:
+        raise
+    except Exception as e:  # TVM errors: report them as a build failure naming the graph
+        msg = str(e).strip().splitlines()
+        raise BuildError(f"TVM could not build graph {graph.name!r}: {type(e).__name__}: "
+                         f"{msg[-1] if msg else e}") from e
+    timings["total"] = time.perf_counter() - t0
+    return CompiledModule(ex, _specs(graph.inputs), _specs(graph.outputs), target, list(lowered.assumptions),
+                          fallback, unscheduled, timings)

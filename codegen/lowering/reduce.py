@@ -1,0 +1,176 @@
+"""Lowerings of the reductions (ir/ops/reduce.py): Reduce*, ArgMax/ArgMin, the softmax family,
+CumSum, TopK and the Lp / mean-variance normalizations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import lowering
+
+
+def _axes(ctx, node, x, axes):
+    """Sorted axes to reduce; [] means reduce over nothing."""
+    r = ctx.rank(x)
+    ax = []
+    if axes is not None:
+        ax = ctx.known_ints(node.inputs[1])
+        if ax is None or not all(isinstance(a, int) for a in ax):
+            raise ctx.fail("reduction axes known only at run time")
+    if not ax:
+        return [] if node.attrs["noop_with_empty_axes"] else list(range(r))
+    out = set()
+    for a in ax:
+        if not -r <= a < max(r, 1):
+            raise ctx.fail(f"axis {a} out of range for rank {r}")
+        out.add(a % r if r else 0)
+    return sorted(out)
+
+
+def _float(ctx, x):
+    dt = ctx.dtype(x)
+    return x if dt.startswith(("float", "bfloat")) else ctx.emit(ctx.R.astype(x, "float64"))
+
+
+def _reduction(pre, red, post=None):
+    def fn(ctx, node, x, axes=None):
+        ax = _axes(ctx, node, x, axes)
+        keep = bool(node.attrs["keepdims"])
+        y = pre(ctx, x) if pre is not None else x
+        if ax:
+            if ctx.rank(x) == 0:
+                ax = None
+            y = ctx.emit(red(ctx, y, ax, keep))
+        if post is not None:
+            y = ctx.emit(post(ctx, y))
+        return ctx.R.astype(y, ctx.dtype(x)) if ctx.dtype(y) != ctx.dtype(x) else y
+
+    return fn
+
+
+def _sq(ctx, x):
+    return ctx.emit(ctx.R.multiply(x, x))
+
+
+lowering("ReduceSum")(_reduction(None, lambda ctx, y, a, k: ctx.R.sum(y, a, k)))
+lowering("ReduceSumSquare")(_reduction(_sq, lambda ctx, y, a, k: ctx.R.sum(y, a, k)))
+lowering("ReduceL1")(_reduction(lambda ctx, x: ctx.emit(ctx.R.abs(x)), lambda ctx, y, a, k: ctx.R.sum(y, a, k)))
+lowering("ReduceL2")(_reduction(lambda ctx, x: _sq(ctx, _float(ctx, x)), lambda ctx, y, a, k: ctx.R.sum(y, a, k),
+                                lambda ctx, y: ctx.R.sqrt(y)))
+lowering("ReduceLogSum")(_reduction(_float, lambda ctx, y, a, k: ctx.R.sum(y, a, k), lambda ctx, y: ctx.R.log(y)))
+lowering("ReduceMean")(_reduction(_float, lambda ctx, y, a, k: ctx.R.mean(y, a, k)))
+lowering("ReduceProd")(_reduction(None, lambda ctx, y, a, k: ctx.R.prod(y, a, k)))
+lowering("ReduceMax")(_reduction(None, lambda ctx, y, a, k: ctx.R.max(y, a, k)))
+lowering("ReduceMin")(_reduction(None, lambda ctx, y, a, k: ctx.R.min(y, a, k)))
+
+
+def _logsumexp(ctx, y, a, k):
+    R = ctx.R
+    m = ctx.emit(R.max(y, a, True))
+    s = ctx.emit(R.log(R.sum(R.exp(R.subtract(y, m)), a, True)))
+    out = R.add(s, m)
+    if not k:
+        out = R.squeeze(ctx.emit(out), a)
+    return out
+
+
+lowering("ReduceLogSumExp")(_reduction(_float, _logsumexp))
+
+
+def _arg(largest: bool):
+    def fn(ctx, node, x):
+        R = ctx.R
+        r = ctx.rank(x)
+        axis = node.attrs["axis"] % r if r else 0
+        keep = bool(node.attrs["keepdims"])
+        if ctx.dtype(x) == "bool":
+            x = ctx.emit(R.astype(x, "uint8"))
+        f = R.argmax if largest else R.argmin
+        if node.attrs["select_last_index"]:
+            n = ctx.static_shape(x)
+            if n is None:
+                raise ctx.fail("select_last_index on a symbolic axis")
+            idx = ctx.emit(f(ctx.emit(R.flip(x, axis)), axis, keep))
+            return R.subtract(ctx.scalar(n[axis] - 1, "int64"), R.astype(idx, "int64"))
+        return R.astype(f(x, axis, keep), "int64")
+
+    return fn
+
+
+lowering("ArgMax")(_arg(True))
+lowering("ArgMin")(_arg(False))
+
+
+@lowering("Softmax")
+def _softmax(ctx, node, x):
+    return ctx.R.nn.softmax(x, node.attrs["axis"])
+
+
+@lowering("LogSoftmax")
+def _log_softmax(ctx, node, x):
+    return ctx.R.nn.log_softmax(x, node.attrs["axis"])
+
+
+@lowering("Hardmax")
+def _hardmax(ctx, node, x):
+    R = ctx.R
+    r = ctx.rank(x)
+    axis = node.attrs["axis"] % r
+    shp = ctx.static_shape(x)
+    if shp is None:
+        raise ctx.fail("Hardmax on a symbolic shape")
+    idx = ctx.emit(R.astype(R.argmax(x, axis, True), "int64"))
+    n = shp[axis]
+    ar = ctx.const(np.arange(n, dtype=np.int64).reshape([1] * axis + [n] + [1] * (r - axis - 1)))
+    return R.astype(R.equal(idx, ar), ctx.dtype(x))
+
+
+@lowering("CumSum")
+def _cumsum(ctx, node, x, axis):
+    R = ctx.R
+    a = ctx.known_ints(node.inputs[1])
+    if a is None:
+        raise ctx.fail("CumSum axis known only at run time")
+    a = a[0] % ctx.rank(x)
+    y = x
+    if node.attrs["reverse"]:
+        y = ctx.emit(R.flip(y, a))
+    y = ctx.emit(R.cumsum(y, a, ctx.dtype(x), bool(node.attrs["exclusive"])))
+    if node.attrs["reverse"]:
+        y = ctx.emit(R.flip(y, a))
+    return y
+
+
+@lowering("TopK")
+def _topk(ctx, node, x, k):
+    kk = ctx.known_ints(node.inputs[1])
+    if kk is None or not isinstance(kk[0], int):
+        raise ctx.fail("TopK k known only at run time")
+    t = ctx.emit(ctx.R.topk(x, kk[0], node.attrs["axis"], "both", bool(node.attrs["largest"]), "int64"))
+    return ctx.emit(ctx.relax.TupleGetItem(t, 0)), ctx.emit(ctx.relax.TupleGetItem(t, 1))
+
+
+@lowering("LpNormalization")
+def _lp_norm(ctx, node, x):
+    R = ctx.R
+    axis = node.attrs["axis"] % ctx.rank(x)
+    p = node.attrs["p"]
+    if p == 1:
+        norm = ctx.emit(R.sum(R.abs(x), [axis], True))
+    elif p == 2:
+        norm = ctx.emit(R.sqrt(R.sum(R.multiply(x, x), [axis], True)))
+    else:
+        raise ctx.fail(f"LpNormalization p={p}")
+    dt = ctx.dtype(x)
+    safe = R.where(R.equal(norm, ctx.scalar(0, dt)), ctx.scalar(1, dt), norm)
+    return R.divide(x, safe)
+
+
+@lowering("MeanVarianceNormalization")
+def _mvn(ctx, node, x):
+    R = ctx.R
+    r = ctx.rank(x)
+    dims = sorted({a % r for a in node.attrs["axes"]})
+    mean = ctx.emit(R.mean(x, dims, True))
+    d = ctx.emit(R.subtract(x, mean))
+    std = ctx.emit(R.sqrt(R.mean(R.multiply(d, d), dims, True)))
+    return R.divide(d, R.add(std, ctx.scalar(1e-9, ctx.dtype(x))))
