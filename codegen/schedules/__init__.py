@@ -10,12 +10,12 @@ What runs where (CPU targets):
 piece                  matches                                 file
 =====================  =====================================  ==============================
 PackDenseWeights       relax ``matmul(x, W)``, W a 2-D f32      dense.py
- (Relax pass)          constant (or permute_dims of one)
+ (Relax pass)          constant (or permute_dims of one):
+                       packed at compile time; ``matmul(A, B)``
+                       f32, same rank, equal batch dims: B
+                       packed at run time (attention)
 DenseRule              PrimFuncs with an ``optc_dense_pad``    dense.py
                        block (+ fused elementwise epilogue)
-MatmulRule             matmul/batch-matmul reduction blocks    matmul.py
-                       ``C[.., i, j] += A[.., i, k] * B[.., k, j]``
-                       (either operand transposed) + epilogue
 ReductionRule          softmax / layer norm / other row        reduction.py
                        reductions (+ elementwise around them)
 ElementwiseRule        spatial-only PrimFuncs                  elementwise.py
@@ -47,14 +47,10 @@ def schedule_rules(target) -> list:
         return []
     from .dense import DenseRule
 
-    rules = [DenseRule(target)]
-    try:
-        from .matmul import MatmulRule
-        from .reduction import ReductionRule
-        from .elementwise import ElementwiseRule
-    except ImportError:  # pragma: no cover - while the rules are being written
-        return rules
-    return rules + [MatmulRule(target), ReductionRule(target), ElementwiseRule(target)]
+    from .elementwise import ElementwiseRule
+    from .reduction import ReductionRule
+
+    return [DenseRule(target), ReductionRule(target), ElementwiseRule(target)]
 
 
 def finalize_passes(target) -> list:

@@ -99,6 +99,50 @@ def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str
     return te.compute(tuple(lead) + (n,), out_body, name=OUT_BLOCK)
 
 
+BMM_PACK_BLOCK = "optc_bmm_pack"
+
+
+def matmul_packed_te(a: te.Tensor, b: te.Tensor, mi: int, nb: int):
+    """TE of a batched matmul without constant operand: a [*B, M, K] x b [*B, K, N] -> [*B, M, N].
+
+    ``b`` is packed at run time into zero-padded panels ``[*B, ceil(N/nb), K, nb]`` (cheap: K*N
+    copies for 2*M*K*N flops), then the same padded, register-tileable compute as the dense kernel.
+    """
+    batch = list(a.shape[:-2])
+    m, kdim = a.shape[-2], a.shape[-1]
+    n = b.shape[-1]
+    nblk = (n + (nb - 1)) // nb
+    nb_c = tirx.const(nb, str(n.ty)) if not isinstance(n, int) else nb
+
+    def pack(*idx):
+        jb, kk, jj = idx[-3:]
+        col = jb * nb_c + jj
+        return te.if_then_else(col < n, b[tuple(idx[:-3]) + (kk, col)], tirx.const(0, b.dtype))
+
+    bp = te.compute(tuple(batch) + (nblk, kdim, nb), pack, name=BMM_PACK_BLOCK)
+    mp = (m + (mi - 1)) // mi * mi
+    k = te.reduce_axis((0, kdim), name="k")
+
+    def body(*idx):
+        i, j = idx[-2:]
+        bi = tuple(idx[:-2])
+        return te.sum(a[bi + (tirx.min(i, m - 1), k)] * bp[bi + (j // nb, k, j % nb)], axis=k)
+
+    c = te.compute(tuple(batch) + (mp, nblk * nb), body, name=DENSE_BLOCK,
+                   attrs={"optc.dense_nb": int(nb), "optc.dense_mi": int(mi)})
+    return te.compute(tuple(batch) + (m, n), lambda *idx: c[idx], name=OUT_BLOCK)
+
+
+def _same_shape_prefix(xs, ws, n: int) -> bool:
+    if xs.shape is None or ws.shape is None:
+        return False
+    ana = Analyzer()
+    for a, b in zip(list(xs.shape.values)[:n], list(ws.shape.values)[:n]):
+        if not ana.can_prove_equal(a, b):
+            return False
+    return True
+
+
 def _as_constant_weight(expr, lookup):
     """The constant [K, N] numpy weight behind ``expr`` (a Constant, or permute_dims of one), else None."""
     seen = 0
@@ -137,7 +181,9 @@ class _DenseRewriter(PyExprMutator):
         if not isinstance(xs, relax.TensorType) or xs.ndim < 2 or xs.dtype != "float32" or xs.shape is None:
             return call
         weight = _as_constant_weight(w, self.lookup_binding)
-        if weight is None or weight.dtype != np.float32:
+        if weight is None:
+            return self._batched(call, x, w, xs)
+        if weight.dtype != np.float32:
             return call
         kdim, n = weight.shape
         xk = xs.shape.values[-1]
@@ -157,6 +203,30 @@ class _DenseRewriter(PyExprMutator):
         return self.builder_.call_te(
             kernel, x, packed, primfunc_name_hint="optc_dense_packed",
             primfunc_attrs={"op_pattern": K_OUT_EWISE_FUSABLE, KERNEL_ATTR: "dense_packed"})
+
+
+    def _batched(self, call, x, w, xs):
+        ws = w.ty
+        if (not isinstance(ws, relax.TensorType) or ws.dtype != "float32" or ws.ndim != xs.ndim
+                or xs.ndim < 2 or not _same_shape_prefix(xs, ws, xs.ndim - 2)):
+            return call
+        if call.attrs.out_dtype and str(call.attrs.out_dtype) not in ("float32", ""):
+            return call
+        n = ws.shape.values[-1]
+        tiles = self.tiles
+        if isinstance(n, tirx.IntImm) and int(n) < tiles.nb:
+            nb = max(tiles.lanes, 1 << (int(n) - 1).bit_length())
+        else:
+            nb = tiles.nb
+        mi = tiles.mi
+
+        def kernel(at, bt):
+            return matmul_packed_te(at, bt, mi, nb)
+
+        self.rewritten += 1
+        return self.builder_.call_te(
+            kernel, x, w, primfunc_name_hint="optc_matmul_packed",
+            primfunc_attrs={"op_pattern": K_OUT_EWISE_FUSABLE, KERNEL_ATTR: "matmul_packed"})
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="optc.PackDenseWeights")
@@ -217,23 +287,28 @@ def schedule_dense(sch: s_tir.Schedule, dense, tiles: CPUTiles, k_unroll: int = 
     epilogue = list(sch.get_child_blocks(root))[pos + 1:]
 
     # 2. register tile
-    i, j, k = sch.get_loops(dense)
+    loops = sch.get_loops(dense)
+    batch, (i, j, k) = loops[:-3], loops[-3:]
     wp_nb = _panel_width(sch, dense, tiles.nb)
     ann = sch.get(dense).annotations
     mi = int(ann["optc.dense_mi"]) if "optc.dense_mi" in ann else tiles.mi
     mo, mii = sch.split(i, [None, mi])
     no, ni = sch.split(j, [None, wp_nb])
     ko, ki = _split_k(sch, k, k_unroll)
-    n_panels = extent(sch, no) or 1
-    if n_panels >= 2 * tiles.cores or tiles.cores == 1:
-        order = [no, mo, ko] + ([ki] if ki is not None else []) + [mii, ni]
-        sch.reorder(*order)
+    inner = [ko] + ([ki] if ki is not None else []) + [mii, ni]
+    n_panels = extent(sch, no)
+    if not batch and n_panels is not None and (n_panels >= 2 * tiles.cores or tiles.cores == 1):
+        # column panels outermost: one packed weight panel stays in cache across all row tiles
+        sch.reorder(no, mo, *inner)
         par, tile_loop = no, mo
-    else:
-        order = [mo, no, ko] + ([ki] if ki is not None else []) + [mii, ni]
-        sch.reorder(*order)
+    elif not batch:
+        sch.reorder(mo, no, *inner)
         par = sch.fuse(mo, no)
         tile_loop = par
+    else:
+        sch.reorder(*batch, mo, no, *inner)
+        par = sch.fuse(*batch, mo)
+        tile_loop = no
     sch.parallel(par)
     sch.vectorize(ni)
     sch.unroll(mii)

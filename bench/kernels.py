@@ -1,0 +1,239 @@
+"""optc's default CPU kernels on the all-MiniLM-L6-v2 shapes vs ONNX Runtime and PyTorch.
+
+Each kernel is compiled through optc's schedules (``codegen.schedules.testing.build``: the same
+passes and rules the build pipeline runs, symbolic sequence length), and compared with a one-node
+ONNX model in ONNX Runtime (all graph optimizations) and with torch eager, all on the same
+threads, measured interleaved in rounds so that load from other processes hits all three alike.
+
+    TVM_NUM_THREADS=2 python bench/kernels.py [--threads 2] [--rounds 7] [--only dense]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SEQ, HID, HEADS, DH, FFN = 128, 384, 12, 32, 1536
+
+
+def kernels():
+    """(name, kind, shapes, flops) for the MiniLM layer at batch 1, seq 128."""
+    m = SEQ
+    return [
+        ("dense qkv/out [128,384]x[384,384]+b", "dense", (m, HID, HID), 2 * m * HID * HID),
+        ("dense ffn1 [128,384]x[384,1536]+b,gelu", "dense_gelu", (m, HID, FFN), 2 * m * HID * FFN),
+        ("dense ffn2 [128,1536]x[1536,384]+b+res", "dense_res", (m, FFN, HID), 2 * m * FFN * HID),
+        ("bmm scores [12,128,32]x[12,32,128]", "bmm", (HEADS, m, DH, m), 2 * HEADS * m * DH * m),
+        ("bmm context [12,128,128]x[12,128,32]", "bmm", (HEADS, m, m, DH), 2 * HEADS * m * m * DH),
+        ("softmax [12,128,128]", "softmax", (HEADS, m, m), 5 * HEADS * m * m),
+        ("layernorm [128,384]", "layernorm", (m, HID), 8 * m * HID),
+    ]
+
+
+# ----------------------------------------------------------------------------- optc (TVM)
+def build_optc(kind, shape, rng, target):
+    import tvm
+    from tvm import relax, tirx
+
+    from optc.codegen.schedules import testing
+
+    bb = relax.BlockBuilder()
+    s = tirx.Var("s", "int64")
+    consts, feeds = {}, []
+    if kind.startswith("dense"):
+        m, k, n = shape
+        w = (rng.standard_normal((k, n)) * 0.05).astype("float32")
+        b = rng.standard_normal(n).astype("float32")
+        x = relax.Var("x", relax.TensorType([1, s, k], "float32"))
+        params = [x]
+        feeds = [rng.standard_normal((1, m, k)).astype("float32")]
+        if kind == "dense_res":
+            r = relax.Var("r", relax.TensorType([1, s, n], "float32"))
+            params.append(r)
+            feeds.append(rng.standard_normal((1, m, n)).astype("float32"))
+        with bb.function("main", params):
+            with bb.dataflow():
+                y = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(b)))
+                if kind == "dense_gelu":
+                    y = bb.emit(relax.op.nn.gelu(y))
+                if kind == "dense_res":
+                    y = bb.emit(relax.op.add(y, r))
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        consts = {"w": w, "b": b}
+    elif kind == "bmm":
+        h, m, k, n = shape
+        sa = [1, h, s, k] if m == SEQ else [1, h, m, k]
+        sb = [1, h, k, s] if n == SEQ else [1, h, s, n]
+        a = relax.Var("a", relax.TensorType(sa, "float32"))
+        bvar = relax.Var("b", relax.TensorType(sb, "float32"))
+        with bb.function("main", [a, bvar]):
+            with bb.dataflow():
+                out = bb.emit_output(relax.op.matmul(a, bvar))
+            bb.emit_func_output(out)
+        feeds = [rng.standard_normal((1, h, m, k)).astype("float32"), rng.standard_normal((1, h, k, n)).astype("float32")]
+    elif kind == "softmax":
+        h, m, n = shape
+        a = relax.Var("a", relax.TensorType([1, h, s, s], "float32"))
+        with bb.function("main", [a]):
+            with bb.dataflow():
+                out = bb.emit_output(relax.op.nn.softmax(a, axis=-1))
+            bb.emit_func_output(out)
+        feeds = [rng.standard_normal((1, h, m, n)).astype("float32")]
+    elif kind == "layernorm":
+        m, n = shape
+        g, be = rng.standard_normal(n).astype("float32"), rng.standard_normal(n).astype("float32")
+        a = relax.Var("a", relax.TensorType([1, s, n], "float32"))
+        with bb.function("main", [a]):
+            with bb.dataflow():
+                out = bb.emit_output(relax.op.nn.layer_norm(a, relax.const(g), relax.const(be), axes=[-1], epsilon=1e-12))
+            bb.emit_func_output(out)
+        feeds = [rng.standard_normal((1, m, n)).astype("float32")]
+        consts = {"g": g, "b": be}
+    vm = testing.build(bb.get(), target)
+    args = [tvm.runtime.tensor(f) for f in feeds]
+    fn = vm["main"]
+    return (lambda: fn(*args)), (lambda: fn(*args).numpy()), feeds, consts
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+def build_ort(kind, shape, feeds, consts, threads):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes, inputs = [], [], []
+    if kind.startswith("dense"):
+        inits = [numpy_helper.from_array(consts["w"], "w"), numpy_helper.from_array(consts["b"], "bias")]
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "bias"], ["y0"])]
+        last = "y0"
+        if kind == "dense_gelu":
+            # erf GELU as exporters spell it; ORT fuses it (BiasGelu) with full optimizations
+            inits.append(numpy_helper.from_array(np.array(2 ** 0.5, "float32"), "sqrt2"))
+            inits.append(numpy_helper.from_array(np.array(1.0, "float32"), "one"))
+            inits.append(numpy_helper.from_array(np.array(0.5, "float32"), "half"))
+            nodes += [helper.make_node("Div", ["y0", "sqrt2"], ["g0"]), helper.make_node("Erf", ["g0"], ["g1"]),
+                      helper.make_node("Add", ["g1", "one"], ["g2"]), helper.make_node("Mul", ["y0", "g2"], ["g3"]),
+                      helper.make_node("Mul", ["g3", "half"], ["y1"])]
+            last = "y1"
+        names = ["x"]
+        if kind == "dense_res":
+            nodes.append(helper.make_node("Add", ["y0", "r"], ["y1"]))
+            names.append("r")
+            last = "y1"
+        nodes.append(helper.make_node("Identity", [last], ["y"]))
+    elif kind == "bmm":
+        names = ["a", "b"]
+        nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+    elif kind == "softmax":
+        names = ["a"]
+        nodes = [helper.make_node("Softmax", ["a"], ["y"], axis=-1)]
+    elif kind == "layernorm":
+        names = ["a"]
+        inits = [numpy_helper.from_array(consts["g"], "g"), numpy_helper.from_array(consts["b"], "be")]
+        nodes = [helper.make_node("LayerNormalization", ["a", "g", "be"], ["y"], axis=-1, epsilon=1e-12)]
+    inputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, list(f.shape)) for nm, f in zip(names, feeds)]
+    graph = helper.make_graph(nodes, "k", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = dict(zip(names, feeds))
+    return lambda: sess.run(None, feed)[0]
+
+
+# ----------------------------------------------------------------------------- torch
+def build_torch(kind, feeds, consts):
+    import torch
+    import torch.nn.functional as F
+
+    t = [torch.from_numpy(f) for f in feeds]
+    if kind.startswith("dense"):
+        wt = torch.from_numpy(np.ascontiguousarray(consts["w"].T))
+        b = torch.from_numpy(consts["b"])
+        if kind == "dense_gelu":
+            return lambda: F.gelu(F.linear(t[0], wt, b))
+        if kind == "dense_res":
+            return lambda: F.linear(t[0], wt, b) + t[1]
+        return lambda: F.linear(t[0], wt, b)
+    if kind == "bmm":
+        return lambda: torch.matmul(t[0], t[1])
+    if kind == "softmax":
+        return lambda: torch.softmax(t[0], -1)
+    g, b = torch.from_numpy(consts["g"]), torch.from_numpy(consts["b"])
+    return lambda: F.layer_norm(t[0], (t[0].shape[-1],), g, b, 1e-12)
+
+
+def time_rounds(fns: dict, rounds: int, min_time: float = 0.05) -> dict:
+    """Interleave the candidates: per round, each runs a batch of calls; returns median/min per call."""
+    for f in fns.values():
+        for _ in range(5):
+            f()
+    per = {}
+    for name, f in fns.items():
+        t0 = time.perf_counter()
+        f()
+        per[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
+    res = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            n = per[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            res[name].append((time.perf_counter() - t0) / n)
+    return {name: (statistics.median(v), min(v)) for name, v in res.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--only", default="", help="substring of the kernel names to run")
+    ap.add_argument("--target", default="x86")
+    args = ap.parse_args()
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    if os.environ["TVM_NUM_THREADS"] != str(args.threads):
+        print(f"note: TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']} overrides --threads for optc")
+    import torch
+
+    from optc.targets import get_target
+
+    torch.set_num_threads(args.threads)
+    target = get_target(args.target)
+    rng = np.random.default_rng(0)
+    print(f"target {target.name} ({target.vector_bits}-bit vectors, {target.num_cores} cores), "
+          f"{args.threads} threads, {args.rounds} interleaved rounds; times are medians (min)")
+    hdr = f"{'kernel':<42} {'optc us':>14} {'ORT us':>14} {'torch us':>14} {'optc GF/s':>9} {'ORT GF/s':>9} {'optc/ORT':>8} {'optc/torch':>10}"
+    print(hdr)
+    ok = True
+    for name, kind, shape, flops in kernels():
+        if args.only and args.only not in name:
+            continue
+        t0 = time.perf_counter()
+        run_optc, get_optc, feeds, consts = build_optc(kind, shape, rng, target)
+        t_compile = time.perf_counter() - t0
+        run_ort = build_ort(kind, shape, feeds, consts, args.threads)
+        run_torch = build_torch(kind, feeds, consts)
+        err = float(np.abs(get_optc() - run_ort()).max())
+        if err > 1e-3:
+            ok = False
+        with torch.no_grad():
+            r = time_rounds({"optc": run_optc, "ort": run_ort, "torch": run_torch}, args.rounds)
+        (to, mo), (tr, mr), (tt, mt) = r["optc"], r["ort"], r["torch"]
+        print(f"{name:<42} {to * 1e6:>7.1f} ({mo * 1e6:>5.1f}) {tr * 1e6:>7.1f} ({mr * 1e6:>5.1f}) {tt * 1e6:>7.1f} ({mt * 1e6:>5.1f})"
+              f" {flops / to / 1e9:>9.1f} {flops / tr / 1e9:>9.1f} {to / tr:>8.2f} {to / tt:>10.2f}"
+              f"   [compile {t_compile:.1f}s, max|optc-ORT| {err:.1e}]")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
