@@ -34,8 +34,9 @@ def relax_passes(target) -> list:
     if target.kind != "cpu":
         return []
     from .dense import PackDenseWeights
+    from .fastmath import FastMath
 
-    return [PackDenseWeights(target)]
+    return [PackDenseWeights(target), FastMath()]
 
 
 def schedule_rules(target) -> list:
