@@ -117,7 +117,7 @@ def _specs(values) -> list[TensorSpec]:
     return [TensorSpec(v.name, v.dtype, v.shape) for v in values]
 
 
-def schedule_module(mod, target) -> tuple[Any, list[str], list[str]]:
+def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list[str], list[str]]:
     """Apply optc's schedule rules, then the fallback to what they left; returns
     ``(mod, fallback_funcs, unscheduled)``."""
     from tvm import tirx
@@ -126,7 +126,7 @@ def schedule_module(mod, target) -> tuple[Any, list[str], list[str]]:
     from . import schedules
     from .schedules.fallback import fallback_rule
 
-    rules = list(schedules.schedule_rules(target))
+    rules = list(schedules.schedule_rules(target)) if fast_schedules else []
     if rules:
         mod = dl.ApplyDefaultSchedule(*rules)(mod)
 
@@ -150,10 +150,15 @@ def schedule_module(mod, target) -> tuple[Any, list[str], list[str]]:
     return mod, fallback, after
 
 
-def build(graph: Graph, target="x86") -> CompiledModule:
-    """Compile ``graph`` for ``target`` (a name such as ``"x86"`` or an optc ``Target``)."""
+def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> CompiledModule:
+    """Compile ``graph`` for ``target`` (a name such as ``"x86"`` or an optc ``Target``).
+
+    ``fast_schedules=False`` skips optc's kernel hooks (``relax_passes``/``schedule_rules``) so
+    every kernel gets the generic fallback: slow, but a second opinion when a result is wrong.
+    """
     import tvm
     from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
     from ..targets import get_target
     from . import schedules
@@ -167,38 +172,24 @@ def build(graph: Graph, target="x86") -> CompiledModule:
     mod = lowered.mod
     timings["lower"] = time.perf_counter() - t0
     try:
-        with tvm_target:
+        with tvm_target, tvm.transform.PassContext(opt_level=3):
             t = time.perf_counter()
-            passes = list(schedules.relax_passes(target))
-            if passes:
-                mod = tvm.transform.Sequential(passes)(mod)
-            mod = tvm.transform.Sequential([
-                relax.backend.DispatchSampling(),
-                relax.backend.DispatchSortScan(),
-                relax.transform.LegalizeOps(),
-                relax.transform.AnnotateTIROpPattern(),
-                relax.transform.FoldConstant(),
-                relax.transform.FuseOps(),
-                relax.transform.FuseTIR(),
-            ])(mod)
+            passes = list(schedules.relax_passes(target)) if fast_schedules else []
+            mod = tvm.transform.Sequential(
+                passes
+                + cpu_pipeline.library_dispatch_passes(tvm_target)
+                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+            )(mod)
             timings["legalize_fuse"] = time.perf_counter() - t
             t = time.perf_counter()
-            mod, fallback, unscheduled = schedule_module(mod, target)
+            mod, fallback, unscheduled = schedule_module(mod, target, fast_schedules)
             timings["schedule"] = time.perf_counter() - t
             t = time.perf_counter()
-            ex = tvm.compile(mod, tvm_target, relax_pipeline=tvm.transform.Sequential([
-                relax.transform.RewriteDataflowReshape(),
-                relax.transform.ToNonDataflow(),
-                relax.transform.RemovePurityChecking(),
-                relax.transform.CallTIRRewrite(),
-                relax.transform.StaticPlanBlockMemory(),
-                relax.transform.LowerAllocTensor(),
-                relax.transform.KillAfterLastUse(),
-                relax.transform.LowerRuntimeBuiltin(),
-                relax.transform.ComputePrimValue(),
-                relax.transform.VMShapeLower(),
-                relax.transform.AttachGlobalSymbol(),
-            ]))
+            finalize = list(getattr(schedules, "finalize_passes", lambda _t: [])(target))
+            mod = tvm.transform.Sequential(cpu_pipeline.dataflow_lower_passes(tvm_target)
+                                           + cpu_pipeline.finalize_passes(tvm_target) + finalize)(mod)
+            ex = tvm.compile(mod, tvm_target, relax_pipeline=None)
             timings["compile"] = time.perf_counter() - t
     except OptcError:
         raise

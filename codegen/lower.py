@@ -349,7 +349,7 @@ def lower(graph: Graph, target=None) -> Lowered:
     for v in graph.constants.values():
         if v.dtype is DType.BFLOAT16:
             raise UnsupportedOpError(f"cannot compile constant {v.name!r}: bfloat16 is not supported yet")
-        ctx.values[id(v)] = relax.const(np.ascontiguousarray(v.const), TVM_DTYPE[v.dtype])
+        ctx.values[id(v)] = relax.const(np.array(v.const, order="C", copy=None), TVM_DTYPE[v.dtype])
 
     with bb.function("main", params):
         with bb.dataflow():

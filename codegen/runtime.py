@@ -106,7 +106,7 @@ class CompiledModel:
         """Run on numpy arrays keyed by input name; numpy outputs keyed by output name."""
         self.check(inputs)
         tvm = self._tvm
-        args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[s.name]), self.device) for s in self.inputs]
+        args = [tvm.runtime.tensor(np.array(inputs[s.name], order="C", copy=None), self.device) for s in self.inputs]
         try:
             res = self._main(*args)
         except Exception as e:  # noqa: BLE001  (TVM's own run-time checks)
