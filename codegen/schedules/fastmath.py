@@ -3,7 +3,8 @@
 LLVM lowers ``erf`` to a scalar libm call (``erff``) per element, so a GELU epilogue fused into a
 dense kernel ran element by element and made the FFN dense 3x slower than ONNX Runtime. This Relax
 pass (before legalization) replaces ``nn.gelu`` and ``erf`` with TVM's rational ``fast_erf``
-(|error| < 1e-6, plain mul/add/div/clamp, vectorizes), and ``exp`` with ``fast_exp``.
+(|error| < 1e-6, plain mul/add/div/clamp, vectorizes), ``exp`` with ``fast_exp`` and
+``nn.softmax`` with ``fast_softmax`` (legalized softmax calls libm ``expf`` per element: 50x ORT).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class _FastMath(PyExprMutator):
             return self.builder_.call_te(_gelu_fast, call.args[0], primfunc_name_hint="gelu")
         if name == "relax.erf":
             return self.builder_.call_te(topi.fast_erf, call.args[0], primfunc_name_hint="erf")
+        if name == "relax.nn.softmax":
+            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
+                                         primfunc_name_hint="softmax")
         if name == "relax.exp":
             return self.builder_.call_te(topi.fast_exp, call.args[0], primfunc_name_hint="exp")
         return call
