@@ -26,6 +26,33 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     return run(graph, inputs)
 
 
+def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "x86",
+            progress: bool = False) -> Path:
+    """Import ``model`` (.onnx or .pt2), build it for ``target`` and write the artifact folder
+    ``out`` (atomically). Returns the folder."""
+    from .codegen.artifact import write_artifact
+    from .codegen.build import build
+    from .targets import get_target
+
+    tgt = get_target(target)
+    graph = load_model(model)
+    if progress:
+        from .progress import Progress
+
+        with Progress(f"compiling {Path(model).name} for {tgt.name}"):
+            compiled = build(graph, tgt)
+    else:
+        compiled = build(graph, tgt)
+    return write_artifact(compiled, out, model=model, pipeline=None)
+
+
+def load(folder: str | os.PathLike):
+    """Load a compiled artifact folder; ``.run({name: ndarray}) -> {name: ndarray}``."""
+    from .codegen.artifact import load as _load
+
+    return _load(folder)
+
+
 def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read an ``.npz`` of named input arrays."""
     path = Path(path)

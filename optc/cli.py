@@ -49,13 +49,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="bind a symbolic dim when counting FLOPs (repeatable; unbound dims count as 1)")
     insp.set_defaults(func=_cmd_inspect)
 
-    run = sub.add_parser("run", help="run a model on inputs from an .npz file")
-    run.add_argument("model", help="an .onnx or .pt2 file")
+    comp = sub.add_parser("compile", help="compile a model into an artifact folder")
+    comp.add_argument("model", help="an .onnx or .pt2 file")
+    comp.add_argument("--target", default="x86", help="x86 (the host), x86-avx2, x86-avx512")
+    comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    comp.set_defaults(func=_cmd_compile)
+
+    run = sub.add_parser("run", help="run a compiled artifact (or a model file) on inputs from an .npz file")
+    run.add_argument("model", help="an artifact folder, or an .onnx/.pt2 file (runs the reference interpreter)")
     run.add_argument("--inputs", required=True, help=".npz whose keys are the model's input names")
     run.add_argument("-o", "--output", required=True, help=".npz to write, keyed by output name")
     run.add_argument("--reference", action="store_true",
-                     help="run through the reference interpreter (the only engine for model files)")
+                     help="run a model file through the reference interpreter")
     run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser("bench", help="measure a compiled artifact's latency (and compare)")
+    bench.add_argument("artifact", help="an artifact folder from optc compile")
+    bench.add_argument("--inputs", help=".npz of inputs (default: random inputs; see --dim)")
+    bench.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                       help="size of a symbolic dim for random inputs (repeatable)")
+    bench.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
+    bench.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    bench.add_argument("--compare", default="", help="comma list of: onnxruntime, torch (same model, same run)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(func=_cmd_bench)
     return p
 
 
@@ -100,16 +117,73 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
-    from .api import load_inputs, load_model, run_reference, save_outputs
+def _cmd_compile(args) -> int:
+    from .api import compile as compile_model
 
-    graph = load_model(args.model)
-    inputs = load_inputs(args.inputs)
-    outputs = run_reference(graph, inputs)
+    out = compile_model(args.model, args.output, target=args.target, progress=True)
+    print(f"wrote {out}/")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .api import load, load_inputs, load_model, run_reference, save_outputs
+
+    if Path(args.model).is_dir():
+        if args.reference:
+            from .ir.errors import OptcError
+
+            raise OptcError("--reference runs a model file, not a compiled artifact folder")
+        model = load(args.model)
+        outputs = model.run(load_inputs(args.inputs))
+    else:
+        graph = load_model(args.model)
+        outputs = run_reference(graph, load_inputs(args.inputs))
     save_outputs(args.output, outputs)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype}{list(arr.shape)}")
     return 0
+
+
+def _cmd_bench(args) -> int:
+    from . import benchmark as bm
+    from .ir.errors import OptcError
+
+    threads = args.threads or _cores()
+    bm.pin_threads(threads)  # before any runtime starts its thread pool
+    from .api import load, load_inputs
+
+    comparisons = [c.strip() for c in args.compare.split(",") if c.strip()]
+    for c in comparisons:
+        if c not in bm.COMPARATORS:
+            raise OptcError(f"--compare: unknown runtime {c!r}; choose from {', '.join(bm.COMPARATORS)}")
+    art = load(args.artifact)
+    inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(art.model.inputs, _parse_dims(args.dim))
+    art.model.check(inputs)
+    timings = [bm.measure("optc", lambda: art.run(inputs), args.repeat)]
+    source = (art.manifest.get("model") or {}).get("path")
+    for c in comparisons:
+        if source is None or not Path(source).is_file():
+            raise OptcError(f"--compare {c}: the source model {source!r} recorded in the manifest is not available")
+        fn = bm.onnxruntime_runner(Path(source), inputs, threads) if c == "onnxruntime" else bm.torch_runner(Path(source), inputs)
+        timings.append(bm.measure(c, fn, args.repeat))
+    base = timings[0].median
+    result = {"artifact": str(args.artifact), "threads": threads, "inputs": {k: list(v.shape) for k, v in inputs.items()},
+              "latency": {t.name: t.to_json() for t in timings},
+              "ratio_vs": {t.name: round(base / t.median, 3) for t in timings[1:]}}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.artifact}: {threads} threads, inputs " + ", ".join(f"{k}{v}" for k, v in result["inputs"].items()))
+    for t in timings:
+        ratio = "" if t is timings[0] else f"   optc/{t.name} = {base / t.median:.2f}x"
+        print(f"  {t.name:<12} median {t.median:8.2f} ms   p90 {t.p90:8.2f} ms{ratio}")
+    return 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":
