@@ -75,20 +75,47 @@ def _reshape(ctx, node, x, shape):
     known = out_shape(ctx, node)
     if known is not None:
         return ctx.R.reshape(x, known)
-    target = ctx.operand_exprs(node.inputs[1], "reshape target")
-    dims = ctx.shape(x)
+    target = ctx.known_ints(node.inputs[1])
+    dims = _dims_of(ctx, x)
+    allowzero = bool(node.attrs["allowzero"])
+    if target is None:
+        return ctx.R.reshape(x, _runtime_reshape_target(ctx, node, shape, dims, allowzero))
     out = []
     for i, d in enumerate(target):
-        if isinstance(d, int) and d == 0 and not node.attrs["allowzero"]:
-            if dims is None or i >= len(dims):
+        if d == 0 and not allowzero:
+            if i >= len(dims):
                 raise ctx.fail("reshape target copies a dim the input does not have")
-            out.append(dims[i])
-        elif isinstance(d, int):
-            out.append(d)
-        else:
-            # A run-time value: it may be 0 (copy) or -1 (infer); only plain dims are supported.
-            out.append(d)
+            d = dims[i]
+        out.append(ctx.int_or_expr(d) if isinstance(d, str) else d)
     return ctx.R.reshape(x, out)
+
+
+def _runtime_reshape_target(ctx, node, t, dims, allowzero):
+    """A reshape target known only at run time: resolve 0 (copy) and -1 (infer) on the int64
+    tensor, then read it as fresh symbolic dims."""
+    R = ctx.R
+    k = ctx.static_shape(t)
+    if k is None or len(k) != 1:
+        raise ctx.fail("a reshape target of unknown length")
+    k = k[0]
+    if ctx.dtype(t) != "int64":
+        t = ctx.emit(R.astype(t, "int64"))
+    zero, one, neg = (ctx.scalar(v, "int64") for v in (0, 1, -1))
+    if not allowzero:
+        src = list(dims[:k]) + [0] * max(0, k - len(dims))
+        ins = ctx.emit(_shape_tensor(ctx, src)) if not all(isinstance(d, int) for d in src) else ctx.const(np.array(src, dtype=np.int64))
+        t = ctx.emit(R.where(R.equal(t, zero), ins, t))
+    total = 1
+    for d in dims:
+        total = total * d
+    tot = ctx.const(np.array(total, dtype=np.int64)) if isinstance(total, int) else ctx.emit(R.reshape(ctx.emit(_shape_tensor(ctx, [total])), []))
+    known = ctx.emit(R.prod(R.where(R.equal(t, neg), one, t)))
+    t = ctx.emit(R.where(R.equal(t, neg), R.floor_divide(tot, known), t))
+    return ctx.runtime_shape(t, "reshape target")
+
+
+def _pe(ctx, d):
+    return ctx.tirx.IntImm("int64", d) if isinstance(d, int) else d
 
 
 @lowering("Flatten")
