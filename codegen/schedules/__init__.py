@@ -35,8 +35,9 @@ def relax_passes(target) -> list:
         return []
     from .dense import PackDenseWeights
     from .fastmath import FastMath
+    from .rows import RowKernels
 
-    return [PackDenseWeights(target), FastMath()]
+    return [PackDenseWeights(target), RowKernels(target), FastMath()]
 
 
 def schedule_rules(target) -> list:
@@ -50,8 +51,9 @@ def schedule_rules(target) -> list:
 
     from .elementwise import ElementwiseRule
     from .reduction import ReductionRule
+    from .rows import RowRule
 
-    return [DenseRule(target), ReductionRule(target), ElementwiseRule(target)]
+    return [DenseRule(target), RowRule(target), ReductionRule(target), ElementwiseRule(target)]
 
 
 def finalize_passes(target) -> list:

@@ -1,0 +1,345 @@
+"""Row kernels on CPU: softmax, layer norm and RMS norm over the last axis.
+
+Two halves, as for the dense kernel:
+
+``RowKernels`` (a Relax pass, before legalization) rewrites f32 ``nn.softmax`` / ``nn.layer_norm`` /
+``nn.rms_norm`` over the last axis into optc's TE kernels. Each row reduction is spelled so that it
+vectorizes without a predicate, for any (also symbolic) row length ``n``:
+
+* lane partials ``p[.., l] = op_c x[.., c*L + l]`` over the ``n // L`` full vectors (``L`` = the
+  target's f32 lanes),
+* a horizontal tree ``L -> L/2 -> .. -> 1`` (spatial blocks of halving width: shuffles, no scalar
+  chain),
+* the ``n % L`` tail as a scalar reduction whose ``init`` is the tree's result,
+
+and the exp of softmax is a vectorizable polynomial (TVM's ``fast_exp`` constants) that keeps
+NaN (a fully masked row stays NaN, as in the reference, so the lowering's ``where(isnan)`` maps
+it to 0). All blocks are named ``optc_row_*``; the PrimFunc is marked ``kOutEWiseFusable`` so
+FuseOps attaches elementwise epilogues.
+
+``RowRule`` (a dlight-style rule) schedules PrimFuncs holding an ``optc_row_out`` block: fused
+producers (scale multiply, mask add) are inlined into the reads, elementwise epilogues inlined
+into the output pass, one parallel task per row (rows fused over the leading dims), every block
+computed per row; partial reductions vectorized over their lanes, elementwise passes split into a
+vectorized ``n // L * L`` part and a scalar tail (``loop_partition``), never a predicated vector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .common import K_OUT_EWISE_FUSABLE, CPUTiles, block_name, extent, find_block
+
+ROW = "optc_row_"
+OUT_BLOCK = ROW + "out"
+
+_NEG_INF = -math.inf
+
+
+# ----------------------------------------------------------------------------- TE building blocks
+def fast_exp_expr(x):
+    """exp(x) as plain vectorizable arithmetic (TVM's fast_exp constants); NaN stays NaN,
+    +inf -> inf, -inf -> 0."""
+    f32 = "float32"
+    c = lambda v: tirx.const(v, f32)  # noqa: E731
+    xc = tirx.Select(x > c(88.3762626647949), c(88.3762626647949), x)
+    xc = tirx.Select(xc < c(-88.3762626647949), c(-88.3762626647949), xc)
+    n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
+    f = xc - n * c(0.693147180559945)
+    p = c(0.000198756912)
+    for k in (0.00139819994, 0.00833345205, 0.0416657962, 0.166666657, 0.5):
+        p = p * f + c(k)
+    p = p * f * f + f + c(1.0)
+    two_n = tirx.reinterpret(f32, tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"),
+                                                   tirx.const(23, "int32")))
+    y = two_n * p
+    y = tirx.Select(x > c(88.3762626647949), c(math.inf), y)
+    return tirx.Select(tirx.isnan(x), x, y)
+
+
+def _static(e):
+    return int(e) if isinstance(e, (int, tirx.IntImm)) else None
+
+
+class _Row:
+    """Shapes and index helpers for one [*lead, n] row kernel with ``L`` lanes."""
+
+    def __init__(self, x: te.Tensor, lanes: int):
+        self.x = x
+        self.lead = list(x.shape[:-1])
+        self.n = x.shape[-1]
+        self.L = lanes
+        ns = _static(self.n)
+        if ns is not None:
+            self.nv_s = ns // lanes
+            self.nv = self.nv_s
+            self.nm = self.nv_s * lanes
+            self.tail_s = ns - self.nm
+            self.tail = self.tail_s
+        else:
+            self.nv_s = None
+            self.nv = tirx.floordiv(self.n, lanes)
+            self.nm = self.nv * lanes
+            self.tail_s = None
+            self.tail = self.n - self.nm
+
+    def reduce(self, value, combine: str, identity: float, name: str):
+        """[*lead] = combine_j value(idx, j) over j < n: lane partials, a tree, a scalar tail.
+
+        ``value(idx, j)`` gives the element for lead index tuple ``idx`` and column ``j``."""
+        L = self.L
+        red = te.max if combine == "max" else te.sum
+        comb = tirx.max if combine == "max" else (lambda a, b: a + b)
+        init = None
+        if self.nv_s != 0:  # full vectors exist (or may: symbolic n)
+            c = te.reduce_axis((0, self.nv), name="c")
+            part = te.compute(tuple(self.lead) + (L,),
+                              lambda *i: red(value(i[:-1], c * L + i[-1]), axis=c),
+                              name=f"{ROW}{name}_part")
+            w, cur = L, part
+            while w > 1:
+                w //= 2
+                cur = te.compute(tuple(self.lead) + (w,), _halve(cur, w, comb), name=f"{ROW}{name}_tree{w}")
+            init = cur
+        if self.tail_s == 0:
+            return te.compute(tuple(self.lead), lambda *i: init[i + (0,)], name=f"{ROW}{name}")
+        t = te.reduce_axis((0, self.tail), name="t")
+        if init is None:
+            return te.compute(tuple(self.lead), lambda *i: red(value(i, self.nm + t), axis=t), name=f"{ROW}{name}")
+        # (te's reduce ``init=`` is dropped by create_prim_func: combine in a block of its own)
+        tail = te.compute(tuple(self.lead), lambda *i: red(value(i, self.nm + t), axis=t), name=f"{ROW}{name}_tail")
+        return te.compute(tuple(self.lead), lambda *i: comb(init[i + (0,)], tail[i]), name=f"{ROW}{name}")
+
+
+def _halve(prev, w, comb):
+    def f(*i):
+        return comb(prev[i[:-1] + (i[-1],)], prev[i[:-1] + (i[-1] + w,)])
+
+    return f
+
+
+def softmax_te(x: te.Tensor, lanes: int):
+    r = _Row(x, lanes)
+    mx = r.reduce(lambda i, j: x[i + (j,)], "max", _NEG_INF, "max")
+    e = te.compute(x.shape, lambda *i: fast_exp_expr(x[i] - mx[i[:-1]]), name=f"{ROW}exp")
+    s = r.reduce(lambda i, j: e[i + (j,)], "sum", 0.0, "sum")
+    inv = te.compute(tuple(r.lead), lambda *i: tirx.const(1.0, "float32") / s[i], name=f"{ROW}inv")
+    return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name=OUT_BLOCK)
+
+
+def layer_norm_te(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor | None, eps: float, lanes: int):
+    r = _Row(x, lanes)
+    f32 = "float32"
+    inv_n = tirx.const(1.0, f32) / tirx.Cast(f32, r.n)
+    s = r.reduce(lambda i, j: x[i + (j,)], "sum", 0.0, "sum")
+    mean = te.compute(tuple(r.lead), lambda *i: s[i] * inv_n, name=f"{ROW}mean")
+
+    def dev2(i, j):
+        d = x[i + (j,)] - mean[i]
+        return d * d
+
+    v = r.reduce(dev2, "sum", 0.0, "var")
+    rstd = te.compute(tuple(r.lead), lambda *i: tirx.rsqrt(v[i] * inv_n + tirx.const(eps, f32)), name=f"{ROW}rstd")
+
+    def out(*i):
+        y = (x[i] - mean[i[:-1]]) * rstd[i[:-1]] * gamma[i[-1]]
+        return y + beta[i[-1]] if beta is not None else y
+
+    return te.compute(x.shape, out, name=OUT_BLOCK)
+
+
+def rms_norm_te(x: te.Tensor, gamma: te.Tensor, eps: float, lanes: int):
+    r = _Row(x, lanes)
+    f32 = "float32"
+    inv_n = tirx.const(1.0, f32) / tirx.Cast(f32, r.n)
+    ss = r.reduce(lambda i, j: x[i + (j,)] * x[i + (j,)], "sum", 0.0, "ss")
+    rstd = te.compute(tuple(r.lead), lambda *i: tirx.rsqrt(ss[i] * inv_n + tirx.const(eps, f32)), name=f"{ROW}rstd")
+    return te.compute(x.shape, lambda *i: x[i] * rstd[i[:-1]] * gamma[i[-1]], name=OUT_BLOCK)
+
+
+# ----------------------------------------------------------------------------- the Relax pass
+def _last_axis(axes, ndim) -> bool:
+    axes = [int(a) % ndim for a in axes]
+    return axes == [ndim - 1]
+
+
+@mutator
+class _RowRewriter(PyExprMutator):
+    def __init__(self, mod, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+
+    def visit_call_(self, call):  # noqa: N802
+        call = super().visit_call_(call)
+        if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+            return call
+        name = call.op.name
+        if name not in ("relax.nn.softmax", "relax.nn.layer_norm", "relax.nn.rms_norm"):
+            return call
+        ty = call.args[0].ty
+        if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.ndim < 1 or ty.shape is None:
+            return call
+        if any(not isinstance(a.ty, relax.TensorType) or a.ty.dtype != "float32" for a in call.args):
+            return call
+        L = self.lanes
+        attrs = {"op_pattern": K_OUT_EWISE_FUSABLE}
+        if name == "relax.nn.softmax":
+            if int(call.attrs.axis) % ty.ndim != ty.ndim - 1:
+                return call
+            return self.builder_.call_te(lambda x: softmax_te(x, L), call.args[0],
+                                         primfunc_name_hint="optc_softmax", primfunc_attrs=attrs)
+        if not _last_axis(call.attrs.axes, ty.ndim) or call.args[1].ty.ndim != 1:
+            return call
+        eps = float(call.attrs.epsilon)
+        if name == "relax.nn.layer_norm":
+            if not (bool(call.attrs.center) and bool(call.attrs.scale)):
+                return call
+            return self.builder_.call_te(lambda x, g, b: layer_norm_te(x, g, b, eps, L), *call.args[:3],
+                                         primfunc_name_hint="optc_layer_norm", primfunc_attrs=attrs)
+        return self.builder_.call_te(lambda x, g: rms_norm_te(x, g, eps, L), *call.args[:2],
+                                     primfunc_name_hint="optc_rms_norm", primfunc_attrs=attrs)
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="optc.RowKernels")
+class RowKernels:
+    """Rewrite f32 last-axis softmax / layer norm / RMS norm into optc's row kernels."""
+
+    def __init__(self, target):
+        self.tiles = CPUTiles.for_target(target)
+
+    def transform_module(self, mod, _ctx):
+        rw = _RowRewriter(mod, self.tiles.lanes)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+
+# ----------------------------------------------------------------------------- the schedule rule
+class RowRule(s_tir.dlight.ScheduleRule):
+    """Schedule PrimFuncs holding an ``optc_row_out`` block (see the module doc)."""
+
+    def __init__(self, target):
+        self.tiles = CPUTiles.for_target(target)
+
+    def apply(self, func, target, _tunable):  # noqa: D102
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        if not _has_row_block(func):
+            return None
+        for inline_epilogue in (True, False):
+            try:
+                return self._schedule(func, inline_epilogue)
+            except Exception:  # noqa: BLE001  (a primitive refused: try the more conservative plan)
+                if not inline_epilogue:
+                    raise
+        return None
+
+    def _schedule(self, func, inline_epilogue: bool):
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+        blocks = list(sch.get_child_blocks(root))
+        names = [block_name(sch, b) for b in blocks]
+        first = next(i for i, nm in enumerate(names) if nm.startswith(ROW))
+        outpos = next(i for i, nm in enumerate(names) if nm.startswith(OUT_BLOCK))
+        producers, after = blocks[:first], blocks[outpos + 1:]
+        for blk in producers:
+            try:
+                sch.compute_inline(blk)
+            except Exception:  # noqa: BLE001
+                pass
+        final = blocks[outpos]
+        if inline_epilogue and after:
+            for blk in [blocks[outpos]] + after[:-1]:
+                sch.compute_inline(blk)
+            final = after[-1]
+        # the row blocks (what is left of them after inlining), in order
+        row_blocks = [b for b in sch.get_child_blocks(root)
+                      if block_name(sch, b).startswith(ROW) and block_name(sch, b) != block_name(sch, final)]
+        lead_n = len(sch.get(final).iter_vars) - 1
+        loops = sch.get_loops(final)
+        if len(loops) != lead_n + 1:
+            raise ValueError("unexpected loop nest")
+        row = sch.fuse(*loops[:lead_n]) if lead_n > 1 else (loops[0] if lead_n == 1 else None)
+        if row is not None:
+            sch.parallel(row)
+        for blk in reversed(row_blocks):
+            if row is not None:
+                sch.compute_at(blk, row, preserve_unit_loops=True)
+        for blk in row_blocks + [final]:
+            self._vectorize_row_block(sch, blk, lead_n)
+        if not inline_epilogue:
+            for blk in after:
+                _standalone(sch, blk, self.tiles.lanes)
+        for blk in producers:
+            try:
+                sch.get(blk)
+            except Exception:  # noqa: BLE001  (inlined)
+                continue
+            try:
+                _standalone(sch, blk, self.tiles.lanes)
+            except Exception:  # noqa: BLE001
+                pass
+        return sch
+
+    def _vectorize_row_block(self, sch, blk, lead_n):
+        L = self.tiles.lanes
+        name = block_name(sch, blk)
+        loops = sch.get_loops(blk)
+        inner = loops[1:] if lead_n else loops
+        ivs = sch.get(blk).iter_vars
+        if "_part" in name:
+            # loops under the row: (lane l, chunk c) -> (c, l): vector accumulators
+            lane, chunk = inner[-2], inner[-1]
+            sch.reorder(chunk, lane)
+            sch.vectorize(lane)
+            init = sch.decompose_reduction(blk, chunk)
+            sch.vectorize(sch.get_loops(init)[-1])
+            return
+        if "_tree" in name:
+            ext = extent(sch, inner[-1])
+            if ext is not None and ext >= 2:
+                sch.vectorize(inner[-1])
+            return
+        if all(iv.iter_type == tirx.IterVar.DataPar for iv in ivs) and len(inner) >= 1 and len(ivs) == lead_n + 1:
+            _vector_pass(sch, inner[-1], L)
+
+
+def _has_row_block(func) -> bool:
+    return find_block(s_tir.Schedule(func), OUT_BLOCK) is not None
+
+
+def _vector_pass(sch, loop, L: int) -> None:
+    """Vectorize a row pass of extent n: ``n // L`` full vectors, a scalar tail, no predicate."""
+    ext = sch.get(loop).extent
+    ns = _static(ext)
+    if ns is not None:
+        if ns <= 1:
+            return
+        if ns <= L and ns & (ns - 1) == 0:
+            sch.vectorize(loop)
+            return
+        main = ns // L * L
+        if main == 0:
+            return
+        if main != ns:
+            loop, _tail = sch.loop_partition(loop, [main, None])
+        _, v = sch.split(loop, [None, L], disable_predication=True)
+        sch.vectorize(v)
+        return
+    # symbolic n: loop_partition needs static extents and a split would predicate every vector
+    # (TVM then scalarizes it); a plain loop is vectorized by LLVM's loop vectorizer instead
+    # (runtime trip count, vector body + remainder), which the row passes are simple enough for.
+
+
+def _standalone(sch, blk, L: int) -> None:
+    loops = sch.get_loops(blk)
+    if not loops:
+        return
+    if len(loops) >= 2:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    _vector_pass(sch, loops[-1], L)
