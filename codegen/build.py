@@ -117,6 +117,27 @@ def _specs(values) -> list[TensorSpec]:
     return [TensorSpec(v.name, v.dtype, v.shape) for v in values]
 
 
+class _Guarded:
+    """A schedule rule whose exceptions are logged and read as "not applicable", so one rule's
+    bug costs one kernel its fast schedule (it gets the fallback), not the whole build."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except Exception as e:  # noqa: BLE001
+            name = func.attrs["global_symbol"] if func.attrs is not None and "global_symbol" in func.attrs else "?"
+            msg = str(e).strip().splitlines()
+            log.warning("schedule rule %s failed on %s (falls back): %s", type(self.rule).__name__, name,
+                        msg[-1] if msg else type(e).__name__)
+            return None
+
+    def is_target_available(self, target) -> bool:
+        return getattr(self.rule, "is_target_available", lambda _t: True)(target)
+
+
 def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list[str], list[str]]:
     """Apply optc's schedule rules, then the fallback to what they left; returns
     ``(mod, fallback_funcs, unscheduled)``."""
@@ -126,7 +147,7 @@ def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list
     from . import schedules
     from .schedules.fallback import fallback_rule
 
-    rules = list(schedules.schedule_rules(target)) if fast_schedules else []
+    rules = [_Guarded(r) for r in schedules.schedule_rules(target)] if fast_schedules else []
     if rules:
         mod = dl.ApplyDefaultSchedule(*rules)(mod)
 

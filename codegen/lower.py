@@ -156,12 +156,16 @@ class LowerContext:
         return self.values[id(v)]
 
     def ty(self, expr):
-        return expr.ty
+        """Relax's type of ``expr`` (normalizing an expression not emitted yet)."""
+        t = expr.ty
+        if not isinstance(t, (self.relax.TensorType, self.relax.TupleType, self.relax.ShapeType)):
+            t = self.bb.normalize(expr).ty
+        return t
 
     def shape(self, expr) -> list | None:
         """The static/symbolic shape Relax knows for ``expr`` (PrimExprs; ints where constant), or
         None when only the rank is known."""
-        t = expr.ty
+        t = self.ty(expr)
         if t.shape is None:
             return None
         out = []
@@ -176,10 +180,10 @@ class LowerContext:
         return s
 
     def rank(self, expr) -> int:
-        return int(expr.ty.ndim)
+        return int(self.ty(expr).ndim)
 
     def dtype(self, expr) -> str:
-        return str(expr.ty.dtype)
+        return str(self.ty(expr).dtype)
 
     def emit(self, expr, name: str = ""):
         return self.bb.emit(expr, name_hint=name)

@@ -246,7 +246,18 @@ def _slice(ctx, node, x, starts, ends, axes=None, steps=None):
         strides.append(step)
     if not out_axes:
         return x
-    return ctx.R.strided_slice(x, out_axes, begins, endss, strides, assume_inbound=True)
+    pos = [i for i, st in enumerate(strides) if st > 0]
+    neg = [i for i, st in enumerate(strides) if st < 0]
+    y = x
+    if pos:
+        y = ctx.emit(ctx.R.strided_slice(y, [out_axes[i] for i in pos], [begins[i] for i in pos],
+                                         [endss[i] for i in pos], [strides[i] for i in pos], assume_inbound=True))
+    if neg:
+        # Relax's in-bound mode miscounts negative strides; its clamping mode is exact here
+        # (static extents, bounds already normalized by ONNX's rules).
+        y = ctx.emit(ctx.R.strided_slice(y, [out_axes[i] for i in neg], [begins[i] for i in neg],
+                                         [endss[i] for i in neg], [strides[i] for i in neg]))
+    return y
 
 
 def _same(ctx, a, b) -> bool:
