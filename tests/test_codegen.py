@@ -159,6 +159,7 @@ def _norms():
         g.op("MaxPool", img, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
         g.op("AveragePool", img, kernel_shape=(2, 2), strides=(2, 2)),
         g.op("GlobalAveragePool", img), g.op("GlobalMaxPool", img),
+        g.op("LpPool", img, kernel_shape=(3, 3), pads=(1, 1, 1, 1), p=2), g.op("LpPool", img, kernel_shape=(2, 2), p=1),
         g.op("ConvTranspose", img, _const(g, _rand(4, 2, 3, 3)), strides=(2, 2), pads=(1, 1, 1, 1)),
     ]
     g.set_outputs(outs)
@@ -300,7 +301,17 @@ def test_input_checks(cache):
         model.run({"x": _rand(1, 65, 16), "mask": np.ones((1, 65), np.int64)})
 
 
-def test_unsupported_op_names_op_and_node():
+def test_every_catalog_op_has_a_lowering():
+    from optc.codegen.lowering import lowered_ops
+    from optc.ir import all_schemas
+
+    assert set(all_schemas()) <= lowered_ops()
+
+
+def test_unsupported_op_names_op_and_node(monkeypatch):
+    from optc.codegen import lowering
+
+    monkeypatch.delitem(lowering._LOWERINGS, "LpPool")
     g = Graph()
     x = g.add_input("x", TensorType(F32, (1, 1, 4, 4)))
     g.set_outputs([g.add_node("LpPool", [x], {"kernel_shape": (2, 2)}, name="pool7").output])

@@ -165,6 +165,21 @@ def _avg_pool(ctx, node, x):
               bool(node.attrs["count_include_pad"]), layout=_LAYOUT1[n])
 
 
+@lowering("LpPool")
+def _lp_pool(ctx, node, x):
+    """(sum over the window of |x|^p)^(1/p): an average pool counting pads, times the window."""
+    R = ctx.R
+    shp, n, kernel, strides, dil, lo, hi = _pool_common(ctx, node, x)
+    p = node.attrs["p"]
+    dt = ctx.dtype(x)
+    ax = ctx.emit(R.abs(x))
+    src = ax if p == 1 else ctx.emit(R.power(ax, ctx.scalar(float(p), dt)))
+    fn = getattr(R.nn, f"avg_pool{n}d")
+    mean = ctx.emit(fn(src, kernel, strides, lo + hi, dil, bool(node.attrs["ceil_mode"]), True, layout=_LAYOUT1[n]))
+    total = ctx.emit(R.multiply(mean, ctx.scalar(float(np.prod(kernel)), dt)))
+    return total if p == 1 else R.power(total, ctx.scalar(1.0 / p, dt))
+
+
 @lowering("GlobalAveragePool")
 def _gap(ctx, node, x):
     r = ctx.rank(x)
