@@ -62,8 +62,17 @@ def _unflatten(r, lead):
 
 
 def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str):
-    """TE of the packed dense: x [..., K] x wp [Nb, K, nb] -> [..., n]."""
+    """TE of the packed dense: x [..., K] x wp [Nb, K, nb] -> [..., n].
+
+    With at most one non-unit leading dim the rows are flattened into one padded row axis. With
+    more (e.g. a symbolic ``[batch, seq]``) all but the last stay batch axes of the padded compute
+    and only the last is padded: un-flattening a row index (``r // seq``, ``r % seq``) defeats the
+    region analysis that computes the epilogue per register tile (it read rows not yet computed).
+    """
     lead = [tirx.Cast("int64", d) if str(d.ty) != "int64" else d for d in x.shape[:-1]]
+    nonunit = [d for d in lead if not (isinstance(d, tirx.IntImm) and int(d) == 1)]
+    if len(nonunit) >= 2:
+        return _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype)
     kdim = x.shape[-1]
     nblk, _, nb = wp.shape
     m = tirx.const(1, "int64")
@@ -97,6 +106,26 @@ def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str
         return c[flat, idx[-1]]
 
     return te.compute(tuple(lead) + (n,), out_body, name=OUT_BLOCK)
+
+
+def _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype):
+    kdim = x.shape[-1]
+    nblk, _, nb = wp.shape
+    m = lead[-1]
+    mp = (m + (mi - 1)) // mi * mi
+    k = te.reduce_axis((0, kdim), name="k")
+
+    def body(*idx):
+        bi, i, j = tuple(idx[:-2]), idx[-2], idx[-1]
+        xv = x[bi + (tirx.min(i, m - 1), k)]
+        wv = wp[j // nb, k, j % nb]
+        if out_dtype != str(x.dtype):
+            xv, wv = xv.astype(out_dtype), wv.astype(out_dtype)
+        return te.sum(xv * wv, axis=k)
+
+    c = te.compute(tuple(lead[:-1]) + (mp, nblk * nb), body, name=DENSE_BLOCK,
+                   attrs={"optc.dense_nb": int(nb), "optc.dense_mi": int(mi), "optc.dense_const_weight": 1})
+    return te.compute(tuple(lead) + (n,), lambda *idx: c[idx], name=OUT_BLOCK)
 
 
 BMM_PACK_BLOCK = "optc_bmm_pack"
@@ -305,6 +334,10 @@ def schedule_dense(sch: s_tir.Schedule, dense, tiles: CPUTiles, k_unroll: int = 
         sch.reorder(mo, no, *inner)
         par = sch.fuse(mo, no)
         tile_loop = par
+    elif "optc.dense_const_weight" in ann and n_panels is not None and n_panels >= 2 * tiles.cores:
+        # a constant weight with batch axes ([batch, seq] rows): weight panels outermost as above
+        sch.reorder(no, *batch, mo, *inner)
+        par, tile_loop = no, mo
     else:
         sch.reorder(*batch, mo, no, *inner)
         par = sch.fuse(*batch, mo)

@@ -41,13 +41,17 @@ _NEG_INF = -math.inf
 
 
 # ----------------------------------------------------------------------------- TE building blocks
-def fast_exp_expr(x):
+def fast_exp_expr(x, upper: bool = True):
     """exp(x) as plain vectorizable arithmetic (TVM's fast_exp constants); NaN stays NaN,
-    +inf -> inf, -inf -> 0."""
+    -inf -> 0 and (with ``upper``) +inf -> inf. ``upper=False`` for arguments known to be <= 0
+    or NaN (softmax's x - max) saves the upper clamp.
+
+    NaN is tested as ``x != x``: TVM's vectorizer scalarizes ``isnan``."""
     f32 = "float32"
     c = lambda v: tirx.const(v, f32)  # noqa: E731
-    xc = tirx.Select(x > c(88.3762626647949), c(88.3762626647949), x)
-    xc = tirx.Select(xc < c(-88.3762626647949), c(-88.3762626647949), xc)
+    hi, lo = c(88.3762626647949), c(-88.3762626647949)
+    xc = tirx.Select(x > hi, hi, x) if upper else x
+    xc = tirx.Select(xc < lo, lo, xc)
     n = tirx.floor(xc * c(1.44269504088896341) + c(0.5))
     f = xc - n * c(0.693147180559945)
     p = c(0.000198756912)
@@ -57,8 +61,9 @@ def fast_exp_expr(x):
     two_n = tirx.reinterpret(f32, tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"),
                                                    tirx.const(23, "int32")))
     y = two_n * p
-    y = tirx.Select(x > c(88.3762626647949), c(math.inf), y)
-    return tirx.Select(tirx.isnan(x), x, y)
+    if upper:
+        y = tirx.Select(x > hi, c(math.inf), y)
+    return tirx.Select(tirx.NE(x, x), x, y)
 
 
 def _static(e):
@@ -125,7 +130,7 @@ def _halve(prev, w, comb):
 def softmax_te(x: te.Tensor, lanes: int):
     r = _Row(x, lanes)
     mx = r.reduce(lambda i, j: x[i + (j,)], "max", _NEG_INF, "max")
-    e = te.compute(x.shape, lambda *i: fast_exp_expr(x[i] - mx[i[:-1]]), name=f"{ROW}exp")
+    e = te.compute(x.shape, lambda *i: fast_exp_expr(x[i] - mx[i[:-1]], upper=False), name=f"{ROW}exp")
     s = r.reduce(lambda i, j: e[i + (j,)], "sum", 0.0, "sum")
     inv = te.compute(tuple(r.lead), lambda *i: tirx.const(1.0, "float32") / s[i], name=f"{ROW}inv")
     return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name=OUT_BLOCK)
@@ -169,16 +174,17 @@ def _last_axis(axes, ndim) -> bool:
 
 @mutator
 class _RowRewriter(PyExprMutator):
-    def __init__(self, mod, lanes: int):
+    def __init__(self, mod, lanes: int, ops):
         super().__init__(mod)
         self.lanes = lanes
+        self.ops = {"relax.nn." + o for o in ops}
 
     def visit_call_(self, call):  # noqa: N802
         call = super().visit_call_(call)
         if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
             return call
         name = call.op.name
-        if name not in ("relax.nn.softmax", "relax.nn.layer_norm", "relax.nn.rms_norm"):
+        if name not in self.ops:
             return call
         ty = call.args[0].ty
         if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.ndim < 1 or ty.shape is None:
@@ -204,15 +210,19 @@ class _RowRewriter(PyExprMutator):
                                      primfunc_name_hint="optc_rms_norm", primfunc_attrs=attrs)
 
 
+ROW_OPS = ("softmax", "layer_norm", "rms_norm")
+
+
 @tvm.ir.transform.module_pass(opt_level=0, name="optc.RowKernels")
 class RowKernels:
     """Rewrite f32 last-axis softmax / layer norm / RMS norm into optc's row kernels."""
 
-    def __init__(self, target):
+    def __init__(self, target, ops=ROW_OPS):
         self.tiles = CPUTiles.for_target(target)
+        self.ops = tuple(ops)
 
     def transform_module(self, mod, _ctx):
-        rw = _RowRewriter(mod, self.tiles.lanes)
+        rw = _RowRewriter(mod, self.tiles.lanes, self.ops)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rw.builder_.update_func(gv, rw.visit_expr(func))
