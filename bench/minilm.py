@@ -1,10 +1,14 @@
 """The main job on the bundled default model, all-MiniLM-L6-v2 (real weights).
 
-Exports it three ways (torch.export .pt2, TorchScript ONNX, dynamo ONNX), imports each into the
-IR, prints the `optc inspect` summary, runs the reference interpreter on tokenized sentences and
-compares every output with PyTorch. Codegen (a later issue) adds compile and benchmark here.
+1. Exports it three ways (torch.export .pt2, TorchScript ONNX, dynamo ONNX), imports each into
+   the IR, prints the `optc inspect` summary, runs the reference interpreter on tokenized
+   sentences and compares every output with PyTorch.
+2. Compiles the ONNX export for the host (`optc compile`, symbolic batch and seq), checks the
+   artifact against PyTorch at two sequence lengths, and measures latency at batch 1, seq 128
+   and seq 32 with 2 threads: optc vs ONNX Runtime (all graph optimizations) vs PyTorch eager,
+   in one run, medians and ratios.
 
-    python bench/minilm.py [--out out/minilm] [--seq 128]
+    python bench/minilm.py [--out out/minilm] [--seq 128] [--no-compile]
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from optc import load_model, run_reference, zoo
-from optc.ir.analysis import bind_dims, summarize
+from optc import benchmark as bm
+
+THREADS = 2
+bm.pin_threads(THREADS)  # before torch, TVM or ONNX Runtime start their thread pools
+
+import torch  # noqa: E402
+
+import optc  # noqa: E402
+from optc import load_model, run_reference, zoo  # noqa: E402
+from optc.ir.analysis import bind_dims, summarize  # noqa: E402
 
 OUTPUTS = ["last_hidden_state", "pooler_output"]
 
@@ -30,8 +41,9 @@ def main() -> int:
     ap.add_argument("--out", default="out/minilm", help="folder for the exported models")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5, help="timed interpreter runs per model")
+    ap.add_argument("--bench-repeat", type=int, default=50, help="timed runs per runtime in the latency benchmark")
+    ap.add_argument("--no-compile", action="store_true", help="stop after the reference checks")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     out = Path(args.out)
 
     model = zoo.load_minilm()
@@ -71,8 +83,38 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "optc.cli", "inspect", str(files["onnx (torchscript)"]),
                     "--dim", "batch=2", "--dim", f"seq={args.seq}"], check=True)
     ok = worst <= 1e-4
-    print(f"\nall outputs within 1e-4 of PyTorch: {'yes' if ok else 'NO'} (worst {worst:.2e})")
+    print(f"\nreference interpreter within 1e-4 of PyTorch: {'yes' if ok else 'NO'} (worst {worst:.2e})")
+    if not args.no_compile:
+        ok &= compile_and_benchmark(model, files["onnx (torchscript)"], out / "minilm.optc", args.bench_repeat)
     return 0 if ok else 1
+
+
+def compile_and_benchmark(model, onnx_file: Path, artifact: Path, repeat: int) -> bool:
+    t = time.perf_counter()
+    optc.compile(onnx_file, artifact, target="x86", progress=True)
+    print(f"\ncompiled {onnx_file.name} for x86 in {time.perf_counter() - t:.1f} s -> {artifact}/")
+    compiled = optc.load(artifact)
+    ok = True
+    print(f"\n{'seq':>4} {'max |err| vs torch':>19} {'optc ms':>9} {'ORT ms':>8} {'torch ms':>9} {'optc/ORT':>9} {'optc/torch':>11}")
+    for seq in (128, 32):
+        inputs = zoo.tokenize(zoo.SAMPLE_SENTENCES[:1], max_length=seq)
+        feed = {k: v.numpy() for k, v in inputs.items()}
+        with torch.inference_mode():
+            ref = model(**inputs)
+        got = compiled.run(feed)
+        err = max(float(np.abs(got[k] - ref[k].numpy()).max()) for k in OUTPUTS)
+        ok &= err <= 1e-3
+        ort_run = bm.onnxruntime_runner(onnx_file, feed, THREADS)
+
+        def torch_run():
+            with torch.inference_mode():
+                return model(**inputs)
+
+        times = {name: bm.measure(name, fn, repeat) for name, fn in
+                 (("optc", lambda: compiled.run(feed)), ("onnxruntime", ort_run), ("torch", torch_run))}
+        o, r, p = (times[k].median for k in ("optc", "onnxruntime", "torch"))
+        print(f"{seq:>4} {err:>19.2e} {o:>9.2f} {r:>8.2f} {p:>9.2f} {o / r:>8.2f}x {o / p:>10.2f}x")
+    return ok
 
 
 if __name__ == "__main__":
