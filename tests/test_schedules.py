@@ -211,3 +211,119 @@ def test_hooks_are_empty_for_non_cpu_targets():
 
     assert schedules.relax_passes(Fake()) == [] and schedules.schedule_rules(Fake()) == []
     assert schedules.finalize_passes(Fake()) == []
+
+
+# --------------------------------------------------------------------------- dense with [batch, seq] rows
+@pytest.fixture(scope="module")
+def dense_batch_seq(target):
+    """Both leading dims symbolic (how an ONNX model with dynamic batch and sequence arrives)."""
+    b, s = tirx.Var("b", "int64"), tirx.Var("s", "int64")
+
+    def build(bb):
+        x = relax.Var("x", relax.TensorType([b, s, K], "float32"))
+        r = relax.Var("r", relax.TensorType([b, s, N], "float32"))
+        with bb.function("main", [x, r]):
+            with bb.dataflow():
+                y = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(W)), relax.const(B)))
+                out = bb.emit_output(relax.op.add(y, r))
+            bb.emit_func_output(out)
+
+    return _compile(build, target)
+
+
+@pytest.mark.parametrize("batch,seq", [(1, 13), (2, 7), (3, 1)])
+def test_dense_symbolic_batch_and_rows(dense_batch_seq, batch, seq):
+    low, vm = dense_batch_seq
+    assert testing.unscheduled(low) == []
+    x = RNG.standard_normal((batch, seq, K)).astype("float32")
+    r = RNG.standard_normal((batch, seq, N)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(r)).numpy()
+    np.testing.assert_allclose(got, x @ W + B + r, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- row kernels
+def _softmax(x):
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module", params=["symbolic", 37, 64])
+def softmax_masked(request, target):
+    """softmax(x * scale + mask) with the Attention lowering's where(isnan) epilogue; the row
+    length symbolic, static non-multiple of the vector width, static multiple."""
+    s = tirx.Var("s", "int64")
+    n = s if request.param == "symbolic" else request.param
+
+    def build(bb):
+        x = relax.Var("x", relax.TensorType([1, H, s, n], "float32"))
+        m = relax.Var("m", relax.TensorType([1, 1, s, n], "float32"))
+        with bb.function("main", [x, m]):
+            with bb.dataflow():
+                y = bb.emit(relax.op.add(relax.op.multiply(x, relax.const(np.float32(0.5))), m))
+                p = bb.emit(relax.op.nn.softmax(y, axis=-1))
+                out = bb.emit_output(relax.op.where(relax.op.isnan(p), relax.const(np.float32(0)), p))
+            bb.emit_func_output(out)
+
+    low, vm = _compile(build, target)
+    return low, vm, request.param
+
+
+def test_softmax_is_one_row_kernel(softmax_masked):
+    low, _, _ = softmax_masked
+    assert testing.unscheduled(low) == []
+    prims = _prims(low)
+    # kOutEWiseFusable: the isnan epilogue fuses in; the producers (scale, mask add) stay a kernel
+    # of their own here (in an attention they fuse into the scores matmul instead)
+    (text,) = [f.script() for f in prims.values() if "optc_row_max" in f.script()]
+    assert "isnan" in text or "!=" in text
+    assert "optc_row_max_part" in text and "T.parallel" in text
+    assert "T.vectorized(T.int64(16))" in text or "T.vectorized(T.int64(8))" in text
+    assert "exp" not in text.replace("optc_row_exp", ""), "no libm expf: the polynomial is inlined"
+
+
+@pytest.mark.parametrize("rows", [1, 5, 19, 35])
+def test_softmax_numerics(softmax_masked, rows):
+    _, vm, n = softmax_masked
+    cols = rows if n == "symbolic" else n  # symbolic: x is [1, H, s, s]
+    x = (RNG.standard_normal((1, H, rows, cols)) * 4).astype("float32")
+    m = np.where(RNG.random((1, 1, rows, cols)) > 0.2, 0, -np.inf).astype("float32")
+    m[0, 0, 0, :] = -np.inf  # a fully masked row: NaN from softmax, 0 after the epilogue
+    x[0, 1, -1, 0] = np.nan  # NaN propagates through its row
+    want = _softmax(x * 0.5 + m)
+    want = np.where(np.isnan(want), 0, want)
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(m)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def norms(target):
+    s = tirx.Var("s", "int64")
+    n = 40  # 2 full vectors of 16 + a tail of 8
+    g = RNG.standard_normal(n).astype("float32")
+    b = RNG.standard_normal(n).astype("float32")
+
+    def build(bb):
+        x = relax.Var("x", relax.TensorType([s, n], "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                ln = bb.emit(relax.op.nn.layer_norm(x, relax.const(g), relax.const(b), axes=[-1], epsilon=1e-5))
+                rms = bb.emit(relax.op.nn.rms_norm(x, relax.const(g), axes=[-1], epsilon=1e-6))
+                out = bb.emit_output(relax.Tuple([ln, rms]))
+            bb.emit_func_output(out)
+
+    low, vm = _compile(build, target)
+    return low, vm, g, b
+
+
+@pytest.mark.parametrize("rows", [1, 6, 23])
+def test_layer_norm_and_rms_norm_row_kernels(norms, rows):
+    low, vm, g, b = norms
+    assert testing.unscheduled(low) == []
+    assert sum("optc_row_" in f.script() for f in _prims(low).values()) == 2
+    x = (RNG.standard_normal((rows, g.size)) * 3 + 5).astype("float32")
+    ln, rms = vm["main"](tvm.runtime.tensor(x))
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    np.testing.assert_allclose(ln.numpy(), (x - mu) / np.sqrt(var + 1e-5) * g + b, rtol=1e-4, atol=1e-4)
+    want = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * g
+    np.testing.assert_allclose(rms.numpy(), want, rtol=1e-4, atol=1e-4)
