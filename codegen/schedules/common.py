@@ -71,11 +71,16 @@ def vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
         return
     inner = loops[-1]
     ext = extent(sch, inner)
-    if ext is not None and ext <= lanes:
+    if ext is None:
+        # a symbolic extent split into vectors needs a predicate on every vector, and TVM then
+        # scalarizes the loop (LLVM re-vectorizes it as gathers/scatters): leave the plain loop to
+        # LLVM's loop vectorizer (vector body + scalar remainder) instead
+        return
+    if ext <= lanes:
         if ext > 1:
             sch.vectorize(inner)
         return
-    if ext is not None and ext % lanes != 0:
+    if ext % lanes != 0:
         # a remainder would put a predicate on every vector: use the largest power-of-two divisor
         v = largest_divisor(ext, [c for c in (lanes, lanes // 2, lanes // 4) if c >= 2])
         if v == 1:

@@ -353,7 +353,11 @@ def schedule_dense(sch: s_tir.Schedule, dense, tiles: CPUTiles, k_unroll: int = 
     for blk in epilogue:
         try:
             sch.reverse_compute_at(blk, tile_loop, preserve_unit_loops=False)
-            vectorize_inner(sch, blk, tiles.lanes)
+            if _static_columns(sch, blk):
+                vectorize_inner(sch, blk, tiles.lanes)
+            # else: the tile's column predicate (j < n, n symbolic) would be on every vector lane
+            # and TVM scalarizes a predicated vector loop into guarded scalar stores (this made the
+            # attention scores matmul 2.4x ORT); the plain loop is left to LLVM (masked stores)
         except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
             local_ok = False
             _schedule_standalone(sch, blk, tiles)
@@ -366,6 +370,15 @@ def schedule_dense(sch: s_tir.Schedule, dense, tiles: CPUTiles, k_unroll: int = 
             _schedule_standalone(sch, blk, tiles)
         except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
             pass
+
+
+def _static_columns(sch, blk) -> bool:
+    """Whether the block writes a buffer whose last (column) dim is a constant."""
+    writes = sch.get(blk).writes
+    if not writes:
+        return False
+    buf = getattr(writes[0], "buffer", None) or writes[0].source
+    return isinstance(buf.shape[-1], tirx.IntImm)
 
 
 def _panel_width(sch, dense, default: int) -> int:
