@@ -27,6 +27,7 @@ from typing import Any
 
 from ..ir import DType, Graph, TensorType
 from ..ir.errors import OptcError
+from ..ir.folding import fold_graph
 from .lower import Assumption, lower
 
 log = logging.getLogger("optc.codegen")
@@ -189,7 +190,9 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> Compile
     tvm_target = target.tvm()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    lowered = lower(graph, target)
+    work = graph.clone()
+    fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
+    lowered = lower(work, target)
     mod = lowered.mod
     timings["lower"] = time.perf_counter() - t0
     try:

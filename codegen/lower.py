@@ -237,6 +237,13 @@ class LowerContext:
 
     def runtime_shape(self, x, what: str) -> list:
         """The contents of a 1-D int tensor ``x`` known only at run time, as fresh vars."""
+        return self.runtime_shape_var(x, what)[1]
+
+    def runtime_shape_var(self, x, what: str):
+        """``(shape, vars)``: the run-time contents of the 1-D int tensor ``x`` as a Relax shape
+        value and as the fresh symbolic vars it binds. Use the shape value where an op takes
+        one (e.g. ``reshape``): TVM's dead-code elimination only sees Relax vars, and would drop
+        a ``match_cast`` whose symbolic vars are used only inside shapes."""
         shp = self.static_shape(x)
         if shp is None or len(shp) != 1:
             raise self.fail(f"{what} must be a 1-D tensor of static length to be read at run time")
@@ -245,8 +252,8 @@ class LowerContext:
         s = self.emit(self.R.tensor_to_shape(x))
         fresh = [self.fresh_var(what.replace(" ", "_")) for _ in range(shp[0])]
         self.match_casts += 1
-        self.bb.match_cast(s, self.relax.ShapeType(fresh))
-        return list(fresh)
+        sv = self.bb.match_cast(s, self.relax.ShapeType(fresh))
+        return sv, list(fresh)
 
     def scalar_operand(self, v: Value, what: str):
         """A 0-d or 1-element integer operand as an int / PrimExpr."""

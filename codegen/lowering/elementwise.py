@@ -22,7 +22,7 @@ def _unsigned(node, i: int = 0) -> bool:
 # -- unary ---------------------------------------------------------------------------------------
 _DIRECT = {
     "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Sin": "sin", "Cos": "cos", "Tan": "tan",
-    "Asin": "asin", "Acos": "acos", "Atan": "atan", "Sinh": "sinh", "Cosh": "cosh", "Asinh": "asinh",
+    "Asin": "asin", "Acos": "acos", "Atan": "atan", "Asinh": "asinh",
     "Acosh": "acosh", "Atanh": "atanh", "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf",
     "Floor": "floor", "Ceil": "ceil", "IsNaN": "isnan", "Not": "logical_not", "BitwiseNot": "bitwise_not",
 }
@@ -37,6 +37,24 @@ def _direct(name):
 
 for _op, _name in _DIRECT.items():
     lowering(_op)(_direct(_name))
+
+
+@lowering("Sinh", "Cosh")
+def _sinh_cosh(ctx, node, x):
+    # LLVM has no sinh/cosh intrinsic for TVM: (e^x -/+ e^-x) / 2.
+    R = ctx.R
+    dt = _dt(ctx, x)
+    a, b = ctx.emit(R.exp(x)), ctx.emit(R.exp(R.negative(x)))
+    s = R.subtract(a, b) if node.op == "Sinh" else R.add(a, b)
+    return R.multiply(s, ctx.scalar(0.5, dt))
+
+
+def _log1p(ctx, y):
+    """log(1 + y) accurate for tiny y: log(u) - ((u - 1) - y) / u with u = 1 + y."""
+    R = ctx.R
+    one = ctx.scalar(1, _dt(ctx, y))
+    u = ctx.emit(R.add(one, y))
+    return R.subtract(R.log(u), R.divide(R.subtract(R.subtract(u, one), y), u))
 
 
 @lowering("Round")
@@ -187,7 +205,7 @@ def _softplus_expr(ctx, x):
     # log(1 + exp(x)), stable: max(x, 0) + log1p(exp(-|x|))
     R = ctx.R
     dt = _dt(ctx, x)
-    return R.add(R.maximum(x, ctx.scalar(0, dt)), R.log(R.add(ctx.scalar(1, dt), R.exp(R.negative(R.abs(x))))))
+    return R.add(R.maximum(x, ctx.scalar(0, dt)), _log1p(ctx, ctx.emit(R.exp(R.negative(R.abs(x))))))
 
 
 @lowering("Softplus")
@@ -280,8 +298,15 @@ def _mod(ctx, node, a, b):
     if node.attrs["fmod"]:
         return R.mod(a, b)  # sign of the dividend
     if node.inputs[0].dtype.is_float:
-        r = ctx.emit(R.floor_mod(a, b))
-        return r
+        # Python/numpy remainder from the truncated one (exact, and right for infinities):
+        # shift by b when the signs differ; a zero result takes the divisor's sign.
+        dt = _dt(ctx, a)
+        zero = ctx.scalar(0, dt)
+        r = ctx.emit(R.mod(a, b))
+        fix = R.logical_and(R.not_equal(r, zero), R.logical_xor(R.less(r, zero), R.less(b, zero)))
+        r = ctx.emit(R.where(fix, R.add(r, b), r))
+        signed_zero = R.where(R.less(b, zero), ctx.scalar(-0.0, dt), zero)
+        return R.where(R.equal(r, zero), signed_zero, r)
     return R.floor_mod(a, b)
 
 

@@ -59,8 +59,27 @@ lowering("ReduceL2")(_reduction(lambda ctx, x: _sq(ctx, _float(ctx, x)), lambda 
 lowering("ReduceLogSum")(_reduction(_float, lambda ctx, y, a, k: ctx.R.sum(y, a, k), lambda ctx, y: ctx.R.log(y)))
 lowering("ReduceMean")(_reduction(_float, lambda ctx, y, a, k: ctx.R.mean(y, a, k)))
 lowering("ReduceProd")(_reduction(None, lambda ctx, y, a, k: ctx.R.prod(y, a, k)))
-lowering("ReduceMax")(_reduction(None, lambda ctx, y, a, k: ctx.R.max(y, a, k)))
-lowering("ReduceMin")(_reduction(None, lambda ctx, y, a, k: ctx.R.min(y, a, k)))
+def _extreme(largest: bool):
+    """max/min. TVM starts a float max at the lowest finite value, not -inf, so a row of -inf
+    reduces to -FLT_MAX: put the infinity back where no element reached the finite extreme."""
+
+    def red(ctx, y, a, k):
+        R = ctx.R
+        m = ctx.emit((R.max if largest else R.min)(y, a, k))
+        dt = ctx.dtype(y)
+        if not dt.startswith("float"):
+            return m
+        info = np.finfo(dt)
+        edge = ctx.scalar(info.min if largest else info.max, dt)
+        hit = ctx.emit(R.max(R.astype(R.equal(y, edge), "int8"), a, k))
+        inf = ctx.scalar(-np.inf if largest else np.inf, dt)
+        return R.where(R.logical_and(R.equal(m, edge), R.equal(hit, ctx.scalar(0, "int8"))), inf, m)
+
+    return red
+
+
+lowering("ReduceMax")(_reduction(None, _extreme(True)))
+lowering("ReduceMin")(_reduction(None, _extreme(False)))
 
 
 def _logsumexp(ctx, y, a, k):

@@ -79,7 +79,12 @@ def _reshape(ctx, node, x, shape):
     dims = _dims_of(ctx, x)
     allowzero = bool(node.attrs["allowzero"])
     if target is None:
-        return ctx.R.reshape(x, _runtime_reshape_target(ctx, node, shape, dims, allowzero))
+        # A run-time target: reshape by the VM builtin (a view); the driver then matches the
+        # result against the IR's type, binding fresh symbolic dims to the run-time extents.
+        k = len(node.outputs[0].shape) if node.outputs[0].shape is not None else None
+        sv = _runtime_reshape_target(ctx, node, shape, dims, allowzero)
+        return ctx.relax.call_pure_packed("vm.builtin.reshape", x, sv,
+                                          ty_args=ctx.relax.TensorType(dtype=ctx.dtype(x), ndim=k if k is not None else -1))
     out = []
     for i, d in enumerate(target):
         if d == 0 and not allowzero:
@@ -111,7 +116,7 @@ def _runtime_reshape_target(ctx, node, t, dims, allowzero):
     tot = ctx.const(np.array(total, dtype=np.int64)) if isinstance(total, int) else ctx.emit(R.reshape(ctx.emit(_shape_tensor(ctx, [total])), []))
     known = ctx.emit(R.prod(R.where(R.equal(t, neg), one, t)))
     t = ctx.emit(R.where(R.equal(t, neg), R.floor_divide(tot, known), t))
-    return ctx.runtime_shape(t, "reshape target")
+    return ctx.emit(R.tensor_to_shape(t))
 
 
 def _pe(ctx, d):
@@ -238,7 +243,7 @@ def _slice(ctx, node, x, starts, ends, axes=None, steps=None):
         b, en = _slice_bounds(ctx, node, s, e, step, d)
         if b is None:
             raise ctx.fail(f"slice bounds {s}:{e}:{step} on a symbolic axis of extent {d}")
-        if step > 0 and isinstance(b, int) and b == 0 and _same(ctx, en, d):
+        if step == 1 and isinstance(b, int) and b == 0 and _same(ctx, en, d):
             continue  # the whole axis
         out_axes.append(a)
         begins.append(b)
