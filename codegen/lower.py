@@ -307,7 +307,7 @@ class LowerContext:
                     target.append(self.fresh_var("d"))
                     changed = True
                 continue
-            want = self.dim(d)
+            want = self.dim(d, fresh_for_unknown=True)
             if h is None:
                 target.append(want)
                 changed = True

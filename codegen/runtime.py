@@ -106,7 +106,7 @@ class CompiledModel:
         """Run on numpy arrays keyed by input name; numpy outputs keyed by output name."""
         self.check(inputs)
         tvm = self._tvm
-        args = [tvm.runtime.tensor(np.array(inputs[s.name], order="C", copy=None), self.device) for s in self.inputs]
+        args = [self._tensor(np.array(inputs[s.name], order="C", copy=None)) for s in self.inputs]
         try:
             res = self._main(*args)
         except Exception as e:  # noqa: BLE001  (TVM's own run-time checks)
@@ -115,3 +115,12 @@ class CompiledModel:
         return {s.name: res[i].numpy() for i, s in enumerate(self.outputs)}
 
     __call__ = run
+
+    def _tensor(self, a: np.ndarray):
+        tvm = self._tvm
+        try:
+            return tvm.runtime.tensor(a, self.device)
+        except Exception:  # noqa: BLE001  (e.g. uint64, which tvm.runtime.tensor refuses)
+            t = tvm.runtime.empty(a.shape, str(a.dtype), self.device)
+            t.copyfrom(a)
+            return t

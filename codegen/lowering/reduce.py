@@ -164,6 +164,8 @@ def _topk(ctx, node, x, k):
     kk = ctx.known_ints(node.inputs[1])
     if kk is None or not isinstance(kk[0], int):
         raise ctx.fail("TopK k known only at run time")
+    if ctx.dtype(x) == "uint64":
+        raise ctx.fail("TopK of uint64 (TVM's CPU sort kernels lack it)")
     t = ctx.emit(ctx.R.topk(x, kk[0], node.attrs["axis"], "both", bool(node.attrs["largest"]), "int64"))
     return ctx.emit(ctx.relax.TupleGetItem(t, 0)), ctx.emit(ctx.relax.TupleGetItem(t, 1))
 

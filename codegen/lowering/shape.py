@@ -199,6 +199,13 @@ def _split(ctx, node, x, split=None):
         sizes = [chunk] * (n - 1) + [dim - chunk * (n - 1)]
     if n == 1:
         return (x,)
+    if any(isinstance(sz, int) and sz == 0 for sz in sizes):
+        # Relax's split wants strictly increasing indices: slice each part instead.
+        parts, acc = [], 0
+        for sz in sizes:
+            parts.append(ctx.emit(ctx.R.strided_slice(x, [axis], [acc], [acc + sz], assume_inbound=True)))
+            acc = acc + sz
+        return tuple(parts)
     idx, acc = [], 0
     for s in sizes[:-1]:
         acc = acc + s
