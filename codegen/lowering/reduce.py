@@ -31,10 +31,38 @@ def _float(ctx, x):
     return x if dt.startswith(("float", "bfloat")) else ctx.emit(ctx.R.astype(x, "float64"))
 
 
+def _empty_value(op: str, dt: str):
+    """The value of a reduction over an empty set (ONNX): the identity of the reduction."""
+    if op in ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"):
+        return 0
+    if op == "ReduceProd":
+        return 1
+    if op in ("ReduceLogSum", "ReduceLogSumExp"):
+        return -np.inf
+    if op == "ReduceMean":
+        return np.nan
+    lowest = op == "ReduceMax"
+    if dt == "bool":
+        return not lowest
+    if dt.startswith("float"):
+        return -np.inf if lowest else np.inf
+    info = np.iinfo(dt)
+    return info.min if lowest else info.max
+
+
 def _reduction(pre, red, post=None):
     def fn(ctx, node, x, axes=None):
         ax = _axes(ctx, node, x, axes)
         keep = bool(node.attrs["keepdims"])
+        dims = ctx.shape(x)
+        if ax and dims is not None and any(isinstance(dims[a], int) and dims[a] == 0 for a in ax):
+            # TVM initializes a reduction inside its (empty) loop: fill with the identity instead.
+            out = [1 if i in ax else d for i, d in enumerate(dims)] if keep else [d for i, d in enumerate(dims) if i not in ax]
+            dt = ctx.dtype(x)
+            value = _empty_value(node.op, dt)
+            if all(isinstance(d, int) for d in out):
+                return ctx.const(np.full(out, value, dtype=dt))
+            return ctx.R.full(out, ctx.scalar(value, dt), dt)
         y = pre(ctx, x) if pre is not None else x
         if ax:
             if ctx.rank(x) == 0:
@@ -65,15 +93,19 @@ def _extreme(largest: bool):
 
     def red(ctx, y, a, k):
         R = ctx.R
-        m = ctx.emit((R.max if largest else R.min)(y, a, k))
         dt = ctx.dtype(y)
+        if dt == "bool":
+            u = ctx.emit(R.astype(y, "int8"))
+            return R.astype(ctx.emit((R.max if largest else R.min)(u, a, k)), "bool")
+        m = ctx.emit((R.max if largest else R.min)(y, a, k))
         if not dt.startswith("float"):
             return m
         info = np.finfo(dt)
         edge = ctx.scalar(info.min if largest else info.max, dt)
         hit = ctx.emit(R.max(R.astype(R.equal(y, edge), "int8"), a, k))
         inf = ctx.scalar(-np.inf if largest else np.inf, dt)
-        return R.where(R.logical_and(R.equal(m, edge), R.equal(hit, ctx.scalar(0, "int8"))), inf, m)
+        # hit < 1: no element equals the edge (an empty set reduces hit to int8's minimum)
+        return R.where(R.logical_and(R.equal(m, edge), R.less(hit, ctx.scalar(1, "int8"))), inf, m)
 
     return red
 
