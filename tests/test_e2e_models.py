@@ -1,7 +1,8 @@
 """End to end on real transformer graphs: all-MiniLM-L6-v2 (real weights), GPT-2 and a Llama with
 grouped-query attention (small random-init configs), each imported three ways (torch.export,
 TorchScript ONNX export, dynamo ONNX export), verified, run by the reference interpreter and
-compared with PyTorch; then printed/parsed as IR text and exported back to ONNX for ONNX Runtime.
+compared with PyTorch; then printed/parsed as IR text, exported back to ONNX for ONNX Runtime,
+and compiled for the host CPU (one symbolic-shape module run at two sizes).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 import models
 from optc import zoo
+from optc.codegen.build import build
 from optc.frontend.onnx_export import save_onnx
 from optc.frontend.onnx_import import import_onnx
 from optc.frontend.pytorch import export_module
@@ -129,3 +131,24 @@ def test_onnx_export_runs_in_onnxruntime(name, path, reference, imported, tmp_pa
     for arr, key in zip(got, outs):
         err = float(np.abs(arr - expected[key]).max())
         assert err <= TOL, f"{key}: max abs error {err:.2e} in ONNX Runtime"
+
+
+COMPILED_TOL = 1e-3
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compiled_matches_pytorch_at_two_sizes(name, path, reference, imported):
+    model, inputs, outs, expected = reference(name)
+    compiled = build(imported(name, path), "x86")
+    assert not compiled.unscheduled
+    compiled = compiled.load()
+    build_inputs, _ = MODELS[name]
+    _, other = build_inputs(batch=1, seq=45, seed=3)
+    with torch.no_grad():
+        ref = model(**other)
+    for feed, want in ((inputs, expected), (other, {k: ref[k].numpy() for k in outs})):
+        got = compiled.run(_feed(feed))
+        for out_name, key in zip(compiled.output_names(), outs):
+            err = float(np.abs(got[out_name] - want[key]).max())
+            assert err <= COMPILED_TOL, f"{key} at {tuple(feed['input_ids'].shape)}: max abs error {err:.2e}"
