@@ -25,17 +25,15 @@ checked by the runtime before every call.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..ir import DType, Graph, Node, TensorType, UnsupportedOpError, Value
+from ..ir import DType, Graph, Node, UnsupportedOpError, Value
 from ..ir.errors import IRError, OptcError
 from ..ir.symbolic import Monomial
 
-log = logging.getLogger(__name__)
 
 TVM_DTYPE: dict[DType, str] = {
     DType.FLOAT32: "float32",

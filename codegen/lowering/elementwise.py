@@ -221,8 +221,15 @@ def _softsign(ctx, node, x):
 
 @lowering("Mish")
 def _mish(ctx, node, x):
+    """x * tanh(softplus(x)) = x * n / (n + 2) with n = e^x (e^x + 2): no tanh (TVM's float tanh
+    is an approximation with ~1e-3 relative error near 0, i.e. for very negative x)."""
     R = ctx.R
-    return R.multiply(x, R.tanh(ctx.emit(_softplus_expr(ctx, x))))
+    dt = _dt(ctx, x)
+    big = ctx.scalar(20.0, dt)
+    t = ctx.emit(R.exp(R.minimum(x, big)))
+    n = ctx.emit(R.multiply(t, R.add(t, ctx.scalar(2.0, dt))))
+    y = R.multiply(x, R.divide(n, R.add(n, ctx.scalar(2.0, dt))))
+    return R.where(R.greater(x, big), x, ctx.emit(y))
 
 
 @lowering("Dropout")
