@@ -93,7 +93,13 @@ class CompiledModule:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".so", dir=path.parent)
         os.close(fd)
         try:
-            self.executable.export_library(tmp)
+            cross = getattr(self.target, "cross_compiler", None)
+            if cross:
+                from tvm.support import cc
+
+                self.executable.export_library(tmp, fcompile=cc.cross_compiler(cross))
+            else:
+                self.executable.export_library(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
