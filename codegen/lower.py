@@ -195,7 +195,9 @@ class LowerContext:
     def scalar(self, value, dtype: str):
         """A 0-d constant of ``dtype``."""
         if dtype == "bfloat16":
-            raise UnsupportedOpError("bfloat16 constants are not supported by the compiler yet")
+            import ml_dtypes
+
+            return self.relax.const(np.asarray(value, dtype=np.float32).astype(ml_dtypes.bfloat16), dtype)
         return self.relax.const(np.asarray(value, dtype=dtype), dtype)
 
     def fail(self, msg: str) -> UnsupportedOpError:
@@ -349,15 +351,11 @@ def lower(graph: Graph, target=None) -> Lowered:
     for v in graph.inputs:
         if v.shape is None:
             raise UnsupportedOpError(f"cannot compile input {v.name!r}: its rank is unknown")
-        if v.dtype is DType.BFLOAT16:
-            raise UnsupportedOpError(f"cannot compile input {v.name!r}: bfloat16 is not supported yet")
         shape = [ctx.dim(d, fresh_for_unknown=True) for d in v.shape]
         p = relax.Var(v.name, relax.TensorType(shape, TVM_DTYPE[v.dtype]))
         params.append(p)
         ctx.values[id(v)] = p
     for v in graph.constants.values():
-        if v.dtype is DType.BFLOAT16:
-            raise UnsupportedOpError(f"cannot compile constant {v.name!r}: bfloat16 is not supported yet")
         ctx.values[id(v)] = relax.const(np.array(v.const, order="C", copy=None), TVM_DTYPE[v.dtype])
 
     with bb.function("main", params):
