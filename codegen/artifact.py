@@ -74,6 +74,7 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
             "model": file_fingerprint(model) if model is not None else None,
             "pipeline": pipeline,
             "passes": reports or [],
+            "codegen": _codegen_pipeline(compiled.target),
             "build": {"seconds": compiled.timings, "fallback_scheduled": compiled.fallback_funcs,
                       "unscheduled": compiled.unscheduled},
         }
@@ -84,6 +85,16 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _codegen_pipeline(target) -> dict:
+    """The kernel choices that ran: optc's Relax passes and schedule rules for this target."""
+    from . import schedules
+
+    def names(items):
+        return [type(x).__name__ if not hasattr(x, "info") else str(x.info.name) for x in items]
+
+    return {"relax_passes": names(schedules.relax_passes(target)), "schedule_rules": names(schedules.schedule_rules(target))}
 
 
 def _usual_permissions(folder: Path) -> None:

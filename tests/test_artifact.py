@@ -48,6 +48,7 @@ def test_artifact_layout_and_manifest(mlp):
     assert man["outputs"] == [{"name": "y", "dtype": "f32", "shape": ["batch", 8]}]
     assert man["target"]["name"] == "x86" and man["versions"]["tvm"]
     assert man["model"]["files"]["mlp.onnx"]["sha256"]
+    assert "DenseRule" in man["codegen"]["schedule_rules"]
 
 
 @pytest.mark.parametrize("batch", [1, 5])
