@@ -47,33 +47,50 @@ def eliminate_dead_code(graph: Graph) -> bool:
 
 
 def _fold_node(graph: Graph, node: Node) -> bool:
+    return fold_constant_node(graph, node) or fold_shape_node(graph, node)
+
+
+def fold_constant_node(graph: Graph, node: Node, max_growth: int = _MAX_GROWTH_ELEMENTS) -> bool:
+    """Replace the outputs of ``node`` by constants when all its inputs are constants (and the
+    result stays small). The node is left in place, dead; returns whether it folded."""
     if node.op in _NOT_FOLDABLE or any(out in graph.outputs for out in node.outputs):
         return False  # graph outputs keep their producing node, and so their names
     ins = [v for v in node.inputs if v is not None]
-    if all(v.is_constant for v in ins) and _fits(node):
+    if all(v.is_constant for v in ins) and _fits(node, max_growth) and any(o.uses for o in node.outputs):
         arrays = evaluate_node(node)
         _replace_with_constants(graph, node, arrays)
         return True
+    return False
+
+
+def fold_shape_node(graph: Graph, node: Node) -> str | None:
+    """Fold the shape computation at ``node``: an integer output whose contents are known
+    statically becomes a constant (``"value"``), a Reshape/Expand target holding symbolic dims
+    becomes a constant with 0/-1 (Reshape) or 1 (Expand) where that is exact (``"reshape"``,
+    ``"expand"``). Returns what it did, or None."""
+    if node.op in _NOT_FOLDABLE or any(out in graph.outputs for out in node.outputs):
+        return None
     # Outputs whose contents are known symbolically and fully static.
     if len(node.outputs) == 1:
         out = node.outputs[0]
         s = out.sym
-        if s is not None and all(isinstance(d, int) for d in s) and out.type.is_static and out.dtype.is_int:
+        if (s is not None and out.uses and all(isinstance(d, int) for d in s) and out.type.is_static
+                and out.dtype.is_int):
             arr = np.array(s, dtype=out.dtype.numpy).reshape(out.type.shape)
             _replace_with_constants(graph, node, [arr])
-            return True
-    if node.op == "Reshape":
-        return _fold_reshape_target(graph, node)
-    if node.op == "Expand":
-        return _fold_expand_target(graph, node)
-    return False
+            return "value"
+    if node.op == "Reshape" and _fold_reshape_target(graph, node):
+        return "reshape"
+    if node.op == "Expand" and _fold_expand_target(graph, node):
+        return "expand"
+    return None
 
 
-def _fits(node: Node) -> bool:
+def _fits(node: Node, max_growth: int = _MAX_GROWTH_ELEMENTS) -> bool:
     in_elems = sum(v.const.size for v in node.inputs if v is not None)
     for out in node.outputs:
         n = out.type.numel
-        if n is None or n > in_elems + _MAX_GROWTH_ELEMENTS:
+        if n is None or n > in_elems + max_growth:
             return False
     return True
 
