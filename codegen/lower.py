@@ -35,21 +35,7 @@ from ..ir.errors import IRError, OptcError
 from ..ir.symbolic import Monomial
 
 
-TVM_DTYPE: dict[DType, str] = {
-    DType.FLOAT32: "float32",
-    DType.FLOAT16: "float16",
-    DType.BFLOAT16: "bfloat16",
-    DType.FLOAT64: "float64",
-    DType.INT8: "int8",
-    DType.INT16: "int16",
-    DType.INT32: "int32",
-    DType.INT64: "int64",
-    DType.UINT8: "uint8",
-    DType.UINT16: "uint16",
-    DType.UINT32: "uint32",
-    DType.UINT64: "uint64",
-    DType.BOOL: "bool",
-}
+TVM_DTYPE: dict[DType, str] = {d: d.long_name for d in DType}
 
 
 class LoweringError(OptcError):

@@ -159,4 +159,4 @@ def bind_dims(graph: Graph, shapes: Mapping[str, Sequence[int]]) -> dict[str, in
 
 def _describe(v) -> dict:
     shape = None if v.type.shape is None else [d if d is not None else "?" for d in v.type.shape]
-    return {"name": v.name, "dtype": v.dtype.numpy.name if v.dtype.value != "bf16" else "bfloat16", "shape": shape}
+    return {"name": v.name, "dtype": v.dtype.long_name, "shape": shape}

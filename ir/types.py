@@ -42,6 +42,11 @@ class DType(enum.Enum):
         return np.dtype(_TO_NUMPY[self])
 
     @property
+    def long_name(self) -> str:
+        """The conventional spelling (``float32``, ``bfloat16``, ...), as numpy and TVM write it."""
+        return "bfloat16" if self is DType.BFLOAT16 else _TO_NUMPY[self]
+
+    @property
     def is_float(self) -> bool:
         return self in (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT64)
 

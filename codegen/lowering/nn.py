@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ir import windows
 from . import lowering
 
 _STASH = {1: "float32", 10: "float16", 11: "float64"}
@@ -47,30 +48,15 @@ def _spatial(ctx, node, x, w_kernel=None):
     n = len(shp) - 2
     if n not in (1, 2, 3):
         raise ctx.fail(f"{node.op} with {n} spatial dims")
-    kernel = list(node.attrs["kernel_shape"] or w_kernel)
-    strides = list(node.attrs["strides"] or [1] * n)
-    dil = list(node.attrs["dilations"] or [1] * n)
+    kernel, strides, dil = windows.window(node.attrs, n, w_kernel or ())
     return shp, n, kernel, strides, dil
 
 
 def _pads(ctx, node, sizes, kernel, strides, dil):
-    n = len(sizes)
-    auto = node.attrs["auto_pad"]
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        lo, hi = [], []
-        for d, k, s, dl in zip(sizes, kernel, strides, dil):
-            out = -(-d // s)
-            total = max(0, (out - 1) * s + (k - 1) * dl + 1 - d)
-            small = total // 2
-            lo.append(small if auto == "SAME_UPPER" else total - small)
-            hi.append(total - lo[-1])
-        return lo, hi
-    if auto == "VALID":
-        return [0] * n, [0] * n
-    if auto != "NOTSET":
-        raise ctx.fail(f"auto_pad {auto!r}")
-    p = list(node.attrs["pads"] or [0] * (2 * n))
-    return p[:n], p[n:]
+    try:
+        return windows.pads(node.attrs, sizes, kernel, strides, dil)
+    except ValueError as e:
+        raise ctx.fail(str(e)) from None
 
 
 _CONV = {1: "conv1d", 2: "conv2d", 3: "conv3d"}

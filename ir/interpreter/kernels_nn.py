@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import windows
 from ..errors import IRError
 from .engine import kernel, normalize_axis
 
@@ -54,36 +55,13 @@ def _spatial(node, x: torch.Tensor, w_kernel=None):
     n = x.dim() - 2
     if n not in (1, 2, 3):
         raise IRError(f"node {node.name} ({node.op}): only 1-D, 2-D and 3-D inputs are supported, got rank {x.dim()}")
-    kernel_shape = node.attrs["kernel_shape"] or w_kernel
-    kernel_shape = [int(k) for k in kernel_shape]
-    strides = list(node.attrs["strides"] or [1] * n)
-    dil = list(node.attrs["dilations"] or [1] * n)
-    if not len(kernel_shape) == len(strides) == len(dil) == n:
-        raise ValueError(f"kernel_shape/strides/dilations must have {n} entries")
+    kernel_shape, strides, dil = windows.window(node.attrs, n, w_kernel or ())
     return n, kernel_shape, strides, dil
 
 
 def _pads(node, sizes, kernel_shape, strides, dil) -> tuple[list[int], list[int]]:
     """(begin, end) pads per spatial axis from ``auto_pad`` / ``pads``."""
-    n = len(sizes)
-    auto = node.attrs["auto_pad"]
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        lo, hi = [], []
-        for d, k, s, dl in zip(sizes, kernel_shape, strides, dil):
-            out = -(-d // s)
-            total = max(0, (out - 1) * s + (k - 1) * dl + 1 - d)
-            small = total // 2
-            lo.append(small if auto == "SAME_UPPER" else total - small)
-            hi.append(total - lo[-1])
-        return lo, hi
-    if auto == "VALID":
-        return [0] * n, [0] * n
-    if auto != "NOTSET":
-        raise ValueError(f"unknown auto_pad {auto!r}")
-    p = list(node.attrs["pads"] or [0] * (2 * n))
-    if len(p) != 2 * n:
-        raise ValueError(f"pads has {len(p)} entries for {n} spatial axes")
-    return p[:n], p[n:]
+    return windows.pads(node.attrs, list(sizes), kernel_shape, strides, dil)
 
 
 def _pad_spatial(x: torch.Tensor, lo, hi, value: float = 0.0) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from .. import windows
 from ..errors import IRError, UnsupportedOpError
 from ..symbolic import add_dims, mul_dims
 from ..types import DType, TensorType
@@ -97,27 +98,15 @@ def _conv_out(d, k, s, dil, p0, p1):
 
 def _window(ctx, n: int, default_kernel) -> tuple[list, list, list]:
     """Kernel extent, strides and dilations of an n-D sliding window (conv or pool)."""
-    kernel = list(ctx.attr("kernel_shape") or default_kernel)
-    return kernel, list(ctx.attr("strides") or [1] * n), list(ctx.attr("dilations") or [1] * n)
+    return windows.window(ctx.attrs, n, default_kernel)
 
 
-def _spatial_pads(ctx, spatial, kernel, strides, dilations, transposed=False):
-    n = len(spatial)
-    pads = list(ctx.attr("pads") or [0] * (2 * n))
-    auto = ctx.attr("auto_pad")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0] * (2 * n)
-        for i in range(n):
-            d = spatial[i]
-            if not isinstance(d, int):
-                return None
-            out = -(-d // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - d)
-            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            pads[i], pads[i + n] = lo, total - lo
-    elif auto == "VALID":
-        pads = [0] * (2 * n)
-    return pads
+def _spatial_pads(ctx, spatial, kernel, strides, dilations):
+    """Begin pads followed by end pads, or None when SAME padding meets a symbolic extent."""
+    if ctx.attr("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and not all(isinstance(d, int) for d in spatial):
+        return None
+    lo, hi = windows.pads(ctx.attrs, spatial, kernel, strides, dilations)
+    return lo + hi
 
 
 CONV_ATTRS = {

@@ -1,0 +1,42 @@
+"""Sliding-window geometry shared by convolution and pooling: the kernel, strides, dilations
+and begin/end pads a node's attributes describe. One definition serves type inference, the
+reference interpreter and codegen, so the three can never disagree about ``auto_pad``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+def window(attrs: Mapping[str, Any], n: int, default_kernel: Sequence[int] = ()) -> tuple[list, list, list]:
+    """(kernel, strides, dilations) of an n-D window; the kernel defaults to the weight's."""
+    kernel = [int(k) for k in (attrs.get("kernel_shape") or default_kernel)]
+    strides = list(attrs.get("strides") or [1] * n)
+    dilations = list(attrs.get("dilations") or [1] * n)
+    if not len(kernel) == len(strides) == len(dilations) == n:
+        raise ValueError(f"kernel_shape/strides/dilations must have {n} entries")
+    return kernel, strides, dilations
+
+
+def pads(attrs: Mapping[str, Any], sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+         dilations: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(begin, end) pads per spatial axis from ``auto_pad`` (SAME_UPPER/SAME_LOWER/VALID) or
+    ``pads``. SAME pads need static ``sizes``."""
+    n = len(sizes)
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        lo, hi = [], []
+        for d, k, s, dl in zip(sizes, kernel, strides, dilations):
+            out = -(-d // s)
+            total = max(0, (out - 1) * s + (k - 1) * dl + 1 - d)
+            small = total // 2
+            lo.append(small if auto == "SAME_UPPER" else total - small)
+            hi.append(total - lo[-1])
+        return lo, hi
+    if auto == "VALID":
+        return [0] * n, [0] * n
+    if auto != "NOTSET":
+        raise ValueError(f"unknown auto_pad {auto!r}")
+    p = list(attrs.get("pads") or [0] * (2 * n))
+    if len(p) != 2 * n:
+        raise ValueError(f"pads has {len(p)} entries for {n} spatial axes")
+    return p[:n], p[n:]
