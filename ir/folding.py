@@ -47,7 +47,7 @@ def eliminate_dead_code(graph: Graph) -> bool:
 
 
 def _fold_node(graph: Graph, node: Node) -> bool:
-    return fold_constant_node(graph, node) or fold_shape_node(graph, node)
+    return fold_constant_node(graph, node) or fold_shape_node(graph, node) is not None
 
 
 def fold_constant_node(graph: Graph, node: Node, max_growth: int = _MAX_GROWTH_ELEMENTS) -> bool:
@@ -68,10 +68,11 @@ def fold_shape_node(graph: Graph, node: Node) -> str | None:
     statically becomes a constant (``"value"``), a Reshape/Expand target holding symbolic dims
     becomes a constant with 0/-1 (Reshape) or 1 (Expand) where that is exact (``"reshape"``,
     ``"expand"``). Returns what it did, or None."""
-    if node.op in _NOT_FOLDABLE or any(out in graph.outputs for out in node.outputs):
+    if node.op in _NOT_FOLDABLE:
         return None
-    # Outputs whose contents are known symbolically and fully static.
-    if len(node.outputs) == 1:
+    # Outputs whose contents are known symbolically and fully static (graph outputs keep
+    # their producing node, and so their names).
+    if len(node.outputs) == 1 and node.outputs[0] not in graph.outputs:
         out = node.outputs[0]
         s = out.sym
         if (s is not None and out.uses and all(isinstance(d, int) for d in s) and out.type.is_static

@@ -26,16 +26,54 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     return run(graph, inputs)
 
 
+def instruments(*, print_ir_after: str | None = None, time_passes: bool = False, verify_each: bool = False,
+                check_numerics: bool = False) -> list:
+    """The instruments behind the CLI's debug flags (``--print-ir-after PASS|all``,
+    ``--time-passes``, ``--verify-each``); they print to stderr."""
+    from .passes import CheckNumerics, PrintIRAfter, TimePasses, VerifyEach, get_pass, registered_passes
+
+    out: list = []
+    if print_ir_after:
+        names = [n.strip() for n in print_ir_after.split(",") if n.strip()]
+        for n in names:
+            if n != "all" and get_pass(n) is None:
+                raise OptcError(f"--print-ir-after: unknown pass {n!r}; valid: all, {', '.join(registered_passes())}")
+        out.append(PrintIRAfter("all" if "all" in names else names))
+    if verify_each:
+        out.append(VerifyEach())
+    if check_numerics:
+        out.append(CheckNumerics())
+    if time_passes:
+        out.append(TimePasses(print_at_end=True))
+    return out
+
+
+def optimize(graph: Graph, passes: str = "default", *, target=None, calibration=None, budgets=None,
+             instruments: list | None = None, dims: dict[str, int] | None = None):
+    """Run a pass pipeline on ``graph`` in place. Returns the ``PipelineResult`` (the expanded
+    pipeline text and each pass's report)."""
+    from .passes import PassContext, PassManager
+
+    pm = PassManager.parse(passes)
+    ctx = PassContext(target=target, calibration=list(calibration or []), budgets=dict(budgets or {}),
+                      instruments=list(instruments or []), dims=dict(dims or {}))
+    return pm.run(graph, ctx)
+
+
 def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "x86",
-            progress: bool = False) -> Path:
-    """Import ``model`` (.onnx or .pt2), build it for ``target`` and write the artifact folder
-    ``out`` (atomically). Returns the folder."""
+            passes: str = "default", instruments: list | None = None, progress: bool = False) -> Path:
+    """Import ``model`` (.onnx or .pt2), run the pass pipeline ``passes`` on it, build it for
+    ``target`` and write the artifact folder ``out`` (atomically); the manifest records the
+    pipeline and each pass's report. Returns the folder."""
     from .codegen.artifact import write_artifact
     from .codegen.build import build
+    from .passes import PassManager
     from .targets import get_target
 
     tgt = get_target(target)
+    PassManager.parse(passes)  # a bad pipeline fails before the (slow) import
     graph = load_model(model)
+    result = optimize(graph, passes, target=tgt.name, instruments=instruments)
     if progress:
         from .progress import Progress
 
@@ -43,7 +81,7 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "
             compiled = build(graph, tgt)
     else:
         compiled = build(graph, tgt)
-    return write_artifact(compiled, out, model=model, pipeline=None)
+    return write_artifact(compiled, out, model=model, pipeline=result.pipeline, reports=result.reports)
 
 
 def load(folder: str | os.PathLike):

@@ -47,13 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--ir", action="store_true", help="print the IR text")
     insp.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                       help="bind a symbolic dim when counting FLOPs (repeatable; unbound dims count as 1)")
+    insp.add_argument("--passes", default="", metavar="PIPELINE",
+                      help="run this pass pipeline first and show the graph after it (e.g. default)")
+    _debug_flags(insp)
     insp.set_defaults(func=_cmd_inspect)
 
     comp = sub.add_parser("compile", help="compile a model into an artifact folder")
     comp.add_argument("model", help="an .onnx or .pt2 file")
     comp.add_argument("--target", default="x86", help="x86 (the host), x86-avx2, x86-avx512")
     comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    comp.add_argument("--passes", default="default", metavar="PIPELINE",
+                      help="pass pipeline, e.g. 'default,prune-heads{ratio=0.25}' (default: default, exact passes only; see optc passes)")
+    _debug_flags(comp)
     comp.set_defaults(func=_cmd_compile)
+
+    ps = sub.add_parser("passes", help="list every pass with its options and the default pipeline")
+    ps.add_argument("--json", action="store_true", help="print one JSON object")
+    ps.set_defaults(func=_cmd_passes)
 
     run = sub.add_parser("run", help="run a compiled artifact (or a model file) on inputs from an .npz file")
     run.add_argument("model", help="an artifact folder, or an .onnx/.pt2 file (runs the reference interpreter)")
@@ -76,6 +86,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--print-ir-after", metavar="PASS|all", default=None,
+                   help="print the IR (to stderr) after each run of PASS (comma list), or after every pass")
+    p.add_argument("--time-passes", action="store_true", help="print each pass's time (to stderr)")
+    p.add_argument("--verify-each", action="store_true", help="run the IR verifier after each pass")
+    p.add_argument("--check-numerics", action="store_true",
+                   help="after each pass, compare outputs with the reference interpreter on random inputs")
+
+
+def _instruments(args) -> list:
+    from .api import instruments
+
+    return instruments(print_ir_after=args.print_ir_after, time_passes=args.time_passes,
+                       verify_each=args.verify_each, check_numerics=args.check_numerics)
+
+
+def _cmd_passes(args) -> int:
+    from .passes import default_pipeline_text, pass_info
+
+    info = pass_info()
+    if args.json:
+        print(json.dumps({"default": default_pipeline_text(), "passes": info}))
+        return 0
+    print(f"default pipeline: {default_pipeline_text()}")
+    print()
+    for p in info:
+        print(p["name"] + ("  [lossy]" if p["lossy"] else ""))
+        print(f"    {p['doc']}")
+        for o in p["options"]:
+            print(f"    {o['name']}: {o['type']} = {json.dumps(o['default'])}  {o['doc']}")
+    return 0
+
+
 def _parse_dims(items: list[str]) -> dict[str, int]:
     from .ir.errors import OptcError
 
@@ -93,12 +136,20 @@ def _cmd_inspect(args) -> int:
     from .ir.analysis import summarize
 
     graph = load_model(args.model)
+    report = None
+    if args.passes:
+        from .api import optimize
+
+        report = optimize(graph, args.passes, instruments=_instruments(args))
     if args.ir:
         from .ir.text import print_graph
 
         print(print_graph(graph))
         return 0
     info = summarize(graph).to_json(_parse_dims(args.dim))
+    if report is not None:
+        info["pipeline"] = report.pipeline
+        info["passes"] = report.reports
     if args.json:
         print(json.dumps(info))
         return 0
@@ -111,6 +162,8 @@ def _cmd_inspect(args) -> int:
     print(f"parameters: {info['params']:,} ({info['param_bytes'] / 2**20:.1f} MiB)")
     bound = ", ".join(f"{k}={v}" for k, v in info["flops_dims"].items())
     print(f"FLOPs: {info['flops']:,}" + (f" at {bound}" if bound else "") + f"  ({info['flops_expr']})")
+    if report is not None:
+        print(f"pipeline: {report.pipeline}")
     print(f"nodes: {info['nodes']}")
     for op, count in info["ops"].items():
         print(f"  {op:<24} {count}")
@@ -120,7 +173,8 @@ def _cmd_inspect(args) -> int:
 def _cmd_compile(args) -> int:
     from .api import compile as compile_model
 
-    out = compile_model(args.model, args.output, target=args.target, progress=True)
+    out = compile_model(args.model, args.output, target=args.target, passes=args.passes,
+                        instruments=_instruments(args), progress=True)
     print(f"wrote {out}/")
     return 0
 
