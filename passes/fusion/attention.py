@@ -173,6 +173,8 @@ def _match(sm: Node):
     final = finals[0]
     if any(n not in allowed and n is not final for n in users(sm.output)) or len(users(p)) != 1:
         return None
+    if any(o in sm.graph.outputs for o in [sm.output, p]):
+        return None  # the probabilities are needed themselves
     v = strip(final.input(1))
     k_recipe = _k_from_kt(kt)
     if k_recipe is None:
