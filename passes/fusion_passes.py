@@ -26,6 +26,8 @@ def discover() -> dict[str, Callable]:
         pkg = importlib.import_module(f"{__package__}.fusion")
     except ImportError:
         return {}
+    if getattr(pkg, "ALL_FUSIONS", None):  # the package's own order, bigger patterns first
+        return {fn.__name__[len("fuse_"):]: fn for fn in pkg.ALL_FUSIONS}
     found: dict[str, Callable] = {}
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("_") or info.name.startswith("test"):
