@@ -152,3 +152,24 @@ def test_compiled_matches_pytorch_at_two_sizes(name, path, reference, imported):
         for out_name, key in zip(compiled.output_names(), outs):
             err = float(np.abs(got[out_name] - want[key]).max())
             assert err <= COMPILED_TOL, f"{key} at {tuple(feed['input_ids'].shape)}: max abs error {err:.2e}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_cli_inspect_default_pipeline_fuses_minilm(path, reference, tmp_path):
+    """`optc inspect --passes default --json` in a fresh process (so a .pt2 whose outputs are a
+    transformers ModelOutput must load without transformers imported beforehand)."""
+    import json
+    import subprocess
+    import sys
+
+    model, inputs, outs, _ = reference("minilm")
+    if path == "torch.export":
+        f = zoo.export_pt2(model, inputs, tmp_path / "minilm.pt2")
+    else:
+        f = zoo.export_onnx(model, inputs, tmp_path / "minilm.onnx", dynamo=path == "onnx-dynamo", output_names=outs)
+    r = subprocess.run([sys.executable, "-m", "optc.cli", "inspect", str(f), "--passes", "default", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ops = json.loads(r.stdout)["ops"]
+    assert (ops.get("Attention"), ops.get("LayerNormalization"), ops.get("Gelu")) == (6, 13, 6)
+    assert not {"Softmax", "Erf", "ReduceMean"} & set(ops)

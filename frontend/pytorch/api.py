@@ -4,6 +4,7 @@ particular use of a mapped op is retried with that op decomposed too."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -36,15 +37,16 @@ def load_pt2(path: str | os.PathLike, *, dim_names: dict[str, str] | None = None
         raise ModelFileError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path}: not a torch.export archive (not a zip file; truncated?)")
-    export_log = logging.getLogger("torch.export")
-    level = export_log.level
-    export_log.setLevel(logging.CRITICAL)  # torch logs its own traceback before raising
     try:
-        ep = torch.export.load(path)
-    except Exception as e:  # noqa: BLE001 - any loader failure is a bad file for the user
-        raise ModelFileError(f"{path}: not a loadable torch.export archive ({type(e).__name__}: {_first_line(e)})") from None
-    finally:
-        export_log.setLevel(level)
+        ep = _load_archive(path)
+    except _UnregisteredType as e:
+        # The outputs are a registered pytree class (e.g. a transformers ModelOutput): its
+        # module registers it on import. Import it (an installed package) and try again.
+        try:
+            importlib.import_module(e.module)
+        except ImportError:
+            raise ModelFileError(f"{path}: its outputs use {e.type_name}, which needs the package {e.module.split('.')[0]!r}") from None
+        ep = _load_archive(path)
     return import_exported_program(ep, dim_names=dim_names, name=_graph_name(path))
 
 
@@ -88,6 +90,42 @@ def _import(ep, dim_names: dict[str, str], name: str, spec_names: dict[str, str]
             if r.op in refused:
                 raise r.error from None
             refused.add(r.op)
+
+
+class _UnregisteredType(Exception):
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+        self.module = type_name.rsplit(".", 1)[0]
+
+
+class _Capture(logging.Handler):
+    """Keeps the exception torch.export.load logs (and would otherwise print as a traceback)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def _load_archive(path: str):
+    export_log = logging.getLogger("torch.export")
+    capture, handlers, propagate = _Capture(), export_log.handlers[:], export_log.propagate
+    export_log.handlers = [capture]  # torch logs its own traceback before raising: keep it
+    export_log.propagate = False
+    try:
+        return torch.export.load(path)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a bad file for the user
+        cause = capture.errors[-1] if capture.errors else e
+        m = re.search(r"Deserializing (\S+) in pytree is not registered", str(cause))
+        if m:
+            raise _UnregisteredType(m.group(1)) from None
+        raise ModelFileError(f"{path}: not a loadable torch.export archive ({type(cause).__name__}: {_first_line(cause)})") from None
+    finally:
+        export_log.handlers = handlers
+        export_log.propagate = propagate
 
 
 def _first_line(e: BaseException) -> str:
