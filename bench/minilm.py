@@ -3,10 +3,11 @@
 1. Exports it three ways (torch.export .pt2, TorchScript ONNX, dynamo ONNX), imports each into
    the IR, prints the `optc inspect` summary, runs the reference interpreter on tokenized
    sentences and compares every output with PyTorch.
-2. Compiles the ONNX export for the host (`optc compile`, symbolic batch and seq), checks the
-   artifact against PyTorch at two sequence lengths, and measures latency at batch 1, seq 128
-   and seq 32 with 2 threads: optc vs ONNX Runtime (all graph optimizations) vs PyTorch eager,
-   in one run, medians and ratios.
+2. Compiles the ONNX export for the host (`optc compile`, symbolic batch and seq) with the
+   default pipeline and with fusion left out, checks both artifacts against PyTorch at two
+   sequence lengths, and measures latency at batch 1, seq 128 and seq 32 with 2 threads: optc
+   (fused and unfused) vs ONNX Runtime (all graph optimizations) vs PyTorch eager, in one run,
+   medians and ratios.
 
     python bench/minilm.py [--out out/minilm] [--seq 128] [--no-compile]
 """
@@ -90,19 +91,27 @@ def main() -> int:
 
 
 def compile_and_benchmark(model, onnx_file: Path, artifact: Path, repeat: int) -> bool:
-    t = time.perf_counter()
-    optc.compile(onnx_file, artifact, target="x86", progress=True)
-    print(f"\ncompiled {onnx_file.name} for x86 in {time.perf_counter() - t:.1f} s -> {artifact}/")
-    compiled = optc.load(artifact)
+    """Compile with the default pipeline (fusion on) and without fusion; check both against
+    PyTorch; time both, ONNX Runtime and PyTorch eager in one run."""
+    from optc.passes import DEFAULT_PIPELINE
+
+    variants = {"optc": "default", "optc-nofuse": DEFAULT_PIPELINE}
+    compiled = {}
+    for name, passes in variants.items():
+        folder = artifact.with_name(artifact.name + ("" if name == "optc" else "-nofuse"))
+        t = time.perf_counter()
+        optc.compile(onnx_file, folder, target="x86", passes=passes, progress=True)
+        print(f"compiled {onnx_file.name} for x86 ({name}: --passes {passes}) in {time.perf_counter() - t:.1f} s -> {folder}/")
+        compiled[name] = optc.load(folder)
     ok = True
-    print(f"\n{'seq':>4} {'max |err| vs torch':>19} {'optc ms':>9} {'ORT ms':>8} {'torch ms':>9} {'optc/ORT':>9} {'optc/torch':>11}")
+    print(f"\n{'seq':>4} {'max |err| vs torch':>19} {'optc ms':>9} {'no-fuse ms':>11} {'ORT ms':>8} {'torch ms':>9}"
+          f" {'optc/ORT':>9} {'no-fuse/ORT':>12} {'optc/torch':>11}")
     for seq in (128, 32):
         inputs = zoo.tokenize(zoo.SAMPLE_SENTENCES[:1], max_length=seq)
         feed = {k: v.numpy() for k, v in inputs.items()}
         with torch.inference_mode():
             ref = model(**inputs)
-        got = compiled.run(feed)
-        err = max(float(np.abs(got[k] - ref[k].numpy()).max()) for k in OUTPUTS)
+        err = max(float(np.abs(c.run(feed)[k] - ref[k].numpy()).max()) for c in compiled.values() for k in OUTPUTS)
         ok &= err <= 1e-3
         ort_run = bm.onnxruntime_runner(onnx_file, feed, THREADS)
 
@@ -110,10 +119,11 @@ def compile_and_benchmark(model, onnx_file: Path, artifact: Path, repeat: int) -
             with torch.inference_mode():
                 return model(**inputs)
 
-        times = {name: bm.measure(name, fn, repeat) for name, fn in
-                 (("optc", lambda: compiled.run(feed)), ("onnxruntime", ort_run), ("torch", torch_run))}
-        o, r, p = (times[k].median for k in ("optc", "onnxruntime", "torch"))
-        print(f"{seq:>4} {err:>19.2e} {o:>9.2f} {r:>8.2f} {p:>9.2f} {o / r:>8.2f}x {o / p:>10.2f}x")
+        runners = [(name, (lambda c=c: c.run(feed))) for name, c in compiled.items()]
+        runners += [("onnxruntime", ort_run), ("torch", torch_run)]
+        ms = {name: bm.measure(name, fn, repeat).median for name, fn in runners}
+        o, n, r, p = ms["optc"], ms["optc-nofuse"], ms["onnxruntime"], ms["torch"]
+        print(f"{seq:>4} {err:>19.2e} {o:>9.2f} {n:>11.2f} {r:>8.2f} {p:>9.2f} {o / r:>8.2f}x {n / r:>11.2f}x {o / p:>10.2f}x")
     return ok
 
 
