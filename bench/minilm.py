@@ -93,9 +93,9 @@ def main() -> int:
 def compile_and_benchmark(model, onnx_file: Path, artifact: Path, repeat: int) -> bool:
     """Compile with the default pipeline (fusion on) and without fusion; check both against
     PyTorch; time both, ONNX Runtime and PyTorch eager in one run."""
-    from optc.passes import DEFAULT_PIPELINE
+    from optc.passes import CLEANUP_PIPELINE
 
-    variants = {"optc": "default", "optc-nofuse": DEFAULT_PIPELINE}
+    variants = {"optc": "default", "optc-nofuse": CLEANUP_PIPELINE}
     compiled = {}
     for name, passes in variants.items():
         folder = artifact.with_name(artifact.name + ("" if name == "optc" else "-nofuse"))

@@ -10,14 +10,14 @@ from .base import Pass, PassError, PassResult, get_pass, option, pass_info, regi
 from .context import PassContext, random_inputs
 from .instruments import CheckNumerics, Instrument, PrintIRAfter, TimePasses, VerifyEach
 from .manager import PassManager, PipelineResult, run_pipeline
-from .pipeline import DEFAULT_PIPELINE, default_pipeline_text, format_pipeline, parse_pipeline
+from .pipeline import CLEANUP_PIPELINE, DEFAULT_PIPELINE, default_pipeline_text, format_pipeline, parse_pipeline
 
 # Register the built-in passes.
 from . import cse, dce, fold_constants, fold_shapes, simplify  # noqa: E402,F401
 from . import fusion_passes  # noqa: E402,F401  (fuse-* passes, once passes/fusion has them)
 
 __all__ = [
-    "CheckNumerics", "DEFAULT_PIPELINE", "Instrument", "Pass", "PassContext", "PassError", "PassManager", "PassResult",
+    "CheckNumerics", "CLEANUP_PIPELINE", "DEFAULT_PIPELINE", "Instrument", "Pass", "PassContext", "PassError", "PassManager", "PassResult",
     "PipelineResult", "PrintIRAfter", "TimePasses", "VerifyEach", "default_pipeline_text", "format_pipeline", "get_pass",
     "option", "parse_pipeline", "pass_info", "random_inputs", "register_pass", "registered_passes", "run_pipeline",
 ]

@@ -63,10 +63,6 @@ class Fuse(Pass):
         return PassResult(any(matched.values()), {"matched": matched})
 
 
-def fusion_available() -> bool:
-    return bool(_FUSIONS)
-
-
 def register_fusions() -> None:
     found = discover()
     if found:

@@ -12,16 +12,16 @@ from typing import Any
 
 from .base import Pass, PassError, get_pass, option_type, registered_passes
 
-# The default pipeline: exact passes only (no lossy pass runs unless asked for).
-DEFAULT_PIPELINE = "fold-shapes,fold-constants,simplify,cse,dce"
+# The cleanup passes, and the default pipeline: exact passes only (no lossy pass runs unless
+# asked for): cleanup, then every fusion, then the dead code fusion leaves behind.
+CLEANUP_PIPELINE = "fold-shapes,fold-constants,simplify,cse,dce"
+DEFAULT_PIPELINE = CLEANUP_PIPELINE + ",fuse,dce"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def default_pipeline_text() -> str:
-    from .fusion_passes import fusion_available
-
-    return DEFAULT_PIPELINE + (",fuse,dce" if fusion_available() else "")
+    return DEFAULT_PIPELINE
 
 
 def _split_top(text: str) -> list[str]:

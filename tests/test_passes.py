@@ -14,7 +14,7 @@ import pytest
 from optc.ir import DType, Graph, OptcError, TensorType
 from optc.ir.interpreter import run
 from optc.ir.verifier import verify
-from optc.passes import (DEFAULT_PIPELINE, CheckNumerics, PassContext, PassError, PassManager, PassResult, PrintIRAfter, TimePasses,
+from optc.passes import (CLEANUP_PIPELINE, CheckNumerics, PassContext, PassError, PassManager, PassResult, PrintIRAfter, TimePasses,
                          VerifyEach, default_pipeline_text, format_pipeline, parse_pipeline, pass_info, random_inputs)
 from optc.passes.base import Pass, _REGISTRY, option, register_pass
 
@@ -129,7 +129,7 @@ def mlp_with_junk() -> Graph:
 
 def test_default_pipeline_cleans_up_and_reports():
     g = mlp_with_junk()
-    result = apply(g, DEFAULT_PIPELINE, {"batch": 3})  # the cleanup part of default (no fusion)
+    result = apply(g, CLEANUP_PIPELINE, {"batch": 3})  # the cleanup part of default (no fusion)
     assert sorted(ops(g)) == ["Add", "MatMul", "Mul"]
     by = {r["pass"]: r for r in result.reports}
     assert by["fold-constants"]["folded"] == 1
@@ -137,7 +137,7 @@ def test_default_pipeline_cleans_up_and_reports():
     assert by["simplify"]["removed_Identity"] == 1 and by["simplify"]["removed_Dropout"] == 1
     for r in result.reports:
         assert {"pass", "changed", "nodes_before", "nodes_after", "seconds", "lossy"} <= set(r)
-    assert result.pipeline == DEFAULT_PIPELINE
+    assert result.pipeline == CLEANUP_PIPELINE
     json.dumps(result.reports)  # reports go into the manifest
 
 
