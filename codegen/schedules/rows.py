@@ -115,6 +115,19 @@ class _Row:
         t = te.reduce_axis((0, self.tail), name="t")
         if init is None:
             return te.compute(tuple(self.lead), lambda *i: red(value(i, self.nm + t), axis=t), name=f"{ROW}{name}")
+        if self.tail_s is None:
+            # symbolic n: the tail ``n % L`` may be 0. A TIR reduction block runs its ``init`` inside
+            # the reduce loop (``if t == 0``), so a zero-trip tail block never writes its result and
+            # the combine would read uninitialized memory. Fold the tree result in as iteration 0
+            # of a reduce loop of extent ``tail + 1`` (never empty); the element index is clamped
+            # and only read (if_then_else branches) for t >= 1.
+            t1 = te.reduce_axis((0, self.tail + 1), name="t")
+
+            def folded(*i):
+                j = self.nm + tirx.max(t1 - 1, tirx.const(0, str(t1.var.ty)))
+                return red(tirx.if_then_else(t1 == 0, init[i + (0,)], value(i, j)), axis=t1)
+
+            return te.compute(tuple(self.lead), folded, name=f"{ROW}{name}")
         # (te's reduce ``init=`` is dropped by create_prim_func: combine in a block of its own)
         tail = te.compute(tuple(self.lead), lambda *i: red(value(i, self.nm + t), axis=t), name=f"{ROW}{name}_tail")
         return te.compute(tuple(self.lead), lambda *i: comb(init[i + (0,)], tail[i]), name=f"{ROW}{name}")
