@@ -16,6 +16,18 @@ from onnx.backend.base import Backend, BackendRep
 from .ir import Graph
 
 
+class _CpuBackend(Backend):
+    """What both backends share: CPU only, and run_model = prepare + run."""
+
+    @classmethod
+    def run_model(cls, model: onnx.ModelProto, inputs: Sequence[np.ndarray], device: str = "CPU", **kwargs: Any):
+        return cls.prepare(model, device, **kwargs).run(inputs)
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return device == "CPU"
+
+
 class ReferenceRep(BackendRep):
     """A prepared model: the imported IR graph, run by the interpreter."""
 
@@ -30,7 +42,7 @@ class ReferenceRep(BackendRep):
         return tuple(out[name] for name in self.graph.output_names())
 
 
-class ReferenceBackend(Backend):
+class ReferenceBackend(_CpuBackend):
     """Runs ONNX models through optc's ONNX frontend and reference interpreter."""
 
     @classmethod
@@ -39,14 +51,6 @@ class ReferenceBackend(Backend):
 
         super().prepare(model, device, **kwargs)
         return ReferenceRep(import_onnx(model))
-
-    @classmethod
-    def run_model(cls, model: onnx.ModelProto, inputs: Sequence[np.ndarray], device: str = "CPU", **kwargs: Any):
-        return cls.prepare(model, device, **kwargs).run(inputs)
-
-    @classmethod
-    def supports_device(cls, device: str) -> bool:
-        return device == "CPU"
 
 
 def _feed(names: list[str], inputs: Any) -> dict:
@@ -133,7 +137,7 @@ class CompiledRep(BackendRep):
         return tuple(out[name] for name in self.graph.output_names())
 
 
-class CompiledBackend(Backend):
+class CompiledBackend(_CpuBackend):
     """Runs ONNX models through optc's ONNX frontend, compiled by TVM for the host x86 CPU."""
 
     target = "x86"
@@ -142,11 +146,3 @@ class CompiledBackend(Backend):
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> CompiledRep:
         super().prepare(model, device, **kwargs)
         return CompiledRep(model, cls.target)
-
-    @classmethod
-    def run_model(cls, model: onnx.ModelProto, inputs: Sequence[np.ndarray], device: str = "CPU", **kwargs: Any):
-        return cls.prepare(model, device, **kwargs).run(inputs)
-
-    @classmethod
-    def supports_device(cls, device: str) -> bool:
-        return device == "CPU"
