@@ -279,24 +279,14 @@ def _bitshift(node, x, y):
     return torch.where(valid, r, fill)
 
 
-@kernel("BitwiseAnd")
-def _bitwise_and(node, a, b):
-    return torch.bitwise_and(a, b)
+def _direct(fn):
+    """A kernel that is exactly one torch function of the node's inputs."""
+    return lambda node, *xs: fn(*xs)
 
 
-@kernel("BitwiseOr")
-def _bitwise_or(node, a, b):
-    return torch.bitwise_or(a, b)
-
-
-@kernel("BitwiseXor")
-def _bitwise_xor(node, a, b):
-    return torch.bitwise_xor(a, b)
-
-
-@kernel("BitwiseNot")
-def _bitwise_not(node, x):
-    return torch.bitwise_not(x)
+for _op, _fn in (("BitwiseAnd", torch.bitwise_and), ("BitwiseOr", torch.bitwise_or),
+                 ("BitwiseXor", torch.bitwise_xor), ("BitwiseNot", torch.bitwise_not)):
+    kernel(_op)(_direct(_fn))
 
 
 # -- comparison and logic ----------------------------------------------------------------------
@@ -322,19 +312,8 @@ kernel("Greater")(_compare(torch.gt))
 kernel("GreaterOrEqual")(_compare(torch.ge))
 
 
-@kernel("And")
-def _and(node, a, b):
-    return torch.logical_and(a, b)
-
-
-@kernel("Or")
-def _or(node, a, b):
-    return torch.logical_or(a, b)
-
-
-@kernel("Xor")
-def _xor(node, a, b):
-    return torch.logical_xor(a, b)
+for _op, _fn in (("And", torch.logical_and), ("Or", torch.logical_or), ("Xor", torch.logical_xor)):
+    kernel(_op)(_direct(_fn))
 
 
 def _variadic_extreme(fn):
