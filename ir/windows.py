@@ -40,3 +40,21 @@ def pads(attrs: Mapping[str, Any], sizes: Sequence[int], kernel: Sequence[int], 
     if len(p) != 2 * n:
         raise ValueError(f"pads has {len(p)} entries for {n} spatial axes")
     return p[:n], p[n:]
+
+
+def transpose_pads(attrs: Mapping[str, Any], sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                   dilations: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(begin, end) crop of a transposed convolution's full output. With ``output_shape`` or
+    SAME padding the crop follows from the requested size (the odd one goes at the end for
+    SAME_UPPER, at the beginning otherwise); else it is ``pads`` as for a convolution."""
+    n = len(sizes)
+    opad = list(attrs.get("output_padding") or [0] * n)
+    auto = attrs.get("auto_pad", "NOTSET")
+    out_shape = attrs.get("output_shape")
+    if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
+        full = [s * (d - 1) + (k - 1) * dl + 1 for d, k, s, dl in zip(sizes, kernel, strides, dilations)]
+        target = list(out_shape[-n:]) if out_shape else [d * s for d, s in zip(sizes, strides)]
+        total = [f + op - t for f, op, t in zip(full, opad, target)]
+        lo = [t // 2 for t in total] if auto == "SAME_UPPER" else [t - t // 2 for t in total]
+        return lo, [t - l for t, l in zip(total, lo)]
+    return pads(attrs, sizes, kernel, strides, dilations)

@@ -88,19 +88,10 @@ def _conv_transpose(ctx, node, x, w, b=None):
     if n == 3:
         raise ctx.fail("3-D ConvTranspose")
     opad = list(node.attrs["output_padding"] or [0] * n)
-    sizes = shp[2:]
-    full = [s * (d - 1) + (k - 1) * dl + 1 for d, k, s, dl in zip(sizes, kernel, strides, dil)]
-    auto = node.attrs["auto_pad"]
-    out_shape = node.attrs["output_shape"]
-    if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(out_shape[-n:]) if out_shape else [d * s for d, s in zip(sizes, strides)]
-        total = [f + op - t for f, op, t in zip(full, opad, target)]
-        lo = [t // 2 for t in total] if auto == "SAME_UPPER" else [t - t // 2 for t in total]
-        hi = [t - l for t, l in zip(total, lo)]
-    elif auto == "VALID":
-        lo, hi = [0] * n, [0] * n
-    else:
-        lo, hi = _pads(ctx, node, sizes, kernel, strides, dil)
+    try:
+        lo, hi = windows.transpose_pads(node.attrs, shp[2:], kernel, strides, dil)
+    except ValueError as e:
+        raise ctx.fail(str(e)) from None
     # Relax's output_padding extends the end; ONNX pads crop. Fold both into asymmetric pads.
     if any(p < 0 for p in lo + hi):
         raise ctx.fail("ConvTranspose with negative pads")

@@ -331,23 +331,24 @@ def _nonneg_const(v) -> bool:
     return v.const is not None and (v.const.size == 0 or int(v.const.min()) >= 0)
 
 
-@lowering("Gather")
-def _gather(ctx, node, x, indices):
+def _axis_and_indices(ctx, node, x, indices):
+    """The gather axis, and the indices with negative ones wrapped (unless provably >= 0)."""
     dims = _dims_of(ctx, x)
     axis = _norm_axis(ctx, node.attrs["axis"], len(dims))
-    idx = indices
-    if not _nonneg_const(node.inputs[1]):
-        idx = ctx.emit(_wrap(ctx, indices, dims[axis]))
+    if _nonneg_const(node.inputs[1]):
+        return axis, indices
+    return axis, ctx.emit(_wrap(ctx, indices, dims[axis]))
+
+
+@lowering("Gather")
+def _gather(ctx, node, x, indices):
+    axis, idx = _axis_and_indices(ctx, node, x, indices)
     return ctx.R.take(x, idx, axis)
 
 
 @lowering("GatherElements")
 def _gather_elements(ctx, node, x, indices):
-    dims = _dims_of(ctx, x)
-    axis = _norm_axis(ctx, node.attrs["axis"], len(dims))
-    idx = indices
-    if not _nonneg_const(node.inputs[1]):
-        idx = ctx.emit(_wrap(ctx, indices, dims[axis]))
+    axis, idx = _axis_and_indices(ctx, node, x, indices)
     return ctx.R.gather_elements(x, idx, axis)
 
 

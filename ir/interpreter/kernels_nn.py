@@ -92,24 +92,7 @@ def _conv_transpose(node, x, w, b=None):
         raise ValueError(f"kernel_shape {kernel_shape} does not match the weight's {list(w.shape[2:])}")
     group = node.attrs["group"]
     opad = list(node.attrs["output_padding"] or [0] * n)
-    sizes = list(x.shape[2:])
-    full = [s * (d - 1) + (k - 1) * dl + 1 for d, k, s, dl in zip(sizes, kernel_shape, strides, dil)]
-    auto = node.attrs["auto_pad"]
-    out_shape = node.attrs["output_shape"]
-    if out_shape or auto in ("SAME_UPPER", "SAME_LOWER"):
-        # Pads follow from the requested output shape (ONNX: the extra one goes at the end
-        # for SAME_UPPER, at the beginning otherwise).
-        target = list(out_shape[-n:]) if out_shape else [d * s for d, s in zip(sizes, strides)]
-        total = [f + op - t for f, op, t in zip(full, opad, target)]
-        if auto == "SAME_UPPER":
-            lo = [t // 2 for t in total]
-        else:
-            lo = [t - t // 2 for t in total]
-        hi = [t - l for t, l in zip(total, lo)]
-    elif auto == "VALID":
-        lo, hi = [0] * n, [0] * n
-    else:
-        lo, hi = _pads(node, sizes, kernel_shape, strides, dil)
+    lo, hi = windows.transpose_pads(node.attrs, list(x.shape[2:]), kernel_shape, strides, dil)
     y = _CONV_T[n](x, w, None, stride=strides, padding=0, output_padding=0, groups=group, dilation=dil)
     # Output padding extends the end with zeros; pads crop (negative pads extend).
     y = _pad_spatial(y, [-l for l in lo], [op - h for op, h in zip(opad, hi)])
