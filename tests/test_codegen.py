@@ -379,3 +379,17 @@ def test_minilm_onnx_matches_pytorch(tmp_path):
         got = compiled.run({k: v.numpy() for k, v in feed.items()})["last_hidden_state"]
         assert np.abs(got - want).max() <= 1e-3, (seq, float(np.abs(got - want).max()))
     print(f"\nMiniLM compile {compile_s:.1f} s; fallback kernels: {cm.fallback_funcs}")
+
+
+def test_gather_with_out_of_range_runtime_indices_does_not_crash():
+    """Token ids come from users: an id past the table must not read out of bounds (TVM's
+    "fast" take would segfault); the compiled Gather clamps run-time indices."""
+    g = Graph()
+    ids = g.add_input("ids", TensorType(DType.INT64, ("b", "s")))
+    table = g.add_constant(np.arange(40, dtype=np.float32).reshape(10, 4))
+    g.set_outputs([g.op("Gather", table, ids, axis=0)])
+    out = build(g, "x86").load().run({"ids": np.array([[1, 10**6, -3]], np.int64)})
+    got = out[g.output_names()[0]]
+    np.testing.assert_array_equal(got[0, 0], [4, 5, 6, 7])
+    np.testing.assert_array_equal(got[0, 1], [36, 37, 38, 39])  # clamped to the last row
+    np.testing.assert_array_equal(got[0, 2], [28, 29, 30, 31])  # -3 wraps to row 7, as ONNX

@@ -343,7 +343,10 @@ def _axis_and_indices(ctx, node, x, indices):
 @lowering("Gather")
 def _gather(ctx, node, x, indices):
     axis, idx = _axis_and_indices(ctx, node, x, indices)
-    return ctx.R.take(x, idx, axis)
+    # Indices known only at run time (token ids) must never read out of bounds: an id past
+    # the table is clamped instead of crashing the process ("fast" mode would segfault).
+    mode = "fast" if node.inputs[1].is_constant else "clip"
+    return ctx.R.take(x, idx, axis, mode=mode)
 
 
 @lowering("GatherElements")
