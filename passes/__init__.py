@@ -15,6 +15,7 @@ from .pipeline import CLEANUP_PIPELINE, DEFAULT_PIPELINE, default_pipeline_text,
 # Register the built-in passes.
 from . import cse, dce, fold_constants, fold_shapes, simplify  # noqa: E402,F401
 from . import fusion_passes  # noqa: E402,F401  (fuse-* passes, once passes/fusion has them)
+from . import compression  # noqa: E402,F401  (lossy passes)
 
 __all__ = [
     "CheckNumerics", "CLEANUP_PIPELINE", "DEFAULT_PIPELINE", "Instrument", "Pass", "PassContext", "PassError", "PassManager", "PassResult",

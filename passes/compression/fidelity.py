@@ -1,0 +1,95 @@
+"""Output fidelity: how close a compressed model's outputs are to the original's, measured the
+same way by the lossy passes (their budgets), ``optc eval`` and the benchmark scripts.
+
+The outputs are compared as *vectors*: for an encoder's hidden states ``[batch, seq, hidden]``
+with an attention-mask input, the mask-weighted mean over the sequence (the sentence embedding);
+for logits (an output whose name says so) every position's row, with top-1 agreement; otherwise
+the rows along the last axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ...ir.graph import Graph
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    mean_cosine: float
+    worst_cosine: float
+    relative_error: float  # ||new - ref|| / ||ref|| over all compared vectors
+    top1: float | None  # fraction of rows whose argmax agrees (logits only)
+    vectors: int
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    def __str__(self) -> str:
+        s = f"mean cosine {self.mean_cosine:.4f}, worst {self.worst_cosine:.4f}, rel. error {self.relative_error:.3g}"
+        return s + (f", top-1 agreement {self.top1:.3f}" if self.top1 is not None else "") + f" ({self.vectors} vectors)"
+
+
+def _mask_for(array: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    for name, x in inputs.items():
+        if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(array.shape[:2]):
+            return np.asarray(x, dtype=np.float64)
+    return None
+
+
+def is_logits(output_name: str) -> bool:
+    return "logit" in output_name.lower()
+
+
+def output_vectors(output_name: str, array: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The vectors an output is compared as (see the module docstring), float64 ``[n, d]``."""
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim == 3 and not is_logits(output_name):
+        mask = _mask_for(a, inputs)
+        if mask is not None:
+            w = mask[:, :, None]
+            return (a * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
+    if a.ndim == 0:
+        return a.reshape(1, 1)
+    return a.reshape(-1, a.shape[-1])
+
+
+def compare(reference: Iterable[Mapping[str, np.ndarray]], outputs: Iterable[Mapping[str, np.ndarray]],
+            inputs: Iterable[Mapping[str, np.ndarray]], output: str | None = None) -> Fidelity:
+    """Fidelity of ``outputs`` against ``reference`` (one output dict per input set), on the
+    named output (default: the first)."""
+    refs, news = [], []
+    top_hits = top_rows = 0
+    for ref, new, feed in zip(reference, outputs, inputs, strict=True):
+        name = output or next(iter(ref))
+        r, n = output_vectors(name, ref[name], feed), output_vectors(name, new[name], feed)
+        if r.shape != n.shape:
+            raise ValueError(f"output {name!r}: shapes differ ({r.shape} vs {n.shape})")
+        refs.append(r)
+        news.append(n)
+        if is_logits(name):
+            top_hits += int((r.argmax(-1) == n.argmax(-1)).sum())
+            top_rows += r.shape[0]
+    r, n = np.concatenate(refs), np.concatenate(news)
+    cos = (r * n).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(n, axis=-1), 1e-30)
+    rel = float(np.linalg.norm(n - r) / max(np.linalg.norm(r), 1e-30))
+    return Fidelity(float(cos.mean()), float(cos.min()), rel, top_hits / top_rows if top_rows else None, int(r.shape[0]))
+
+
+def reference_outputs(graph: Graph, input_sets: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The reference interpreter's outputs for each input set."""
+    from ...ir.interpreter import Interpreter
+
+    run = Interpreter(graph)
+    return [run(feed) for feed in input_sets]
+
+
+def measure(original: Graph, compressed: Graph, input_sets: list[Mapping[str, np.ndarray]],
+            output: str | None = None, reference: list[Mapping[str, np.ndarray]] | None = None) -> Fidelity:
+    """Run both graphs in the reference interpreter on ``input_sets`` and compare (``reference``:
+    the original's outputs when already known)."""
+    ref = reference if reference is not None else reference_outputs(original, input_sets)
+    return compare(ref, reference_outputs(compressed, input_sets), input_sets, output)
