@@ -44,6 +44,33 @@ def _gemm(node, a, b, c=None):
     return y
 
 
+_LINEAR_ACT = {
+    "none": lambda y: y,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+def linear_activation(node, y: torch.Tensor) -> torch.Tensor:
+    """Apply a fused op's ``activation`` epilogue (Linear, FusedConv)."""
+    act = node.attrs["activation"]
+    fn = _LINEAR_ACT.get(act)
+    if fn is None:
+        raise IRError(f"node {node.name} ({node.op}): unknown activation {act!r}")
+    return fn(y)
+
+
+@kernel("Linear")
+def _linear(node, x, w, b=None):
+    """act(X @ W + B), the same arithmetic as the MatMul/Add/activation it replaces."""
+    y = torch.matmul(x, w)
+    if b is not None:
+        y = y + b
+    return linear_activation(node, y)
+
+
 @kernel("Einsum")
 def _einsum(node, *xs):
     return torch.einsum(node.attrs["equation"].replace(" ", ""), *xs)

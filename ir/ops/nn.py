@@ -52,6 +52,38 @@ def _gemm(ctx):
     return [TensorType(dt, (m, n))]
 
 
+LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
+"""Epilogue activations a ``Linear`` may carry (what fusion folds in after the bias)."""
+
+
+@op("Linear", ["X", "W", "B?"], attrs={"activation": A(STRING, "none", "one of " + ", ".join(LINEAR_ACTIVATIONS))})
+def _linear(ctx):
+    """act(X @ W + B): a dense layer with its bias and activation epilogue. X is [..., K], W is
+    [K, N] (MatMul orientation), B is [N]. Fusion creates it so codegen sees one packed-weight
+    dense kernel with the epilogue inside, and later passes (compression) see a weight."""
+    dt = require_same_dtype(ctx, [0, 1, 2])
+    act = ctx.attr("activation")
+    if act not in LINEAR_ACTIVATIONS:
+        raise ctx.fail(f"activation must be one of {', '.join(LINEAR_ACTIVATIONS)}, got {act!r}")
+    if not dt.is_float:
+        raise ctx.fail(f"inputs must be float tensors, got {dt.value}")
+    x, w = ctx.shape(0), ctx.shape(1)
+    if w is not None and len(w) != 2:
+        raise ctx.fail(f"W must be 2-D [K, N], got rank {len(w)}")
+    if x is not None and len(x) == 0:
+        raise ctx.fail("X must have rank >= 1")
+    if ctx.has(2):
+        b = ctx.shape(2)
+        if b is not None and (len(b) != 1 or (w is not None and isinstance(b[0], int) and isinstance(w[1], int) and b[0] != w[1])):
+            raise ctx.fail(f"B must be 1-D [N] matching W's {w[1] if w is not None else '?'} columns, got {list(b)}")
+    if x is None or w is None:
+        return [TensorType(dt, None)]
+    k1, k2 = x[-1], w[0]
+    if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
+        raise ctx.fail(f"contraction mismatch: X {list(x)} @ W {list(w)}")
+    return [TensorType(dt, tuple(x[:-1]) + (w[1],))]
+
+
 _EINSUM_TERM = re.compile(r"^[A-Za-z.]*$")
 
 
