@@ -260,6 +260,32 @@ class Graph:
     def set_outputs(self, values: Iterable[Value]) -> None:
         self.outputs = list(values)
 
+    def infer_types(self) -> None:
+        """Re-run type inference (and symbolic-value propagation) over every node in order.
+
+        Passes that change a constant's shape (pruning heads, replacing a weight by factors)
+        call this so the types downstream follow; an inconsistent edit raises ``IRError``
+        naming the node."""
+        for node in self.nodes:
+            schema = get_schema(node.op)
+            where = f"node {node.name} ({node.op})"
+            ctx = InferContext(node.op, list(node._inputs), node.attrs, len(node.outputs))
+            try:
+                types = schema.infer(ctx)
+            except IRError as e:
+                raise type(e)(f"{where}: {e}") from None
+            except (ValueError, IndexError, TypeError) as e:
+                raise IRError(f"{where}: type inference failed: {e}") from None
+            syms = [None] * len(types)
+            if schema.sym is not None:
+                try:
+                    syms = schema.sym(ctx)
+                except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError):
+                    pass
+            for out, t, s in zip(node.outputs, types, syms):
+                out.type = _keep_named_dims(t, out.type)
+                out._sym = None if s is None else tuple(s)
+
     # -- removal --------------------------------------------------------------------------
     def remove_node(self, node: Node) -> None:
         """Remove a node whose outputs are unused (graph outputs count as uses)."""
@@ -368,6 +394,17 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes, {len(self.constants)} constants>"
+
+
+def _keep_named_dims(inferred: TensorType, old: TensorType) -> TensorType:
+    """``inferred``, with a dim inference could not prove (None) taken from ``old`` where that
+    was a named symbolic dim a frontend declared (so re-inference never loses ``seq``)."""
+    if inferred.shape is None or old.shape is None or len(inferred.shape) != len(old.shape):
+        return inferred
+    if not any(d is None and isinstance(o, str) for d, o in zip(inferred.shape, old.shape)):
+        return inferred
+    return TensorType(inferred.dtype, tuple(o if d is None and isinstance(o, str) else d
+                                            for d, o in zip(inferred.shape, old.shape)))
 
 
 def _refine(inferred: TensorType, declared: TensorType | None, where: str) -> TensorType:
