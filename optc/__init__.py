@@ -6,6 +6,8 @@ are the layers DESIGN.md describes.
 
 __version__ = "0.1.0"
 
-from .api import compile, load, load_inputs, load_model, run_reference, save_outputs  # noqa: E402
+from .api import (compile, load, load_inputs, load_model, optimize, run_reference, save_model,  # noqa: E402
+                  save_outputs)
 
-__all__ = ["__version__", "compile", "load", "load_inputs", "load_model", "run_reference", "save_outputs"]
+__all__ = ["__version__", "compile", "load", "load_inputs", "load_model", "optimize", "run_reference", "save_model",
+           "save_outputs"]

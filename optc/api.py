@@ -2,21 +2,79 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .ir import Graph, OptcError
 
 
+IR_SUFFIXES = (".optc-ir", ".ir")
+MODEL_SUFFIXES = (".onnx", ".pt2") + IR_SUFFIXES
+
+
 def load_model(path: str | os.PathLike) -> Graph:
-    """Import an ``.onnx`` or ``.pt2`` model file into the IR."""
+    """Import an ``.onnx`` or ``.pt2`` model file, or read an IR text file (``.optc-ir``, as
+    ``save_model`` writes it), into the IR."""
+    path = Path(path)
+    if path.suffix.lower() in IR_SUFFIXES:
+        return _read_ir(path)
     from .frontend import load_model as _load
 
     return _load(path)
+
+
+def _read_ir(path: Path) -> Graph:
+    from .ir import IRError, ModelFileError
+    from .ir.text import parse_graph
+
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{path}: not an IR text file (not UTF-8)") from None
+    try:
+        return parse_graph(text)
+    except IRError as e:
+        raise ModelFileError(f"{path}: {' '.join(str(e).split())}") from None
+
+
+def save_model(graph: Graph, path: str | os.PathLike) -> Path:
+    """Write ``graph`` as a model file chosen by suffix, atomically (temp file, then rename):
+    ``.onnx`` (IR -> ONNX export) or ``.optc-ir`` (the IR text with its weights inline; exact
+    for every op, including optc's composite ones)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from .frontend.onnx_export import save_onnx
+
+        return save_onnx(graph, path)
+    if suffix not in IR_SUFFIXES:
+        raise OptcError(f"{path}: unknown model format {suffix or '(no suffix)'}; write .onnx or .optc-ir")
+    from .ir.text import print_graph
+
+    text = print_graph(graph, weights="inline")
+    _atomic_write(path, text.encode("utf-8"))
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -51,20 +109,59 @@ def instruments(*, print_ir_after: str | None = None, time_passes: bool = False,
 def optimize(graph: Graph, passes: str = "default", *, target=None, calibration=None, budgets=None,
              instruments: list | None = None, dims: dict[str, int] | None = None):
     """Run a pass pipeline on ``graph`` in place. Returns the ``PipelineResult`` (the expanded
-    pipeline text and each pass's report)."""
+    pipeline text and each pass's report, made JSON-serializable).
+
+    ``calibration``: input sets (``[{input name: array}, ...]``, e.g. from
+    ``optc.calibration.from_sentences``) or an ``optc.calibration.InputsFile`` (read here, once
+    the graph's inputs are known); the lossy passes calibrate and measure on them."""
+    from .calibration import InputsFile, check_input_sets
     from .passes import PassContext, PassManager
 
     pm = PassManager.parse(passes)
-    ctx = PassContext(target=target, calibration=list(calibration or []), budgets=dict(budgets or {}),
+    if isinstance(calibration, InputsFile):
+        sets = calibration.load(graph)
+    elif calibration:
+        sets = check_input_sets(list(calibration), graph, "calibration")
+    else:
+        sets = []
+    ctx = PassContext(target=target, calibration=sets, budgets=dict(budgets or {}),
                       instruments=list(instruments or []), dims=dict(dims or {}))
-    return pm.run(graph, ctx)
+    result = pm.run(graph, ctx)
+    result.reports = jsonable(result.reports)
+    return result
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays, tuples, sets and dataclasses turned into plain JSON
+    types, so any pass report can go into the manifest or ``--json`` output."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [jsonable(v) for v in items]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if value is None or isinstance(value, str):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(value.as_dict() if hasattr(value, "as_dict") else dataclasses.asdict(value))
+    return str(value)
 
 
 def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "x86",
-            passes: str = "default", instruments: list | None = None, progress: bool = False) -> Path:
-    """Import ``model`` (.onnx or .pt2), run the pass pipeline ``passes`` on it, build it for
-    ``target`` and write the artifact folder ``out`` (atomically); the manifest records the
-    pipeline and each pass's report. Returns the folder."""
+            passes: str = "default", instruments: list | None = None, progress: bool = False,
+            calibration=None, budgets: dict[str, float] | None = None) -> Path:
+    """Import ``model`` (.onnx, .pt2 or .optc-ir), run the pass pipeline ``passes`` on it (the
+    lossy passes on ``calibration``: input sets or an ``InputsFile``, see ``optimize``), build
+    it for ``target`` and write the artifact folder ``out`` (atomically); the manifest records
+    the pipeline and each pass's report. Returns the folder."""
     from .codegen.artifact import write_artifact
     from .codegen.build import build
     from .passes import PassManager
@@ -72,8 +169,13 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "
 
     tgt = get_target(target)
     PassManager.parse(passes)  # a bad pipeline fails before the (slow) import
+    from .calibration import InputsFile
+
+    if isinstance(calibration, InputsFile):
+        calibration.check()
     graph = load_model(model)
-    result = optimize(graph, passes, target=tgt.name, instruments=instruments)
+    result = optimize(graph, passes, target=tgt.name, instruments=instruments, calibration=calibration,
+                      budgets=budgets)
     if progress:
         from .progress import Progress
 

@@ -42,24 +42,48 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     insp = sub.add_parser("inspect", help="summarize a model: inputs, outputs, ops, parameters, FLOPs")
-    insp.add_argument("model", help="an .onnx or .pt2 file")
+    insp.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
     insp.add_argument("--json", action="store_true", help="print one JSON object")
     insp.add_argument("--ir", action="store_true", help="print the IR text")
     insp.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                       help="bind a symbolic dim when counting FLOPs (repeatable; unbound dims count as 1)")
     insp.add_argument("--passes", default="", metavar="PIPELINE",
                       help="run this pass pipeline first and show the graph after it (e.g. default)")
+    _calib_flags(insp)
     _debug_flags(insp)
     insp.set_defaults(func=_cmd_inspect)
 
     comp = sub.add_parser("compile", help="compile a model into an artifact folder")
-    comp.add_argument("model", help="an .onnx or .pt2 file")
+    comp.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
     comp.add_argument("--target", default="x86", help="x86 (the host), x86-avx2, x86-avx512")
     comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
     comp.add_argument("--passes", default="default", metavar="PIPELINE",
                       help="pass pipeline, e.g. 'default,prune-heads{ratio=0.25}' (default: default, exact passes only; see optc passes)")
+    _calib_flags(comp)
     _debug_flags(comp)
     comp.set_defaults(func=_cmd_compile)
+
+    opt = sub.add_parser("optimize", help="run a pass pipeline and write the optimized model file (.onnx or .optc-ir)")
+    opt.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
+    opt.add_argument("-o", "--output", required=True,
+                     help="model file to write: .onnx (ONNX export) or .optc-ir (IR text, weights inline; every op)")
+    opt.add_argument("--passes", default="default", metavar="PIPELINE", help="pass pipeline (default: default)")
+    opt.add_argument("--json", action="store_true", help="print one JSON object (pipeline and pass reports)")
+    _calib_flags(opt)
+    _debug_flags(opt)
+    opt.set_defaults(func=_cmd_optimize)
+
+    ev = sub.add_parser("eval", help="compare a compressed model with its original on held-out inputs")
+    ev.add_argument("original", help="a model file (.onnx/.pt2/.optc-ir) or an artifact folder")
+    ev.add_argument("compressed", help="a model file (.onnx/.pt2/.optc-ir) or an artifact folder")
+    ev.add_argument("--inputs", required=True, metavar="FILE",
+                    help=".npz of model inputs (leading batch axis), or a text file of sentences with --tokenizer")
+    ev.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder, for a text --inputs file")
+    ev.add_argument("--max-length", type=int, default=128, metavar="N", help="truncate sentences to N tokens (default 128)")
+    ev.add_argument("--batch", type=int, default=None, metavar="N", help="rows (sentences) per input set (default 8)")
+    ev.add_argument("--output", metavar="NAME", help="the output to compare (default: the original's first)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_cmd_eval)
 
     ps = sub.add_parser("passes", help="list every pass with its options and the default pipeline")
     ps.add_argument("--json", action="store_true", help="print one JSON object")
@@ -84,6 +108,42 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=_cmd_bench)
     return p
+
+
+def _calib_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", metavar="FILE",
+                   help="calibration inputs for lossy passes: .npz of model inputs (leading batch axis), "
+                        "or a text file of sentences (one per line) with --tokenizer")
+    p.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder, for a text --calib file")
+    p.add_argument("--max-length", type=int, default=128, metavar="N", help="truncate sentences to N tokens (default 128)")
+    p.add_argument("--calib-batch", type=int, default=None, metavar="N",
+                   help="rows (sentences) per calibration input set (default 8, or the model's fixed batch)")
+
+
+def _calibration(args):
+    """The ``--calib`` file as an ``InputsFile`` (checked now, read once the model is loaded)."""
+    from .calibration import InputsFile
+    from .ir.errors import OptcError
+
+    if args.calib is None:
+        for flag, value, default in (("--tokenizer", args.tokenizer, None), ("--calib-batch", args.calib_batch, None)):
+            if value != default:
+                raise OptcError(f"{flag} needs --calib FILE")
+        return None
+    if args.max_length < 1:
+        raise OptcError(f"--max-length must be at least 1, got {args.max_length}")
+    f = InputsFile(args.calib, args.tokenizer, args.max_length, args.calib_batch, flag="--calib")
+    f.check()
+    return f
+
+
+def _warn_uncalibrated(passes: str, calibration) -> None:
+    from .passes import PassManager
+
+    lossy = [str(p) for p in PassManager.parse(passes).passes if p.lossy]
+    if lossy and calibration is None:
+        print(f"optc: note: lossy pass(es) {', '.join(lossy)} run without --calib: they calibrate on random inputs",
+              file=sys.stderr)
 
 
 def _debug_flags(p: argparse.ArgumentParser) -> None:
@@ -135,12 +195,15 @@ def _cmd_inspect(args) -> int:
     from .api import load_model
     from .ir.analysis import summarize
 
+    calibration = _calibration(args)
+    if args.passes:
+        _warn_uncalibrated(args.passes, calibration)
     graph = load_model(args.model)
     report = None
     if args.passes:
         from .api import optimize
 
-        report = optimize(graph, args.passes, instruments=_instruments(args))
+        report = optimize(graph, args.passes, instruments=_instruments(args), calibration=calibration)
     if args.ir:
         from .ir.text import print_graph
 
@@ -167,16 +230,162 @@ def _cmd_inspect(args) -> int:
     print(f"nodes: {info['nodes']}")
     for op, count in info["ops"].items():
         print(f"  {op:<24} {count}")
+    if report is not None:
+        _print_lossy_reports(report.reports)
     return 0
 
 
 def _cmd_compile(args) -> int:
     from .api import compile as compile_model
+    from .passes import PassManager
 
+    PassManager.parse(args.passes)
+    calibration = _calibration(args)
+    _warn_uncalibrated(args.passes, calibration)
     out = compile_model(args.model, args.output, target=args.target, passes=args.passes,
-                        instruments=_instruments(args), progress=True)
+                        instruments=_instruments(args), progress=True, calibration=calibration)
+    from .codegen.artifact import read_manifest
+
+    _print_lossy_reports(read_manifest(out).get("passes") or [])
     print(f"wrote {out}/")
     return 0
+
+
+def _cmd_optimize(args) -> int:
+    from .api import IR_SUFFIXES, load_model, optimize, save_model
+    from .ir.errors import OptcError
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".onnx",) + IR_SUFFIXES:
+        raise OptcError(f"-o {out}: write an .onnx or .optc-ir file")
+    if out.is_dir():
+        raise OptcError(f"-o {out}: is a folder")
+    from .passes import PassManager
+
+    PassManager.parse(args.passes)
+    calibration = _calibration(args)
+    _warn_uncalibrated(args.passes, calibration)
+    graph = load_model(args.model)
+    result = optimize(graph, args.passes, instruments=_instruments(args), calibration=calibration)
+    save_model(graph, out)
+    if args.json:
+        print(json.dumps({"model": args.model, "output": str(out), "pipeline": result.pipeline, "passes": result.reports}))
+        return 0
+    _print_lossy_reports(result.reports)
+    print(f"pipeline: {result.pipeline}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .calibration import InputsFile
+    from .evaluate import evaluate
+    from .ir.errors import OptcError
+
+    if args.max_length < 1:
+        raise OptcError(f"--max-length must be at least 1, got {args.max_length}")
+    inputs = InputsFile(args.inputs, args.tokenizer, args.max_length, args.batch, flag="--inputs")
+    inputs.check()
+    for path in (args.original, args.compressed):
+        if not Path(path).exists():
+            raise OptcError(f"{path}: no such model file or artifact folder")
+    result = evaluate(args.original, args.compressed, inputs, output=args.output)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print("\n".join(result.lines()))
+    return 0
+
+
+# -- pass reports ------------------------------------------------------------------------------
+_REPORT_HEAD = ("pass", "name", "lossy", "changed", "nodes_before", "nodes_after", "seconds")
+
+
+def _print_lossy_reports(reports: list[dict]) -> None:
+    """Each lossy pass's report, readable: before -> after pairs, fidelity, then the rest."""
+    for r in reports:
+        if r.get("lossy"):
+            print("\n".join(format_report(r)))
+
+
+def format_report(report: dict) -> list[str]:
+    """One pass report as lines. ``X_before``/``X_after`` (or ``{"before", "after"}``) pairs
+    print as ``before -> after (change)``; a fidelity dict (``mean_cosine`` ...) as one line;
+    other values generically."""
+    head = f"{report.get('pass', report.get('name', '?'))}: " + ("changed" if report.get("changed") else "unchanged")
+    if "seconds" in report:
+        head += f" in {report['seconds']:.2f} s"
+    lines = [head]
+    body = {k: v for k, v in report.items() if k not in _REPORT_HEAD}
+    done = set()
+    for k in body:
+        if k.endswith("_before") and k[:-7] + "_after" in body:
+            base = k[:-7]
+            lines.append(_kv(base, _before_after(body[k], body[base + "_after"])))
+            done |= {k, base + "_after"}
+    for k, v in body.items():
+        if k in done:
+            continue
+        if isinstance(v, dict) and set(v) >= {"before", "after"}:
+            lines.append(_kv(k, _before_after(v["before"], v["after"])))
+        elif isinstance(v, dict) and "mean_cosine" in v:
+            lines.append(_kv(k, _fidelity_text(v)))
+        elif isinstance(v, dict):
+            lines.append(f"  {k}:")
+            lines += ["  " + line for line in _dict_lines(v)]
+        else:
+            lines.append(_kv(k, _value(v)))
+    return lines
+
+
+def _kv(key: str, text: str) -> str:
+    return f"  {key.replace('_', ' '):<16} {text}"
+
+
+def _before_after(before, after) -> str:
+    text = f"{_value(before)} -> {_value(after)}"
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and not isinstance(before, bool) and before:
+        text += f" ({(after - before) / before * 100:+.1f}%)"
+    return text
+
+
+def _fidelity_text(f: dict) -> str:
+    parts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in f.items() if v is not None]
+    return ", ".join(parts)
+
+
+def _dict_lines(d: dict, depth: int = 0) -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and depth < 2 and v and not all(_scalar(x) for x in v.values()):
+            out.append(f"{'  ' * depth}  {k}:")
+            out += _dict_lines(v, depth + 1)
+        else:
+            out.append(f"{'  ' * depth}  {k}: {_value(v)}")
+    return out
+
+
+def _scalar(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _value(v, limit: int = 12) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple)):
+        shown = ", ".join(_value(x, limit) for x in v[:limit])
+        return f"[{shown}{', ...' if len(v) > limit else ''}]" + (f" ({len(v)} items)" if len(v) > limit else "")
+    if isinstance(v, dict):
+        items = list(v.items())
+        shown = ", ".join(f"{k}={_value(x, limit)}" for k, x in items[:limit])
+        return "{" + shown + (", ..." if len(items) > limit else "") + "}"
+    return str(v)
 
 
 def _cmd_run(args) -> int:
