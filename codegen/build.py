@@ -70,6 +70,7 @@ class CompiledModule:
     fallback_funcs: list[str] = field(default_factory=list)  # only the generic fallback schedule
     unscheduled: list[str] = field(default_factory=list)  # not even that
     timings: dict[str, float] = field(default_factory=dict)  # seconds per build phase
+    notes: list[str] = field(default_factory=list)  # kernel choices worth knowing (e.g. a decomposed op)
 
     def signature(self) -> dict:
         return {
@@ -200,6 +201,9 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> Compile
     fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
     lowered = lower(work, target)
     mod = lowered.mod
+    notes = schedules.build_notes(work, target)
+    for note in notes:
+        log.warning("%s", note)
     timings["lower"] = time.perf_counter() - t0
     try:
         with tvm_target, tvm.transform.PassContext(opt_level=3):
@@ -229,4 +233,4 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> Compile
                          f"{msg[-1] if msg else e}") from e
     timings["total"] = time.perf_counter() - t0
     return CompiledModule(ex, _specs(graph.inputs), _specs(graph.outputs), target, list(lowered.assumptions),
-                          fallback, unscheduled, timings)
+                          fallback, unscheduled, timings, notes)

@@ -312,8 +312,22 @@ def _lrn(ctx, node, x):
 # -- attention -----------------------------------------------------------------------------------
 @lowering("Attention")
 def _attention(ctx, node, q, k, v, mask=None):
-    """softmax(Q Kᵀ · scale + mask) V on [batch, heads, seq, head_dim]; grouped-query heads are
-    repeated; a fully masked query row gives zeros (as the interpreter)."""
+    """softmax(Q Kᵀ · scale + mask) V on [batch, heads, seq, head_dim]; a fully masked query row
+    gives zeros (as the interpreter).
+
+    CPU targets get the fused flash-style kernel (``codegen/schedules/attention.py``: no
+    [seq, seq] scores in memory); variants it does not take keep the decomposition below, and the
+    build lists each of them in ``CompiledModule.notes`` (same ``plan`` rule)."""
+    from ..schedules import attention as fused
+
+    spec, _why = fused.plan(node, ctx.target)
+    if spec is not None:
+        return fused.emit(ctx, spec, q, k, v, mask)
+    return _attention_decomposed(ctx, node, q, k, v, mask)
+
+
+def _attention_decomposed(ctx, node, q, k, v, mask=None):
+    """matmul → softmax → matmul (materializes the scores); grouped-query heads are repeated."""
     R = ctx.R
     dt = ctx.dtype(q)
     work = dt if dt in ("float32", "float64") else "float32"

@@ -71,3 +71,14 @@ def finalize_passes(target) -> list:
     from .common import MarkShapeFuncsNoAlias
 
     return [MarkShapeFuncsNoAlias()]
+
+
+def build_notes(graph, target) -> list[str]:
+    """Lines for the build report about ops that did not get their dedicated kernel on
+    ``target`` (e.g. an ``Attention`` variant the fused kernel does not take), so a slower path
+    is never silent."""
+    if target is None or target.kind != "cpu":
+        return []
+    from .attention import decomposed_notes
+
+    return decomposed_notes(graph, target)

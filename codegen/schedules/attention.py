@@ -1,0 +1,353 @@
+"""Fused scaled-dot-product attention on CPU: one kernel, flash-attention style.
+
+``softmax(Q Kᵀ · scale + mask) V`` on ``[batch, heads, seq, head_dim]`` without materializing the
+``[seq_q, seq_k]`` scores. Two PrimFuncs, written directly in TVMScript and already scheduled
+(``tirx.is_scheduled``; FuseOps leaves them alone as ``kOpaque``):
+
+``optc_attention_pack_k``
+    K ``[B, Hk, Sk, D]`` -> Kᵀ ``[B, Hk, D, Skp]`` with ``Skp`` = Sk rounded up to the key tile and
+    zero columns past Sk, so the score loop reads whole vectors of keys with no predicate and no
+    out-of-bounds read, for any (symbolic) Sk.
+
+``optc_attention``
+    parallel over (batch, head, query tile of ``QT`` rows); per block of ``RI`` query rows the
+    running max ``m``, lane-partial running sums ``l`` and the ``[RI, Dv]`` accumulator live in
+    small local buffers while the key tiles of ``KT`` keys stream by (online softmax):
+
+    1. scores ``s[RI, KT]`` = Q rows x Kᵀ tile (register tile ``RI x KT``, vectorized over keys),
+    2. scale, mask (bool keeps / float adds, broadcast over batch, head and query), causal and the
+       Sk tail (-inf) in one vector pass,
+    3. new row max, ``p = exp(s - m)`` (a vectorizable polynomial that gives exactly 0 for -inf),
+       rescale ``l`` and the accumulator by ``exp(m_old - m_new)``,
+    4. accumulator += ``p`` x V tile (vectorized over Dv; V rows read by a scalar index, so the
+       tail tile simply runs fewer keys).
+
+    Full key tiles and the last partial one are separate copies of the tile body: only the tail
+    copy reads the mask through a clamped (gathering) index. With ``is_causal`` a row block stops
+    at its last visible key tile. A query row whose keys are all masked gives zeros (the
+    interpreter's semantics); query rows past Sq are computed from a clamped row and not written.
+
+Grouped-query attention reads kv head ``h // (Hq / Hk)``. Only f32 math; the lowering casts
+half precision around it (``codegen/lowering/nn.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .common import K_OPAQUE, CPUTiles
+from .rows import fast_exp_expr
+
+KERNEL = "optc_attention"
+PACK_K = "optc_attention_pack_k"
+
+_F32 = "float32"
+_EXP_LO = -88.3762626647949
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """One attention variant: static head counts and head dims, mask kind and broadcast."""
+
+    heads_q: int
+    heads_kv: int
+    head_dim: int             # of Q and K
+    head_dim_v: int           # of V and the output
+    scale: float
+    causal: bool
+    mask: str | None = None   # None, "bool" or "float32"
+    mask_bcast: tuple[bool, bool, bool, bool] = (False, False, False, False)  # dim is 1 (4-D mask)
+
+
+@dataclass(frozen=True)
+class AttentionTiles:
+    """lanes  f32 vector lanes; kt  keys per tile (a multiple of lanes); ri  query rows per
+    register block; qt  query rows per parallel task (a multiple of ri); dv_lanes  vector width
+    over the value head dim."""
+
+    lanes: int
+    kt: int
+    ri: int
+    qt: int
+    dv_lanes: int
+
+    @staticmethod
+    def choose(target, spec: AttentionSpec) -> "AttentionTiles":
+        L = CPUTiles.for_target(target).lanes
+        dvl = next((w for w in (L, L // 2, L // 4, 2) if w >= 2 and spec.head_dim_v % w == 0), 1)
+        return AttentionTiles(lanes=L, kt=4 * L, ri=4, qt=32, dv_lanes=dvl)
+
+
+def key_pad(sk, kt: int):
+    """Sk rounded up to whole key tiles (the packed Kᵀ length)."""
+    return tirx.floordiv(sk + (kt - 1), kt) * kt
+
+
+def _exp0(x):
+    """exp for x <= 0 or -inf/NaN: the rows.py polynomial, exactly 0 below exp's f32 range (so a
+    masked key contributes nothing, even in a row whose keys are all masked)."""
+    return tirx.Select(x < tirx.const(_EXP_LO, _F32), tirx.const(0.0, _F32), fast_exp_expr(x, upper=False))
+
+
+def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
+    """K [B, Hk, Sk, D] -> Kᵀ [B, Hk, D, Skp], zero past Sk (see the module doc)."""
+    HK, D = spec.heads_kv, spec.head_dim
+
+    @T.prim_func(private=True, s_tir=True)
+    def pack(k: T.handle, kt: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": K_OPAQUE})
+        b = T.int64()
+        sk = T.int64()
+        skp = T.int64()
+        K = T.match_buffer(k, (b, HK, sk, D), _F32)
+        Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
+        with T.sblock("root"):  # Relax's pattern analysis expects a root block
+            for bh in T.parallel(b * HK):
+                for j, d in T.grid(skp, D):
+                    Kt[bh // HK, bh % HK, d, j] = T.if_then_else(
+                        j < sk, K[bh // HK, bh % HK, T.min(j, sk - 1), d], T.float32(0))
+
+    return pack
+
+
+def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
+    """The fused attention PrimFunc for ``spec`` (see the module doc).
+
+    Parameters: Q [B, Hq, Sq, D], Kᵀ [B, Hk, D, Skp] (from ``pack_k_func``), V [B, Hk, Sk, Dv],
+    the mask [mb, mh, mq, mk] when ``spec.mask``, and the output Y [B, Hq, Sq, Dv]."""
+    HQ, HK, D, DV = spec.heads_q, spec.heads_kv, spec.head_dim, spec.head_dim_v
+    G = HQ // HK
+    L, KT, RI, QT, VL = tiles.lanes, tiles.kt, tiles.ri, tiles.qt, tiles.dv_lanes
+    NV, NDV = KT // L, DV // VL
+    scale = float(spec.scale)
+    causal = bool(spec.causal)
+    has_mask = spec.mask is not None
+    bool_mask = spec.mask == "bool"
+    mdt = spec.mask if has_mask else _F32
+    mb_b, mh_b, mq_b, mk_b = spec.mask_bcast
+    neg_inf = -math.inf
+    exp0 = _exp0
+
+    def midx(bi, h, r, kk, tail, sk):
+        """Mask indices (broadcast dims read 0; the tail clamps the key index)."""
+        zero = tirx.const(0, "int64")
+        kidx = tirx.min(kk, sk - 1) if tail else kk
+        return (zero if mb_b else bi, zero if mh_b else h, zero if mq_b else r, zero if mk_b else kidx)
+
+    def score(sv, M, bi, h, r, kk, sq, sk, tail):
+        """One scaled, masked score (plain PrimExpr arithmetic, vectorizes over the key lanes)."""
+        val = sv * tirx.const(scale, _F32)
+        if M is not None:
+            rr = tirx.min(r, sq - 1)
+            i = midx(bi, h, rr, kk, tail, sk)
+            m = M[i[0], i[1], i[2], i[3]]
+            val = tirx.Select(m, val, tirx.const(neg_inf, _F32)) if bool_mask else val + m
+        if causal:
+            val = tirx.Select(kk <= r, val, tirx.const(neg_inf, _F32))
+        if tail:
+            val = tirx.Select(kk < sk, val, tirx.const(neg_inf, _F32))
+        return val
+
+    @T.macro
+    def tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kn, k0, tail):
+        # 1. scores s[RI, KT] = Q[r0:r0+RI] . Kt[:, k0:k0+KT]
+        for ii, j in T.grid(RI, KT):
+            s[ii, j] = T.float32(0)
+        for dd in range(D):
+            for ii in T.unroll(RI):
+                for jv in T.unroll(NV):
+                    for l in T.vectorized(L):
+                        s[ii, jv * L + l] = s[ii, jv * L + l] + Q[bi, h, T.min(r0 + ii, sq - 1), dd] * Kt[
+                            bi, hk, dd, k0 + jv * L + l]
+        # 2. scale, mask, causal, tail
+        for ii in range(RI):
+            for jv in range(NV):
+                for l in T.vectorized(L):
+                    s[ii, jv * L + l] = score(s[ii, jv * L + l], M, bi, h, r0 + ii, k0 + jv * L + l, sq, sk, tail)
+        # 3. online softmax: new max, p = exp(s - m), rescale
+        for ii in range(RI):
+            part = T.decl_buffer((L,), _F32, scope="local")
+            mx = T.decl_buffer((3,), _F32, scope="local")  # new max, max used for exp, alpha
+            for l in T.vectorized(L):
+                part[l] = s[ii, l]
+            for jv in range(1, NV):
+                for l in T.vectorized(L):
+                    part[l] = T.max(part[l], s[ii, jv * L + l])
+            mx[0] = mrow[ii]
+            for l in range(L):
+                mx[0] = T.max(mx[0], part[l])
+            mx[1] = T.Select(mx[0] == T.float32(neg_inf), T.float32(0), mx[0])
+            mx[2] = exp0(mrow[ii] - mx[1])
+            mrow[ii] = mx[0]
+            for l in T.vectorized(L):
+                part[l] = T.float32(0)
+            for jv in range(NV):
+                for l in T.vectorized(L):
+                    s[ii, jv * L + l] = exp0(s[ii, jv * L + l] - mx[1])
+                    part[l] = part[l] + s[ii, jv * L + l]
+            for l in T.vectorized(L):
+                lsum[ii, l] = lsum[ii, l] * mx[2] + part[l]
+            for dv in T.vectorized(DV):
+                acc[ii, dv] = acc[ii, dv] * mx[2]
+        # 4. acc += p . V tile
+        for j in range(kn - k0 if tail else KT):
+            for ii in T.unroll(RI):
+                for dvo in T.unroll(NDV):
+                    for l in T.vectorized(VL):
+                        acc[ii, dvo * VL + l] = acc[ii, dvo * VL + l] + s[ii, j] * V[bi, hk, k0 + j, dvo * VL + l]
+
+    @T.macro
+    def body(Q, Kt, V, M, Y, b, sq, sk):
+        nqt = T.meta_var((sq + (QT - 1)) // QT)
+        for task in T.parallel(b * HQ * nqt):
+            s = T.decl_buffer((RI, KT), _F32, scope="local")
+            mrow = T.decl_buffer((RI,), _F32, scope="local")
+            lsum = T.decl_buffer((RI, L), _F32, scope="local")
+            acc = T.decl_buffer((RI, DV), _F32, scope="local")
+            bi = T.meta_var(task // (HQ * nqt))
+            h = T.meta_var(task % (HQ * nqt) // nqt)
+            hk = T.meta_var(h // G)
+            q0 = T.meta_var(task % nqt * QT)
+            for io in range((T.min(sq - q0, QT) + (RI - 1)) // RI):
+                r0 = T.meta_var(q0 + io * RI)
+                for ii in range(RI):
+                    mrow[ii] = T.float32(neg_inf)
+                for ii, l in T.grid(RI, L):
+                    lsum[ii, l] = T.float32(0)
+                for ii, dv in T.grid(RI, DV):
+                    acc[ii, dv] = T.float32(0)
+                kend = T.meta_var(T.min(sk, r0 + RI) if causal else sk)
+                for kt_i in range(kend // KT):
+                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kt_i * KT, False)
+                if kend % KT != 0:
+                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kend // KT * KT, True)
+                for ii in range(RI):
+                    if r0 + ii < sq:
+                        tot = T.decl_buffer((1,), _F32, scope="local")
+                        tot[0] = T.float32(0)
+                        for l in range(L):
+                            tot[0] = tot[0] + lsum[ii, l]
+                        tot[0] = T.Select(tot[0] > T.float32(0), T.float32(1) / tot[0], T.float32(0))
+                        for dv in T.vectorized(DV):
+                            Y[bi, h, r0 + ii, dv] = acc[ii, dv] * tot[0]
+
+    @T.prim_func(private=True, s_tir=True)
+    def attn_mask(q: T.handle, kt: T.handle, v: T.handle, mask: T.handle, y: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": K_OPAQUE})
+        b = T.int64()
+        sq = T.int64()
+        sk = T.int64()
+        skp = T.int64()
+        mb = T.int64()
+        mh = T.int64()
+        mq = T.int64()
+        mk = T.int64()
+        Q = T.match_buffer(q, (b, HQ, sq, D), _F32)
+        Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
+        V = T.match_buffer(v, (b, HK, sk, DV), _F32)
+        M = T.match_buffer(mask, (mb, mh, mq, mk), mdt)
+        Y = T.match_buffer(y, (b, HQ, sq, DV), _F32)
+        with T.sblock("root"):
+            body(Q, Kt, V, M, Y, b, sq, sk)
+
+    @T.prim_func(private=True, s_tir=True)
+    def attn(q: T.handle, kt: T.handle, v: T.handle, y: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": K_OPAQUE})
+        b = T.int64()
+        sq = T.int64()
+        sk = T.int64()
+        skp = T.int64()
+        Q = T.match_buffer(q, (b, HQ, sq, D), _F32)
+        Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
+        V = T.match_buffer(v, (b, HK, sk, DV), _F32)
+        Y = T.match_buffer(y, (b, HQ, sq, DV), _F32)
+        with T.sblock("root"):
+            body(Q, Kt, V, None, Y, b, sq, sk)
+
+    return attn_mask if has_mask else attn
+
+
+# ----------------------------------------------------------------------------- lowering support
+_HALF = ("float16", "bfloat16")
+
+
+def plan(node, target) -> tuple[AttentionSpec | None, str]:
+    """The kernel variant for an IR ``Attention`` node on ``target``, or ``(None, why not)``.
+
+    Decided on the IR's types alone, so the build can report every node that keeps the
+    matmul/softmax/matmul decomposition (``notes``) with the same rule the lowering used."""
+    if target is None or getattr(target, "kind", None) != "cpu":
+        return None, "the fused kernel is for CPU targets"
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    dt = q.dtype.long_name
+    if dt != "float32" and dt not in _HALF:
+        return None, f"{dt} attention (the kernel computes in float32; only f32/f16/bf16 inputs)"
+    shapes = [t.shape for t in (q, k, v)]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return None, "Q/K/V not 4-D with known shapes"
+    (_, hq, _, d), (_, hk, _, dk), (_, hv, _, dv) = shapes
+    if not all(isinstance(x, int) for x in (hq, hk, hv, d, dk, dv)):
+        return None, "symbolic head counts or head dims"
+    if hk != hv or hk <= 0 or hq % hk or d != dk or d <= 0 or dv <= 0:
+        return None, "inconsistent head counts or head dims"
+    bcast = (False, False, False, False)
+    mkind = None
+    if mask is not None:
+        if mask.shape is None or len(mask.shape) > 4:
+            return None, "mask of unknown rank or rank > 4"
+        mdt = mask.dtype.long_name
+        if mdt != "bool" and mdt != dt:
+            return None, f"{mdt} mask on {dt} attention"
+        full = (1,) * (4 - len(mask.shape)) + tuple(mask.shape)
+        bcast = tuple(x == 1 for x in full)
+        mkind = "bool" if mdt == "bool" else "float32"
+    scale = node.attrs["scale"]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    return AttentionSpec(hq, hk, d, dv, scale, bool(node.attrs["is_causal"]), mkind, bcast), ""
+
+
+def emit(ctx, spec: AttentionSpec, q, k, v, mask=None):
+    """Emit the packed-Kᵀ and attention ``call_tir``s for one node; returns the output expr."""
+    from tvm import relax
+
+    R = ctx.R
+    dt = ctx.dtype(q)
+    if dt != _F32:
+        q, k, v = (ctx.emit(R.astype(t, _F32)) for t in (q, k, v))
+        if mask is not None and ctx.dtype(mask) != "bool":
+            mask = ctx.emit(R.astype(mask, _F32))
+    tiles = AttentionTiles.choose(ctx.target, spec)
+    qs, ks = ctx.shape(q), ctx.shape(k)
+    b, sq, sk = qs[0], qs[2], ks[2]
+    skp = -(-sk // tiles.kt) * tiles.kt if isinstance(sk, int) else key_pad(sk, tiles.kt)
+    pack = ctx.bb.add_func(pack_k_func(spec, tiles), PACK_K)
+    kt = ctx.emit(relax.call_tir(pack, [k], relax.TensorType([b, spec.heads_kv, spec.head_dim, skp], _F32)))
+    args = [q, kt, v]
+    if mask is not None:
+        r = ctx.rank(mask)
+        if r < 4:
+            shp = ctx.shape(mask)
+            mask = ctx.emit(R.reshape(mask, [1] * (4 - r) + list(shp)))
+        args.append(mask)
+    fn = ctx.bb.add_func(attention_func(spec, tiles), KERNEL)
+    y = ctx.emit(relax.call_tir(fn, args, relax.TensorType([b, spec.heads_q, sq, spec.head_dim_v], _F32)))
+    if dt != _F32:
+        y = ctx.emit(R.astype(y, dt))
+    return y
+
+
+def decomposed_notes(graph, target) -> list[str]:
+    """One line per ``Attention`` node of ``graph`` that does not get the fused kernel, and why."""
+    out = []
+    for node in graph.nodes:
+        if node.op == "Attention":
+            spec, why = plan(node, target)
+            if spec is None:
+                out.append(f"Attention {node.name}: matmul/softmax/matmul decomposition, no fused kernel ({why})")
+    return out
