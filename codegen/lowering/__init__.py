@@ -36,4 +36,4 @@ def lowered_ops() -> set[str]:
     return set(_LOWERINGS)
 
 
-from . import elementwise, nn, reduce, shape  # noqa: E402,F401  (register the lowerings)
+from . import elementwise, fused, nn, reduce, shape  # noqa: E402,F401  (register the lowerings)

@@ -32,7 +32,7 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .common import K_OUT_EWISE_FUSABLE, CPUTiles, block_name, extent, find_block
+from .common import K_OPAQUE, K_OUT_EWISE_FUSABLE, CPUTiles, block_name, extent, find_block
 
 ROW = "optc_row_"
 OUT_BLOCK = ROW + "out"
@@ -150,24 +150,43 @@ def softmax_te(x: te.Tensor, lanes: int):
 
 
 def layer_norm_te(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor | None, eps: float, lanes: int):
+    return _layer_norm_rows(x, lambda i, j: x[i + (j,)], gamma, beta, eps, lanes)
+
+
+def add_layer_norm_te(x: te.Tensor, r: te.Tensor, gamma: te.Tensor, beta: te.Tensor | None, eps: float, lanes: int,
+                      want_sum: bool):
+    """LayerNorm(x + r) over the last axis, adding while it reads: the reductions read
+    ``x + r`` (nothing is written in between). With ``want_sum`` the output block writes the
+    sum beside the normalized value (one block, two outputs: a block of its own would be an
+    output block, which cannot be computed per row)."""
+    return _layer_norm_rows(x, lambda i, j: x[i + (j,)] + r[i + (j,)], gamma, beta, eps, lanes, want_sum)
+
+
+def _layer_norm_rows(x: te.Tensor, value, gamma: te.Tensor, beta: te.Tensor | None, eps: float, lanes: int,
+                     with_value: bool = False):
+    """Layer norm of the rows of ``value(lead_idx, j)`` (shaped like ``x``); ``with_value`` also
+    returns the values themselves, written by the output block."""
     r = _Row(x, lanes)
     f32 = "float32"
     inv_n = tirx.const(1.0, f32) / tirx.Cast(f32, r.n)
-    s = r.reduce(lambda i, j: x[i + (j,)], "sum", 0.0, "sum")
+    s = r.reduce(value, "sum", 0.0, "sum")
     mean = te.compute(tuple(r.lead), lambda *i: s[i] * inv_n, name=f"{ROW}mean")
 
     def dev2(i, j):
-        d = x[i + (j,)] - mean[i]
+        d = value(i, j) - mean[i]
         return d * d
 
     v = r.reduce(dev2, "sum", 0.0, "var")
     rstd = te.compute(tuple(r.lead), lambda *i: tirx.rsqrt(v[i] * inv_n + tirx.const(eps, f32)), name=f"{ROW}rstd")
 
     def out(*i):
-        y = (x[i] - mean[i[:-1]]) * rstd[i[:-1]] * gamma[i[-1]]
-        return y + beta[i[-1]] if beta is not None else y
+        val = value(i[:-1], i[-1])
+        y = (val - mean[i[:-1]]) * rstd[i[:-1]] * gamma[i[-1]]
+        y = y + beta[i[-1]] if beta is not None else y
+        return [y, val] if with_value else y
 
-    return te.compute(x.shape, out, name=OUT_BLOCK)
+    res = te.compute(x.shape, out, name=OUT_BLOCK)
+    return list(res) if with_value else res
 
 
 def rms_norm_te(x: te.Tensor, gamma: te.Tensor, eps: float, lanes: int):
@@ -177,6 +196,44 @@ def rms_norm_te(x: te.Tensor, gamma: te.Tensor, eps: float, lanes: int):
     ss = r.reduce(lambda i, j: x[i + (j,)] * x[i + (j,)], "sum", 0.0, "ss")
     rstd = te.compute(tuple(r.lead), lambda *i: tirx.rsqrt(ss[i] * inv_n + tirx.const(eps, f32)), name=f"{ROW}rstd")
     return te.compute(x.shape, lambda *i: x[i] * rstd[i[:-1]] * gamma[i[-1]], name=OUT_BLOCK)
+
+
+def add_layer_norm_call(ctx, x, r, gamma, beta, axis: int, eps: float, want_sum: bool):
+    """For the lowering of ``AddLayerNorm`` (a ``codegen.lower.LowerContext``): the row kernel
+    as Relax values ``y`` or ``(y, s)``, or None when it does not apply (not all f32, not the
+    last axis, x and r of different shapes, a gamma/beta that is not one vector)."""
+    args = [x, r, gamma] + ([beta] if beta is not None else [])
+    if any(ctx.dtype(a) != "float32" for a in args):
+        return None
+    rank = ctx.rank(x)
+    xs, rs = ctx.shape(x), ctx.shape(r)
+    if axis != rank - 1 or xs is None or rs is None or len(xs) != len(rs):
+        return None
+    if not all(_provably_equal(ctx, a, b) for a, b in zip(xs, rs)):
+        return None
+    n = xs[-1]
+    for v in args[2:]:
+        vs = ctx.shape(v)
+        if vs is None or len(vs) != 1 or not _provably_equal(ctx, vs[0], n):
+            return None
+    L = CPUTiles.for_target(ctx.target).lanes
+    # Two outputs are opaque to FuseOps (a tuple result takes no epilogue); one output takes
+    # elementwise epilogues like the layer-norm kernel.
+    attrs = {"op_pattern": K_OPAQUE if want_sum else K_OUT_EWISE_FUSABLE}
+    if beta is None:
+        fn = lambda x_, r_, g_: add_layer_norm_te(x_, r_, g_, None, eps, L, want_sum)  # noqa: E731
+    else:
+        fn = lambda x_, r_, g_, b_: add_layer_norm_te(x_, r_, g_, b_, eps, L, want_sum)  # noqa: E731
+    call = ctx.emit(ctx.bb.call_te(fn, *args, primfunc_name_hint="optc_add_layer_norm", primfunc_attrs=attrs))
+    if not want_sum:
+        return call
+    return ctx.emit(relax.TupleGetItem(call, 0)), ctx.emit(relax.TupleGetItem(call, 1))
+
+
+def _provably_equal(ctx, a, b) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return bool(ctx.analyzer.can_prove_equal(a, b))
 
 
 # ----------------------------------------------------------------------------- the Relax pass
@@ -269,7 +326,13 @@ class RowRule(s_tir.dlight.ScheduleRule):
         names = [block_name(sch, b) for b in blocks]
         first = next(i for i, nm in enumerate(names) if nm.startswith(ROW))
         outpos = next(i for i, nm in enumerate(names) if nm.startswith(OUT_BLOCK))
-        producers, after = blocks[:first], blocks[outpos + 1:]
+        # A multi-output row kernel (AddLayerNorm's y and sum) has one output block per output,
+        # all in the same loop nest: they are scheduled together through the first one's loops.
+        last_out = max(i for i, nm in enumerate(names) if nm.startswith(OUT_BLOCK))
+        producers, after = blocks[:first], blocks[last_out + 1:]
+        multi_out = last_out != outpos
+        if multi_out:
+            inline_epilogue = False
         for blk in producers:
             try:
                 sch.compute_inline(blk)
@@ -282,7 +345,8 @@ class RowRule(s_tir.dlight.ScheduleRule):
             final = after[-1]
         # the row blocks (what is left of them after inlining), in order
         row_blocks = [b for b in sch.get_child_blocks(root)
-                      if block_name(sch, b).startswith(ROW) and block_name(sch, b) != block_name(sch, final)]
+                      if block_name(sch, b).startswith(ROW) and block_name(sch, b) != block_name(sch, final)
+                      and not block_name(sch, b).startswith(OUT_BLOCK)]
         lead_n = len(sch.get(final).iter_vars) - 1
         loops = sch.get_loops(final)
         if len(loops) != lead_n + 1:
@@ -294,7 +358,7 @@ class RowRule(s_tir.dlight.ScheduleRule):
             if row is not None:
                 sch.compute_at(blk, row, preserve_unit_loops=True)
         for blk in row_blocks + [final]:
-            self._vectorize_row_block(sch, blk, lead_n)
+            self._vectorize_row_block(sch, blk, lead_n, partition=not multi_out)
         if not inline_epilogue:
             for blk in after:
                 _standalone(sch, blk, self.tiles.lanes)
@@ -309,7 +373,7 @@ class RowRule(s_tir.dlight.ScheduleRule):
                 pass
         return sch
 
-    def _vectorize_row_block(self, sch, blk, lead_n):
+    def _vectorize_row_block(self, sch, blk, lead_n, partition: bool = True):
         L = self.tiles.lanes
         name = block_name(sch, blk)
         loops = sch.get_loops(blk)
@@ -329,15 +393,17 @@ class RowRule(s_tir.dlight.ScheduleRule):
                 sch.vectorize(inner[-1])
             return
         if all(iv.iter_type == tirx.IterVar.DataPar for iv in ivs) and len(inner) >= 1 and len(ivs) == lead_n + 1:
-            _vector_pass(sch, inner[-1], L)
+            _vector_pass(sch, inner[-1], L, partition)
 
 
 def _has_row_block(func) -> bool:
     return find_block(s_tir.Schedule(func), OUT_BLOCK) is not None
 
 
-def _vector_pass(sch, loop, L: int) -> None:
-    """Vectorize a row pass of extent n: ``n // L`` full vectors, a scalar tail, no predicate."""
+def _vector_pass(sch, loop, L: int, partition: bool = True) -> None:
+    """Vectorize a row pass of extent n: ``n // L`` full vectors, a scalar tail, no predicate.
+    ``partition=False`` (a loop holding several blocks: TVM 0.27's loop_partition crashes on
+    it) leaves a loop with a tail to LLVM's loop vectorizer, as for a symbolic n."""
     ext = sch.get(loop).extent
     ns = _static(ext)
     if ns is not None:
@@ -350,6 +416,8 @@ def _vector_pass(sch, loop, L: int) -> None:
         if main == 0:
             return
         if main != ns:
+            if not partition:
+                return
             loop, _tail = sch.loop_partition(loop, [main, None])
         _, v = sch.split(loop, [None, L], disable_predication=True)
         sch.vectorize(v)

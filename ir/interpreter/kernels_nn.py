@@ -112,6 +112,11 @@ def _conv(node, x, w, b=None):
     return _CONV[n](_pad_spatial(x, lo, hi), w, b, stride=strides, padding=0, dilation=dil, groups=group)
 
 
+@kernel("FusedConv")
+def _fused_conv(node, x, w, b=None):
+    return linear_activation(node, _conv(node, x, w, b))
+
+
 @kernel("ConvTranspose")
 def _conv_transpose(node, x, w, b=None):
     n, kernel_shape, strides, dil = _spatial(node, x, w.shape[2:])
@@ -292,6 +297,26 @@ def _layer_norm(node, x, scale, bias=None):
     if bias is not None:
         y = y + bias
     return y, mean, inv_std
+
+
+@kernel("AddLayerNorm")
+def _add_layer_norm(node, x, r, scale, bias=None):
+    """The residual sum, then LayerNormalization's arithmetic (stash float32, or float64)."""
+    s = x + r
+    axis = normalize_axis(node.attrs["axis"], s.dim(), node)
+    stash = torch.float64 if s.dtype == torch.float64 else torch.float32
+    norm_shape = tuple(s.shape[axis:])
+    if s.dtype == stash and tuple(scale.shape) == norm_shape and (bias is None or tuple(bias.shape) == norm_shape):
+        y = F.layer_norm(s, norm_shape, scale, bias, node.attrs["epsilon"])
+    else:
+        dims = tuple(range(axis, s.dim()))
+        ss = s.to(stash)
+        d = ss - ss.mean(dim=dims, keepdim=True)
+        var = (d * d).mean(dim=dims, keepdim=True)
+        y = (d / torch.sqrt(var + node.attrs["epsilon"])).to(s.dtype) * scale
+        if bias is not None:
+            y = y + bias
+    return y, s
 
 
 @kernel("RMSNormalization")

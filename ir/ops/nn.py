@@ -192,6 +192,16 @@ def _conv_transpose(ctx):
     return [TensorType(dt, (x[0], cout) + tuple(sp))]
 
 
+@op("FusedConv", ["X", "W", "B?"], attrs={**CONV_ATTRS, "activation": A(STRING, "none", "one of " + ", ".join(LINEAR_ACTIVATIONS))})
+def _fused_conv(ctx):
+    """act(Conv(X, W, B)): a convolution with its bias and activation epilogue (as ONNX
+    Runtime's com.microsoft FusedConv), so codegen emits one kernel. Same attributes as Conv."""
+    if ctx.attr("activation") not in LINEAR_ACTIVATIONS:
+        raise ctx.fail(f"activation must be one of {', '.join(LINEAR_ACTIVATIONS)}, got {ctx.attr('activation')!r}")
+    require_float(ctx, 0)
+    return _conv(ctx)
+
+
 POOL_ATTRS = {
     "auto_pad": A(STRING, "NOTSET"),
     "ceil_mode": A(INT, 0),
@@ -278,6 +288,21 @@ def _layernorm(ctx):
             stat = TensorType(stash, tuple(t.shape[:axis]) + (1,) * (t.rank - axis))
         outs += [stat] * (ctx.num_outputs - 1)
     return outs
+
+
+@op("AddLayerNorm", ["X", "R", "scale", "bias?"], ["Y", "S?"], attrs={"axis": A(INT, -1), "epsilon": A(FLOAT, 1e-5)})
+def _add_layernorm(ctx):
+    """S = X + R; Y = LayerNormalization(S, scale, bias) over axes [axis, rank) (statistics in
+    float32, float64 for float64 inputs). The residual add fused into the normalization: one
+    pass over the rows. The optional output S is the sum itself, present only when something
+    else uses it (pre-LN transformers carry it on as the residual stream)."""
+    require_float(ctx, 0)
+    dt = require_same_dtype(ctx, [0, 1, 2, 3])
+    x, r = ctx.shape(0), ctx.shape(1)
+    s = TensorType(dt, broadcast_shapes(x, r))
+    if s.shape is not None:
+        norm_axis(ctx.attr("axis"), len(s.shape))
+    return [s, s][:ctx.num_outputs]
 
 
 _STASH_DTYPES = {1: DType.FLOAT32, 10: DType.FLOAT16, 11: DType.FLOAT64, 16: DType.BFLOAT16}

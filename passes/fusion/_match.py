@@ -220,3 +220,23 @@ def reduce_mean_of(r: Node) -> int | None:
         return None
     x = r.input(0)
     return trailing_axes(const_axes(r), x.type.rank if x.shape is not None else None)
+
+
+def sole_user(v: Value) -> Node | None:
+    """The one node using ``v`` (through no-op Identity/Cast), when ``v`` is not a graph output:
+    what a rewrite may absorb without computing ``v`` twice."""
+    us = users(v)
+    if len(us) != 1 or len(v.uses) != 1 or v in v.graph.outputs:
+        return None
+    return us[0]
+
+
+_EPILOGUE = {"Relu": lambda n: "relu", "Silu": lambda n: "silu",
+             "Gelu": lambda n: {"none": "gelu", "tanh": "gelu_tanh"}.get(n.attrs["approximate"])}
+
+
+def epilogue_activation(node: Node | None) -> str | None:
+    """The ``activation`` attribute value (Linear, FusedConv) that computes ``node``, if any."""
+    if node is None or node.op not in _EPILOGUE:
+        return None
+    return _EPILOGUE[node.op](node)
