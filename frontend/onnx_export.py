@@ -20,8 +20,10 @@ from .onnx_import import DTYPE_TO_ONNX
 BASE_OPSET = 18
 # Ops that first appear (in the semantics the IR uses) after the base opset.
 _OP_MIN_OPSET = {"Gelu": 20, "RMSNormalization": 23, "Attention": 23}
-# IR ops with no ONNX counterpart; exported through a decomposition.
-_DECOMPOSED = {"Silu"}
+# IR ops with no ONNX counterpart (fusion's composite ops among them); exported through a
+# decomposition into standard ops, so any runtime can read the optimized graph.
+_DECOMPOSED = {"Silu", "Linear", "AddLayerNorm", "FusedConv"}
+_GELU_OPSET = 20
 # The ONNX checker's IR version for the opsets we emit (ONNX Runtime rejects newer ones).
 _IR_VERSION = 10
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -29,7 +31,7 @@ _EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     """Build an ONNX model equivalent to ``graph``."""
-    needed = max([BASE_OPSET] + [_OP_MIN_OPSET.get(n.op, 0) for n in graph.nodes])
+    needed = max([BASE_OPSET] + [_min_opset(n) for n in graph.nodes])
     opset = opset or needed
     if opset < needed:
         raise UnsupportedOpError(f"the graph needs opset {needed}; {opset} was asked for")
@@ -118,9 +120,61 @@ def _attrs(node) -> dict:
     return out
 
 
+def _min_opset(node) -> int:
+    if node.op in ("Linear", "FusedConv") and node.attrs["activation"] in ("gelu", "gelu_tanh"):
+        return _GELU_OPSET
+    return _OP_MIN_OPSET.get(node.op, 0)
+
+
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
 def _decompose(node, tensor) -> list[gs.Node]:
+    dt = node.outputs[0].dtype.numpy
+
+    def temp(suffix: str) -> gs.Variable:
+        return gs.Variable(f"{node.name}_{suffix}", dtype=dt)
+
     if node.op == "Silu":
-        x, y = tensor(node.inputs[0]), tensor(node.output)
-        s = gs.Variable(node.name + "_sigmoid", dtype=node.output.dtype.numpy)
-        return [gs.Node("Sigmoid", inputs=[x], outputs=[s]), gs.Node("Mul", name=node.name, inputs=[x, s], outputs=[y])]
+        return _silu(node.name, tensor(node.inputs[0]), tensor(node.output), temp("sigmoid"))
+    if node.op == "AddLayerNorm":  # Add, then LayerNormalization (stash float32, as the op)
+        s = tensor(node.outputs[1]) if len(node.outputs) > 1 else temp("sum")
+        ln_ins = [s] + [tensor(v) for v in _trim(node.inputs[2:])]
+        attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs["epsilon"], "stash_type": 11 if dt == np.float64 else 1}
+        return [gs.Node("Add", name=node.name + "_add", inputs=[tensor(node.inputs[0]), tensor(node.inputs[1])], outputs=[s]),
+                gs.Node("LayerNormalization", name=node.name, attrs=attrs, inputs=ln_ins, outputs=[tensor(node.output)])]
+    if node.op == "Linear":  # MatMul [+ Add bias] [+ activation]
+        out, act = tensor(node.output), node.attrs["activation"]
+        has_b = node.input(2) is not None
+        mm = out if not has_b and act == "none" else temp("matmul")
+        nodes = [gs.Node("MatMul", name=node.name + "_matmul", inputs=[tensor(node.inputs[0]), tensor(node.inputs[1])], outputs=[mm])]
+        y = mm
+        if has_b:
+            y = out if act == "none" else temp("bias")
+            nodes.append(gs.Node("Add", name=node.name + "_bias", inputs=[mm, tensor(node.inputs[2])], outputs=[y]))
+        return nodes + _activation(node, act, y, out, temp)
+    if node.op == "FusedConv":  # Conv (with its bias) + activation
+        out, act = tensor(node.output), node.attrs["activation"]
+        y = out if act == "none" else temp("conv")
+        attrs = {k: v for k, v in _attrs(node).items() if k in _CONV_ATTRS}
+        conv = gs.Node("Conv", name=node.name + "_conv", attrs=attrs, inputs=[tensor(v) for v in _trim(node.inputs)], outputs=[y])
+        return [conv] + _activation(node, act, y, out, temp)
     raise UnsupportedOpError(f"op {node.op} cannot be exported to ONNX")
+
+
+def _silu(name: str, x, y, s) -> list[gs.Node]:
+    return [gs.Node("Sigmoid", name=name + "_sigmoid", inputs=[x], outputs=[s]), gs.Node("Mul", name=name, inputs=[x, s], outputs=[y])]
+
+
+def _activation(node, act: str, x, y, temp) -> list[gs.Node]:
+    """The standard ONNX nodes of a fused ``activation`` epilogue from ``x`` to ``y``."""
+    if act == "none":
+        return []
+    if act == "relu":
+        return [gs.Node("Relu", name=node.name, inputs=[x], outputs=[y])]
+    if act in ("gelu", "gelu_tanh"):
+        approx = "tanh" if act == "gelu_tanh" else "none"
+        return [gs.Node("Gelu", name=node.name, attrs={"approximate": approx}, inputs=[x], outputs=[y])]
+    if act == "silu":
+        return _silu(node.name, x, y, temp("sigmoid"))
+    raise UnsupportedOpError(f"node {node.name} ({node.op}): activation {act!r} cannot be exported to ONNX")
