@@ -82,7 +82,12 @@ def from_npz(path: str | os.PathLike, model: Any, batch: int | None = None) -> I
     from .api import load_inputs
 
     path = Path(path)
-    arrays = load_inputs(path)
+    try:
+        arrays = load_inputs(path)
+    except CalibrationError:
+        raise
+    except OptcError as e:
+        raise CalibrationError(str(e)) from None
     specs = input_specs(model)
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]

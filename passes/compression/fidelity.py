@@ -74,7 +74,9 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], outputs: Iterable[Map
             top_hits += int((r.argmax(-1) == n.argmax(-1)).sum())
             top_rows += r.shape[0]
     r, n = np.concatenate(refs), np.concatenate(news)
-    cos = (r * n).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(n, axis=-1), 1e-30)
+    nr, nn = np.linalg.norm(r, axis=-1), np.linalg.norm(n, axis=-1)
+    cos = (r * n).sum(-1) / np.maximum(nr * nn, 1e-30)
+    cos[(nr == 0) & (nn == 0)] = 1.0  # two zero vectors (e.g. a ReLU row) agree
     rel = float(np.linalg.norm(n - r) / max(np.linalg.norm(r), 1e-30))
     return Fidelity(float(cos.mean()), float(cos.min()), rel, top_hits / top_rows if top_rows else None, int(r.shape[0]))
 
