@@ -355,8 +355,8 @@ def _attention_decomposed(ctx, node, q, k, v, mask=None):
     keep = None  # bool [.., sq, sk] of positions attended to
     if node.attrs["is_causal"]:
         sq, sk = qs[2], ks[2]
-        rows = ctx.emit(R.reshape(R.arange(0, sq, 1, "int64"), [-1, 1]) if not isinstance(sq, int)
-                        else ctx.const(np.arange(sq, dtype=np.int64).reshape(-1, 1)))
+        rows = (ctx.emit(R.reshape(ctx.emit(R.arange(0, sq, 1, "int64")), [-1, 1])) if not isinstance(sq, int)
+                else ctx.const(np.arange(sq, dtype=np.int64).reshape(-1, 1)))
         cols = ctx.emit(R.arange(0, sk, 1, "int64")) if not isinstance(sk, int) else ctx.const(np.arange(sk, dtype=np.int64))
         keep = ctx.emit(R.less_equal(cols, rows))
     if mask is not None:
