@@ -142,7 +142,7 @@ def _decompose(node, tensor) -> list[gs.Node]:
         ln_ins = [s] + [tensor(v) for v in _trim(node.inputs[2:])]
         attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs["epsilon"], "stash_type": 11 if dt == np.float64 else 1}
         return [gs.Node("Add", name=node.name + "_add", inputs=[tensor(node.inputs[0]), tensor(node.inputs[1])], outputs=[s]),
-                gs.Node("LayerNormalization", name=node.name, attrs=attrs, inputs=ln_ins, outputs=[tensor(node.output)])]
+                gs.Node("LayerNormalization", name=node.name, attrs=attrs, inputs=ln_ins, outputs=[tensor(node.outputs[0])])]
     if node.op == "Linear":  # MatMul [+ Add bias] [+ activation]
         out, act = tensor(node.output), node.attrs["activation"]
         has_b = node.input(2) is not None
