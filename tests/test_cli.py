@@ -138,3 +138,22 @@ def test_bad_pt2_is_one_line_exit_2(case, pt2_file, tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("optc: error: ") and "Traceback" not in r.stderr
+
+
+def test_optimized_ir_file_inspects_and_runs(model_file, tmp_path, capsys):
+    ir_file = tmp_path / "mlp.optc-ir"
+    assert main(["optimize", str(model_file), "-o", str(ir_file), "--passes", "default"]) == 0
+    assert "resources {" in ir_file.read_text()  # self-contained: the weights travel with the text
+    x = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    for model in (model_file, ir_file):
+        assert main(["run", str(model), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / f"{model.suffix}.npz")]) == 0
+    with np.load(tmp_path / ".onnx.npz") as a, np.load(tmp_path / ".optc-ir.npz") as b:
+        np.testing.assert_allclose(a["y"], b["y"], rtol=1e-6)
+    capsys.readouterr()
+    assert main(["inspect", str(ir_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 36
+    bad = tmp_path / "bad.optc-ir"
+    bad.write_text("graph main(%x: f32[2]) { %y = Frob(%x) return %y }")
+    r = _cli("inspect", str(bad))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
