@@ -1,0 +1,168 @@
+"""Low-rank substitution on all-MiniLM-L6-v2 (real weights): parameters removed vs held-out
+fidelity for three ways of choosing the factors, and compiled latency factored vs not.
+
+Calibration: news sentences from the ``calib`` articles; evaluation: sentences from the held-out
+articles (``optc.datasets``). At each level (fraction of the eligible linear-layer parameters
+kept) it compares
+
+  (a) svd/uniform          plain SVD, every matrix keeps the same fraction of its parameters
+  (b) whitened/uniform     activation-aware SVD, same ranks as (a)
+  (c) whitened/allocated   activation-aware SVD, ranks allocated by measured sensitivity
+
+by the held-out mean/worst cosine of the mean-pooled sentence embeddings. Then it compiles the
+uncompressed model and one factored configuration (the same ranks the pass reports) and times
+both in the same run (batch 1, seq 128, 2 threads, median).
+
+    python bench/low_rank.py [--calib 128] [--holdout 256] [--levels 0.95,0.9,0.8,0.7]
+                             [--latency-keep 0.7] [--quantum 1] [--no-compile] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from optc import benchmark as bm
+
+THREADS = 2
+bm.pin_threads(THREADS)  # before torch or TVM start their thread pools
+
+import optc  # noqa: E402
+from optc import datasets, zoo  # noqa: E402
+from optc.passes import PassContext, PassManager  # noqa: E402
+from optc.passes.compression.fidelity import measure, reference_outputs  # noqa: E402
+from optc.passes.compression.low_rank import LowRankModel, eligible_layers  # noqa: E402
+from optc.passes.compression.projections import find_projections  # noqa: E402
+
+MODEL = Path("out/minilm/minilm.pt2")
+
+
+def input_sets(sentences: list[str], batch: int = 32, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """Tokenized batches (each padded to its longest sentence) as model input sets."""
+    out = []
+    for i in range(0, len(sentences), batch):
+        enc = zoo.tokenize(sentences[i:i + batch], max_length=max_length, pad_to_max=False)
+        out.append({k: v.numpy() for k, v in enc.items() if k in ("input_ids", "attention_mask")})
+    return out
+
+
+def methods_table(graph, calib, holdout, levels, quantum=1, log=print) -> list[dict]:
+    """Held-out fidelity of (a) svd/uniform, (b) whitened/uniform, (c) whitened/allocated at each
+    level of kept eligible parameters."""
+    layers, _ = eligible_layers(graph, exclude="pooler|classifier|lm_head", quantum=quantum)
+    t = time.perf_counter()
+    whitened = LowRankModel.build(graph, layers, calib, "whitened")
+    plain = LowRankModel.build(graph, layers, calib, "svd")
+    log(f"statistics and spectra of {len(layers)} matrices in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    whitened.measure_sensitivity(probe_sets=1, quantum=quantum)
+    log(f"sensitivity probes in {time.perf_counter() - t:.1f} s")
+    reference = reference_outputs(graph, holdout)
+    full = whitened.params({})
+    all_linear = sum(p.weight.const.size for p in find_projections(graph))
+    rows = []
+    for keep in levels:
+        configs = {
+            "svd/uniform": (plain, plain.uniform(keep, quantum)),
+            "whitened/uniform": (whitened, whitened.uniform(keep, quantum)),
+            "whitened/allocated": (whitened, whitened.allocated(keep * full, quantum)),
+        }
+        for name, (model, ranks) in configs.items():
+            fid = measure(graph, model.apply(ranks), holdout, reference=reference)
+            removed = full - model.params(ranks)
+            row = {"level": keep, "config": name, "kept": model.params(ranks) / full,
+                   "removed_linear": removed / all_linear, "mean_cosine": fid.mean_cosine,
+                   "worst_cosine": fid.worst_cosine, "relative_error": fid.relative_error,
+                   "ranks": {k: v for k, v in ranks.items() if v}}
+            rows.append(row)
+            log(f"{keep:>5.2f} {name:<20} {row['kept']:>6.3f} {row['removed_linear']:>9.3f} "
+                f"{fid.mean_cosine:>8.4f} {fid.worst_cosine:>8.4f} {fid.relative_error:>8.4f}")
+    return rows
+
+
+def latency(model_file: Path, calib, keep: float, quantum: int, repeat: int, out: Path) -> dict:
+    """Compile unfactored and factored (``default,low-rank{keep=...}``), check both, time both."""
+    pipelines = {"uncompressed": "default",
+                 "low-rank": f"default,low-rank{{keep={keep}" + (f",quantum={quantum}" if quantum > 1 else "") + "}"}
+    feed = {k: v.numpy() for k, v in zoo.tokenize(zoo.SAMPLE_SENTENCES[:1], max_length=128).items()
+            if k in ("input_ids", "attention_mask")}
+    loaded, info = {}, {}
+    for name, passes in pipelines.items():
+        folder = out / f"minilm.lowrank-{name}.optc"
+        t = time.perf_counter()
+        optc.compile(model_file, folder, target="x86", passes=passes, calibration=calib)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        build = manifest["build"]
+        report = next((r for r in manifest["passes"] if r.get("name") == "low-rank"), None)
+        info[name] = {"pipeline": passes, "compile_s": round(time.perf_counter() - t, 1),
+                      "fallback_scheduled": build["fallback_scheduled"], "unscheduled": build["unscheduled"]}
+        if report:
+            info[name]["linear_params_kept"] = report["linear_params"]["all_kept"]
+            info[name]["calibration_fidelity"] = report["fidelity"]
+        loaded[name] = optc.load(folder)
+    ref = loaded["uncompressed"].run(feed)
+    key = next(iter(ref))
+    for name, m in loaded.items():
+        got = m.run(feed)[key]
+        cos = float((got * ref[key]).sum() / (np.linalg.norm(got) * np.linalg.norm(ref[key])))
+        info[name]["cosine_vs_uncompressed"] = round(cos, 6)
+    timings = {name: bm.measure(name, (lambda m=m: m.run(feed)), repeat) for name, m in loaded.items()}
+    for name, t in timings.items():
+        info[name].update(t.to_json())
+    info["speedup"] = round(timings["uncompressed"].median / timings["low-rank"].median, 3)
+    return info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(MODEL), help="MiniLM export (.pt2 or .onnx; bench/minilm.py writes them)")
+    ap.add_argument("--calib", type=int, default=128, help="calibration sentences")
+    ap.add_argument("--holdout", type=int, default=256, help="held-out evaluation sentences")
+    ap.add_argument("--levels", default="0.95,0.9,0.8,0.7", help="fractions of eligible linear-layer parameters kept")
+    ap.add_argument("--quantum", type=int, default=1, help="rank multiple")
+    ap.add_argument("--latency-keep", type=float, default=0.7, help="the factored configuration that is compiled and timed")
+    ap.add_argument("--repeat", type=int, default=50, help="timed runs per compiled model")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    model_file = Path(args.model)
+    if not model_file.exists():
+        print(f"{model_file} is missing: run python bench/minilm.py --no-compile first", file=sys.stderr)
+        return 2
+    graph = optc.load_model(model_file)
+    calib = input_sets(datasets.news_sentences("calib", args.calib, seed=0))
+    holdout = input_sets(datasets.news_sentences("holdout", args.holdout, seed=1))
+    print(f"MiniLM ({model_file}): calibration {args.calib} news sentences, held-out {args.holdout} from other articles")
+    print(f"\n{'keep':>5} {'config':<20} {'kept':>6} {'removed':>9} {'mean cos':>8} {'worst':>8} {'rel.err':>8}")
+    print(f"{'':>5} {'':<20} {'(elig.)':>6} {'(all lin.)':>9}")
+    levels = [float(x) for x in args.levels.split(",")]
+    rows = methods_table(graph, calib, holdout, levels, args.quantum)
+    result = {"model": str(model_file), "calibration_sentences": args.calib, "holdout_sentences": args.holdout,
+              "table": rows}
+    dominated = [lvl for lvl in levels
+                 if not all(r["mean_cosine"] <= next(x["mean_cosine"] for x in rows if x["level"] == lvl and x["config"] == "whitened/allocated")
+                            for r in rows if r["level"] == lvl)]
+    print(f"\nallocated dominates both baselines at every level: {'yes' if not dominated else 'NO (levels ' + str(dominated) + ')'}")
+    if not args.no_compile:
+        print(f"\ncompiling uncompressed and low-rank{{keep={args.latency_keep}}} (default pipeline first) ...")
+        lat = latency(model_file, calib, args.latency_keep, args.quantum, args.repeat, Path("out/minilm"))
+        result["latency"] = lat
+        for name in ("uncompressed", "low-rank"):
+            d = lat[name]
+            print(f"  {name:<13} {d['median_ms']:>8.2f} ms median (p90 {d['p90_ms']:.2f}), compile {d['compile_s']} s, "
+                  f"fallback {d['fallback_scheduled'] or 'none'}, cosine vs uncompressed {d['cosine_vs_uncompressed']}"
+                  + (f", linear params kept {d['linear_params_kept']:.3f}" if "linear_params_kept" in d else ""))
+        print(f"  speedup {lat['speedup']:.2f}x (batch 1, seq 128, {THREADS} threads, same run)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0 if not dominated else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
