@@ -80,12 +80,17 @@ class AttentionTiles:
     def choose(target, spec: AttentionSpec) -> "AttentionTiles":
         L = CPUTiles.for_target(target).lanes
         dvl = next((w for w in (L, L // 2, L // 4, 2) if w >= 2 and spec.head_dim_v % w == 0), 1)
-        return AttentionTiles(lanes=L, kt=4 * L, ri=4, qt=32, dv_lanes=dvl)
+        # AVX-512 (32 registers): 4 rows x 4 vectors of scores; AVX2/NEON (16): 2 rows
+        return AttentionTiles(lanes=L, kt=4 * L, ri=4 if L >= 16 else 2, qt=32, dv_lanes=dvl)
 
 
 def key_pad(sk, kt: int):
     """Sk rounded up to whole key tiles (the packed Kᵀ length)."""
     return tirx.floordiv(sk + (kt - 1), kt) * kt
+
+
+def _add(a, b):
+    return a + b
 
 
 def _exp0(x):
@@ -123,7 +128,8 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     HQ, HK, D, DV = spec.heads_q, spec.heads_kv, spec.head_dim, spec.head_dim_v
     G = HQ // HK
     L, KT, RI, QT, VL = tiles.lanes, tiles.kt, tiles.ri, tiles.qt, tiles.dv_lanes
-    NV, NDV = KT // L, DV // VL
+    NV, NV2, NDV = KT // L, KT // L // 2, DV // VL  # vectors per key tile, per half tile
+    KT2 = KT // 2
     scale = float(spec.scale)
     causal = bool(spec.causal)
     has_mask = spec.mask is not None
@@ -154,39 +160,53 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         return val
 
     @T.macro
-    def tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kn, k0, tail):
-        # 1. scores s[RI, KT] = Q[r0:r0+RI] . Kt[:, k0:k0+KT]
-        for ii, j in T.grid(RI, KT):
+    def tree(part, op):
+        # part[0] = op over part[0:L], in halving vector steps (no scalar chain)
+        if L >= 32:
+            for l in T.vectorized(16):
+                part[l] = op(part[l], part[l + 16])
+        if L >= 16:
+            for l in T.vectorized(8):
+                part[l] = op(part[l], part[l + 8])
+        if L >= 8:
+            for l in T.vectorized(4):
+                part[l] = op(part[l], part[l + 4])
+        if L >= 4:
+            for l in T.vectorized(2):
+                part[l] = op(part[l], part[l + 2])
+        if L >= 2:
+            part[0] = op(part[0], part[1])
+
+    @T.macro
+    def tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kn, k0, nv, tail):
+        # 1. scores s[RI, nv*L] = Q[r0:r0+RI] . Kt[:, k0:k0+nv*L]
+        for ii, j in T.grid(RI, nv * L):
             s[ii, j] = T.float32(0)
         for dd in range(D):
             for ii in T.unroll(RI):
-                for jv in T.unroll(NV):
+                for jv in T.unroll(nv):
                     for l in T.vectorized(L):
                         s[ii, jv * L + l] = s[ii, jv * L + l] + Q[bi, h, T.min(r0 + ii, sq - 1), dd] * Kt[
                             bi, hk, dd, k0 + jv * L + l]
-        # 2. scale, mask, causal, tail
-        for ii in range(RI):
-            for jv in range(NV):
-                for l in T.vectorized(L):
-                    s[ii, jv * L + l] = score(s[ii, jv * L + l], M, bi, h, r0 + ii, k0 + jv * L + l, sq, sk, tail)
-        # 3. online softmax: new max, p = exp(s - m), rescale
+        # 2. scale, mask, causal, tail -> row max (lane partials, then a halving tree)
         for ii in range(RI):
             part = T.decl_buffer((L,), _F32, scope="local")
             mx = T.decl_buffer((3,), _F32, scope="local")  # new max, max used for exp, alpha
             for l in T.vectorized(L):
-                part[l] = s[ii, l]
-            for jv in range(1, NV):
+                part[l] = T.float32(neg_inf)
+            for jv in T.unroll(nv):
                 for l in T.vectorized(L):
+                    s[ii, jv * L + l] = score(s[ii, jv * L + l], M, bi, h, r0 + ii, k0 + jv * L + l, sq, sk, tail)
                     part[l] = T.max(part[l], s[ii, jv * L + l])
-            mx[0] = mrow[ii]
-            for l in range(L):
-                mx[0] = T.max(mx[0], part[l])
+            tree(part, tirx.max)
+            mx[0] = T.max(mrow[ii], part[0])
+            # 3. online softmax: p = exp(s - m), running sum and accumulator rescaled by exp(m_old - m)
             mx[1] = T.Select(mx[0] == T.float32(neg_inf), T.float32(0), mx[0])
             mx[2] = exp0(mrow[ii] - mx[1])
             mrow[ii] = mx[0]
             for l in T.vectorized(L):
                 part[l] = T.float32(0)
-            for jv in range(NV):
+            for jv in T.unroll(nv):
                 for l in T.vectorized(L):
                     s[ii, jv * L + l] = exp0(s[ii, jv * L + l] - mx[1])
                     part[l] = part[l] + s[ii, jv * L + l]
@@ -195,7 +215,7 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
             for dv in T.vectorized(DV):
                 acc[ii, dv] = acc[ii, dv] * mx[2]
         # 4. acc += p . V tile
-        for j in range(kn - k0 if tail else KT):
+        for j in range(kn - k0 if tail else nv * L):
             for ii in T.unroll(RI):
                 for dvo in T.unroll(NDV):
                     for l in T.vectorized(VL):
@@ -222,16 +242,19 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
                 for ii, dv in T.grid(RI, DV):
                     acc[ii, dv] = T.float32(0)
                 kend = T.meta_var(T.min(sk, r0 + RI) if causal else sk)
+                # whole key tiles, then at most one whole half tile, then the partial half tile
                 for kt_i in range(kend // KT):
-                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kt_i * KT, False)
-                if kend % KT != 0:
-                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kend // KT * KT, True)
+                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kt_i * KT, NV, False)
+                if kend % KT >= KT2:
+                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kend // KT * KT, NV2, False)
+                if kend % KT2 != 0:
+                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kend // KT2 * KT2, NV2, True)
                 for ii in range(RI):
                     if r0 + ii < sq:
-                        tot = T.decl_buffer((1,), _F32, scope="local")
-                        tot[0] = T.float32(0)
-                        for l in range(L):
-                            tot[0] = tot[0] + lsum[ii, l]
+                        tot = T.decl_buffer((L,), _F32, scope="local")
+                        for l in T.vectorized(L):
+                            tot[l] = lsum[ii, l]
+                        tree(tot, _add)
                         tot[0] = T.Select(tot[0] > T.float32(0), T.float32(1) / tot[0], T.float32(0))
                         for dv in T.vectorized(DV):
                             Y[bi, h, r0 + ii, dv] = acc[ii, dv] * tot[0]
