@@ -45,7 +45,11 @@ class CNN(torch.nn.Module):
         self.c1, self.b1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
         self.c2, self.b2 = torch.nn.Conv2d(8, 8, 3, bias=False), torch.nn.BatchNorm2d(8)
         self.c3 = torch.nn.Conv2d(8, 4, 1)
-        with torch.no_grad():
+        with torch.no_grad():  # every parameter from the seeded generator: CNN() is reproducible
+            for conv in (self.c1, self.c2, self.c3):
+                conv.weight.normal_(0, 0.3, generator=g)
+                if conv.bias is not None:
+                    conv.bias.uniform_(-0.5, 0.5, generator=g)
             for bn in (self.b1, self.b2):  # non-trivial statistics, so a wrong fold shows
                 bn.running_mean.uniform_(-1, 1, generator=g)
                 bn.running_var.uniform_(0.5, 2, generator=g)

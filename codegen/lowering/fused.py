@@ -20,7 +20,8 @@ def activation(ctx, name: str, y):
     R = ctx.R
     if name == "none":
         return y
-    y = ctx.emit(y)
+    if not isinstance(y, ctx.relax.Var):  # re-emitting a Var adds an alias that blocks FuseOps
+        y = ctx.emit(y)
     if name == "relu":
         return R.maximum(y, ctx.scalar(0, ctx.dtype(y)))
     if name == "gelu":
