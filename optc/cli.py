@@ -308,38 +308,70 @@ def _print_lossy_reports(reports: list[dict]) -> None:
             print("\n".join(format_report(r)))
 
 
-def format_report(report: dict) -> list[str]:
-    """One pass report as lines. ``X_before``/``X_after`` (or ``{"before", "after"}``) pairs
-    print as ``before -> after (change)``; a fidelity dict (``mean_cosine`` ...) as one line;
-    other values generically."""
+def format_report(report: dict, max_rows: int = 12) -> list[str]:
+    """One pass report as lines. ``X_before``/``X_after`` pairs (or ``{"before", "after"}``)
+    print as ``before -> after (change)``; a fidelity dict (``mean_cosine`` ...) as one line; a
+    list of dicts (per-layer choices) as one row each, the first ``max_rows``; the rest
+    generically. Everything is in the manifest / ``--json`` in full."""
     head = f"{report.get('pass', report.get('name', '?'))}: " + ("changed" if report.get("changed") else "unchanged")
-    if "seconds" in report:
+    if isinstance(report.get("seconds"), (int, float)):
         head += f" in {report['seconds']:.2f} s"
-    lines = [head]
     body = {k: v for k, v in report.items() if k not in _REPORT_HEAD}
+    return [head] + _report_lines(body, 1, max_rows)
+
+
+def _report_lines(d: dict, depth: int, max_rows: int) -> list[str]:
+    pad = "  " * depth
+    width = max(8, 18 - 2 * depth)
+    lines = []
     done = set()
-    for k in body:
-        if k.endswith("_before") and k[:-7] + "_after" in body:
+    for k in d:
+        if k.endswith("_before") and k[:-7] + "_after" in d:
             base = k[:-7]
-            lines.append(_kv(base, _before_after(body[k], body[base + "_after"])))
+            lines.append(f"{pad}{_label(base):<{width}} {_before_after(d[k], d[base + '_after'])}")
             done |= {k, base + "_after"}
-    for k, v in body.items():
+    for k, v in d.items():
         if k in done:
             continue
         if isinstance(v, dict) and set(v) >= {"before", "after"}:
-            lines.append(_kv(k, _before_after(v["before"], v["after"])))
+            lines.append(f"{pad}{_label(k):<{width}} {_before_after(v['before'], v['after'])}")
         elif isinstance(v, dict) and "mean_cosine" in v:
-            lines.append(_kv(k, _fidelity_text(v)))
-        elif isinstance(v, dict):
-            lines.append(f"  {k}:")
-            lines += ["  " + line for line in _dict_lines(v)]
+            lines.append(f"{pad}{_label(k):<{width}} {_fidelity_text(v)}")
+        elif isinstance(v, dict) and v and depth < 3 and (len(v) > 4 or _has_pair(v)
+                                                          or not all(_scalar(x) for x in v.values())):
+            lines.append(f"{pad}{_label(k)}:")
+            lines += _report_lines(v, depth + 1, max_rows)
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            lines.append(f"{pad}{_label(k)}: {len(v)}")
+            for row in v[:max_rows]:
+                lines.append(f"{pad}  {_row(row)}")
+            if len(v) > max_rows:
+                lines.append(f"{pad}  ... {len(v) - max_rows} more (all in --json / the manifest)")
         else:
-            lines.append(_kv(k, _value(v)))
+            lines.append(f"{pad}{_label(k):<{width}} {_value(v)}")
     return lines
 
 
-def _kv(key: str, text: str) -> str:
-    return f"  {key.replace('_', ' '):<16} {text}"
+def _has_pair(d: dict) -> bool:
+    return any(k.endswith("_before") and k[:-7] + "_after" in d for k in d)
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _row(row: dict) -> str:
+    """One dict as ``name: k=v, a -> b`` on a line."""
+    name = row.get("name")
+    parts = []
+    for k, v in row.items():
+        if k == "name" or (k.endswith("_after") and k[:-6] + "_before" in row):
+            continue
+        if k.endswith("_before") and k[:-7] + "_after" in row:
+            parts.append(f"{k[:-7]} {_value(v)} -> {_value(row[k[:-7] + '_after'])}")
+        else:
+            parts.append(f"{k}={_value(v)}")
+    return (f"{name}: " if name is not None else "") + ", ".join(parts)
 
 
 def _before_after(before, after) -> str:
@@ -350,19 +382,7 @@ def _before_after(before, after) -> str:
 
 
 def _fidelity_text(f: dict) -> str:
-    parts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in f.items() if v is not None]
-    return ", ".join(parts)
-
-
-def _dict_lines(d: dict, depth: int = 0) -> list[str]:
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict) and depth < 2 and v and not all(_scalar(x) for x in v.values()):
-            out.append(f"{'  ' * depth}  {k}:")
-            out += _dict_lines(v, depth + 1)
-        else:
-            out.append(f"{'  ' * depth}  {k}: {_value(v)}")
-    return out
+    return ", ".join(f"{_label(k)} {_value(v)}" for k, v in f.items() if v is not None)
 
 
 def _scalar(v) -> bool:
