@@ -216,10 +216,14 @@ def test_compile_with_calibration_writes_a_json_manifest(models, calib_pass, cap
     assert lossy[0]["calib_rows"] == [8, 4] and lossy[0]["fidelity"]["vectors"] == 12
 
 
-def test_lossy_pass_without_calib_notes_random_inputs(models, calib_pass, capsys):
+def test_inspect_passes_with_and_without_calib(models, calib_pass, capsys):
     assert main(["inspect", str(models["orig"]), "--passes", "test-calib-scale"]) == 0
     captured = capsys.readouterr()
     assert "without --calib" in captured.err and "test-calib-scale: changed" in captured.out
+    assert main(["inspect", str(models["orig"]), "--passes", "test-calib-scale", "--json",
+                 "--calib", str(models["inputs"]), "--calib-batch", "6"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["passes"][0]["calib_rows"] == [6, 6] and captured.err == ""
 
 
 # -- user errors -----------------------------------------------------------------------------------
@@ -314,3 +318,28 @@ def test_minilm_optimize_and_eval_on_news(minilm_onnx, tmp_path, capsys):
     assert r["output"] == "last_hidden_state" and r["fidelity"]["vectors"] == 16
     assert r["fidelity"]["worst_cosine"] > 0.99999 and r["fidelity"]["relative_error"] < 1e-4
     assert abs(r["sizes"]["compressed"]["params"] - r["sizes"]["original"]["params"]) < 100
+
+
+def test_api_optimize_takes_input_sets(models, calib_pass):
+    import optc
+    from optc.calibration import CalibrationError
+
+    graph = optc.load_model(models["orig"])
+    sets = [{"x": models["x"][:4]}, {"x": models["x"][4:]}]
+    result = optc.optimize(graph, "test-calib-scale", calibration=sets)
+    assert result.reports[0]["calib_rows"] == [4, 8]
+    json.dumps(result.reports)  # numpy values, tuples and the Fidelity dataclass became JSON
+    with pytest.raises(CalibrationError, match=r"calibration \(input set 1\): missing input\(s\) 'x'"):
+        optc.optimize(optc.load_model(models["orig"]), "test-calib-scale", calibration=[sets[0], {"y": models["x"]}])
+
+
+def test_jsonable():
+    from optc.api import jsonable
+    from optc.passes.compression.fidelity import Fidelity
+
+    value = {"a": np.float32(0.5), "b": (np.int64(3), {1, 2}), "c": np.arange(3), "d": float("nan"),
+             "e": Fidelity(1.0, 0.5, 0.1, None, 4), 7: np.bool_(True), "f": object}
+    out = jsonable(value)
+    assert json.loads(json.dumps(out)) == out
+    assert out["a"] == 0.5 and out["b"] == [3, [1, 2]] and out["c"] == [0, 1, 2] and out["d"] == "nan"
+    assert out["e"]["worst_cosine"] == 0.5 and out["7"] is True and isinstance(out["f"], str)
