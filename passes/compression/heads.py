@@ -263,7 +263,7 @@ def _trace_to_projection(value: Value, role: str) -> tuple[Projection, int, list
                 s = [int(x) for x in sizes.const.reshape(-1)]
                 offset += sum(s[:i])
                 cuts.append((p, 1, i, "size", role))
-            kind = "width:all"
+            kind = f"widthall:{role}"
         elif p.op == "Slice":
             starts, ends, axes = p.input(1), p.input(2), p.input(3)
             steps = p.input(4)
@@ -274,7 +274,7 @@ def _trace_to_projection(value: Value, role: str) -> tuple[Projection, int, list
             offset += int(starts.const.reshape(-1)[0])
             cuts.append((p, 1, 0, "start", role))
             cuts.append((p, 2, 0, "end", role))
-            kind = "width:all"
+            kind = f"widthall:{role}"
         else:
             raise StructureError(f"{role}: {p.op} {p.name} between the projection and the heads")
         value = p.input(0)

@@ -7,6 +7,7 @@ shape constants are never modified, the node gets its own copy).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -29,6 +30,7 @@ class ShapeEdit:
     element: int
     kind: str
     old: int
+    via: tuple[Node, int] | None = None  # (consumer, input) when ``node`` is a Concat building its shape
 
     def describe(self) -> str:
         return f"{self.node.name}[{self.index}][{self.element}]={self.old} ({self.kind})"
@@ -81,7 +83,7 @@ def shape_entry(node: Node, index: int, position: int, kind: str, expect: int) -
         return None
     if val != expect:
         raise StructureError(f"{node.name}: shape entry {position} is {val}, expected {expect}")
-    return ShapeEdit(where[0], where[1], where[2], kind, val)
+    return ShapeEdit(where[0], where[1], where[2], kind, val, None if where[0] is node else (node, index))
 
 
 def apply_edits(graph: Graph, edits: Iterable[ShapeEdit], value_of: Callable[[ShapeEdit], int]) -> int:
@@ -89,7 +91,15 @@ def apply_edits(graph: Graph, edits: Iterable[ShapeEdit], value_of: Callable[[Sh
     returns how many entries changed."""
     grouped: dict[tuple[int, int], list[ShapeEdit]] = {}
     nodes: dict[int, Node] = {}
+    private: dict[tuple[int, int], Node] = {}
     for e in edits:
+        if e.via is not None and len(e.node.output.uses) > 1:  # a shared Concat: give the consumer its own
+            consumer, ci = e.via
+            key = (id(consumer), ci)
+            if key not in private:
+                private[key] = graph.add_node("Concat", list(e.node.inputs), dict(e.node.attrs), before=consumer)
+                consumer.set_input(ci, private[key].output)
+            e = dataclasses.replace(e, node=private[key])
         grouped.setdefault((id(e.node), e.index), []).append(e)
         nodes[id(e.node)] = e.node
     changed = 0

@@ -1,0 +1,383 @@
+"""Structured pruning machinery shared by ``prune-heads`` and ``prune-ffn``.
+
+A *site* is one prunable block: ``units`` (attention heads, FFN neurons) whose outputs can be
+multiplied by a 0/1 mask at ``mask_value`` along ``mask_axis``, removed in ``groups`` (a GQA
+KV group's query heads go together), followed by the projection ``refit`` that reads them
+(output / down projection, ``rows_per_unit`` input rows per unit).
+
+Everything before the physical rewrite runs on a *probe*: a clone of the graph with a mask
+multiply after each site and private copies of the refit weights, evaluated with
+``Interpreter.run_torch`` and constant overrides (masks, re-fitted weights). So selection, scores
+and re-fits cost forward/backward passes, never graph surgery; the pass rewrites the real graph
+once at the end and checks it reproduces the probe.
+
+Importance:
+- ``fisher``: the Gauss-Newton (Fisher) estimate of how much removing a group changes the
+  model's output vectors (mask-mean-pooled hidden states, normalized per sentence):
+  ``ΔL ≈ -g·δ + |J δ|²`` with the gradient ``g`` of the current output error and ``|J δ|²``
+  from random projections of the output (per sentence), taken from the gradient at the mask
+  multiply. Re-scored after every removal step, on the re-fitted model, so interactions count.
+- ``magnitude``: the weight norms of the unit's input columns times its output rows.
+- ``ablation``: the measured output error with the group alone removed (one forward each).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ...ir.graph import Graph, Node, Value
+from ...ir.interpreter import Interpreter
+from .projections import Projection, replace_weight
+
+
+@dataclass
+class Site:
+    name: str
+    units: int
+    groups: list[list[int]]
+    mask_value: Value
+    mask_axis: int
+    refit: Projection
+    rows_per_unit: int
+    magnitude: np.ndarray  # [units]
+    residual: Value | None = None
+    block_output: Value | None = None
+
+
+@dataclass
+class State:
+    """Which groups are removed, and the re-fitted (weight ``[in, out]``, bias) of each site's
+    projection (rows of removed units are zero; None: the original weights)."""
+
+    removed: list[set[int]]
+    refits: list[tuple[np.ndarray, np.ndarray | None] | None]
+
+    def copy(self) -> "State":
+        return State([set(r) for r in self.removed], list(self.refits))
+
+    def kept_units(self, sites: list[Site], i: int) -> list[int]:
+        gone = {u for g in self.removed[i] for u in sites[i].groups[g]}
+        return [u for u in range(sites[i].units) if u not in gone]
+
+
+def pooled(out: torch.Tensor, feed: Mapping[str, np.ndarray]) -> torch.Tensor:
+    """Output vectors as in ``fidelity.output_vectors``: mask-mean over the sequence for
+    ``[batch, seq, hidden]`` with a mask input, else the rows."""
+    o = out.double()
+    if o.dim() == 3:
+        for name, x in feed.items():
+            if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(o.shape[:2]):
+                w = torch.as_tensor(np.asarray(x), dtype=torch.float64)[:, :, None]
+                return (o * w).sum(1) / w.sum(1).clamp_min(1e-9)
+    return o.reshape(-1, o.shape[-1])
+
+
+class Probe:
+    """The graph with a mask multiply after every site, run through ``run_torch``."""
+
+    def __init__(self, graph: Graph, sites_of: Callable[[Graph], list[Site]], input_sets: list[Mapping[str, np.ndarray]]):
+        self.graph = graph.clone()
+        self.sites = sites_of(self.graph)
+        self.inputs = input_sets
+        self.torch_inputs = [{k: torch.as_tensor(np.asarray(v)) for k, v in feed.items()} for feed in input_sets]
+        self.output_name = self.graph.outputs[0].name
+        self.mask_names, self.weight_names, self.bias_names, self.masked = [], [], [], []
+        for i, s in enumerate(self.sites):
+            p = replace_weight(self.graph, s.refit, s.refit.matrix(), s.refit.bias_vector())  # private copies
+            s.refit = p
+            self.weight_names.append(p.weight.name)
+            self.bias_names.append(p.bias.name if p.bias is not None else None)
+            rank = len(s.mask_value.shape)
+            shape = [1] * rank
+            shape[s.mask_axis] = s.units
+            m = self.graph.add_constant(np.ones(shape, np.float32), self.graph.unique_name(f"prune_mask_{i}"))
+            uses = list(s.mask_value.uses)
+            mul = self.graph.add_node("Mul", [s.mask_value, m], after=s.mask_value.producer)
+            for n, k in uses:
+                n.set_input(k, mul.output)
+            self.mask_names.append(m.name)
+            self.masked.append(mul.output.name)
+        self.run = Interpreter(self.graph, check_types=False)
+        self.extra: list[str] = []
+
+    def overrides(self, state: State) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for i, s in enumerate(self.sites):
+            shape = [1] * len(s.mask_value.shape)
+            shape[s.mask_axis] = s.units
+            m = np.ones(s.units, np.float32)
+            kept = state.kept_units(self.sites, i)
+            if len(kept) < s.units:
+                m[:] = 0
+                m[kept] = 1
+                out[self.mask_names[i]] = torch.from_numpy(m.reshape(shape))
+            fit = state.refits[i]
+            if fit is not None:
+                w = fit[0].T if s.refit.transposed else fit[0]
+                out[self.weight_names[i]] = torch.from_numpy(np.ascontiguousarray(w))
+                if self.bias_names[i] is not None and fit[1] is not None:
+                    shape_b = s.refit.bias.const.shape
+                    out[self.bias_names[i]] = torch.from_numpy(fit[1].astype(np.float32).reshape(shape_b))
+        return out
+
+    def with_outputs(self, names: list[str]) -> None:
+        """Make ``names`` (internal values) extra outputs of the probe."""
+        want = [n for n in names if n not in self.graph.output_names()]
+        if want:
+            self.graph.set_outputs(list(self.graph.outputs) + [self.graph.value(n) for n in want])
+            self.run = Interpreter(self.graph, check_types=False)
+
+    def forward(self, state: State, batch: int, grad: bool = False) -> dict[str, torch.Tensor]:
+        ov = self.overrides(state)
+        if grad:  # masks that require grad make autograd record the whole run
+            for i, s in enumerate(self.sites):
+                m = ov.get(self.mask_names[i])
+                m = torch.from_numpy(self.graph.constants[self.mask_names[i]].const.copy()) if m is None else m.clone()
+                ov[self.mask_names[i]] = m.requires_grad_(True)
+            return self.run.run_torch(self.torch_inputs[batch], constants=ov)
+        with torch.no_grad():
+            return self.run.run_torch(self.torch_inputs[batch], constants=ov)
+
+
+def unit_rows(units: list[int], per: int) -> list[int]:
+    return [u * per + d for u in units for d in range(per)]
+
+
+# -- fidelity on the probe ------------------------------------------------------------------
+def cosines(vec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (vec * ref).sum(-1) / (vec.norm(dim=-1) * ref.norm(dim=-1)).clamp_min(1e-30)
+
+
+class Evaluator:
+    """Reference output vectors of the unpruned model, and the mean cosine of a state."""
+
+    def __init__(self, probe: Probe):
+        self.probe = probe
+        base = State([set() for _ in probe.sites], [None] * len(probe.sites))
+        self.ref = [pooled(probe.forward(base, b)[probe.output_name], probe.inputs[b]) for b in range(len(probe.inputs))]
+
+    def cosine(self, state: State) -> tuple[float, float]:
+        cos = torch.cat([cosines(pooled(self.probe.forward(state, b)[self.probe.output_name], self.probe.inputs[b]), self.ref[b])
+                         for b in range(len(self.probe.inputs))])
+        return float(cos.mean()), float(cos.min())
+
+
+# -- importance ----------------------------------------------------------------------------
+def _per_sample(grad: torch.Tensor, value: torch.Tensor, axis: int, batch: int) -> torch.Tensor:
+    """Σ over everything but the sample and unit axes of grad·value: the gradient with respect
+    to a per-sample unit mask, ``[batch, units]``."""
+    t = (grad * value).double()
+    axis = axis % t.dim()
+    t = t.movedim(axis, -1)
+    return t.reshape(batch, -1, t.shape[-1]).sum(1)
+
+
+def fisher_scores(probe: Probe, ev: Evaluator, state: State, projections: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Per site and group: the predicted increase of Σ |p - p₀|²/|p₀|² when the group goes."""
+    probe.with_outputs(probe.masked)
+    gen = torch.Generator().manual_seed(seed)
+    scores = [np.zeros(len(s.groups)) for s in probe.sites]
+    for b in range(len(probe.inputs)):
+        outs = probe.forward(state, b, grad=True)
+        ys = [outs[n] for n in probe.masked]
+        for y in ys:
+            if not y.requires_grad:
+                y.requires_grad_(True)
+        p = pooled(outs[probe.output_name], probe.inputs[b])
+        ref = ev.ref[b]
+        norm = ref.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        batch = p.shape[0]
+        objectives = [(((p - ref) / norm) ** 2).sum()]
+        for _ in range(projections):
+            r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            objectives.append((r * p / norm).sum())
+        per = []
+        for k, obj in enumerate(objectives):
+            grads = torch.autograd.grad(obj, ys, retain_graph=k + 1 < len(objectives), allow_unused=True)
+            per.append([None if g is None else _per_sample(g, y.detach(), s.mask_axis, batch)
+                        for g, y, s in zip(grads, ys, probe.sites)])
+        for i, s in enumerate(probe.sites):
+            if per[0][i] is None:
+                continue
+            for gi, units in enumerate(s.groups):
+                first = float(per[0][i][:, units].sum())
+                gn = sum(float((per[k][i][:, units].sum(1) ** 2).sum()) for k in range(1, len(per))) / max(projections, 1)
+                scores[i][gi] += gn - first
+    return scores
+
+
+def magnitude_scores(sites: list[Site]) -> list[np.ndarray]:
+    return [np.array([float(s.magnitude[g].sum()) for g in s.groups]) for s in sites]
+
+
+def ablation_scores(probe: Probe, ev: Evaluator, state: State) -> list[np.ndarray]:
+    """1 - mean cosine with each group removed alone (on top of ``state``)."""
+    out = []
+    for i, s in enumerate(probe.sites):
+        sc = np.full(len(s.groups), np.inf)
+        for gi in range(len(s.groups)):
+            if gi in state.removed[i]:
+                continue
+            trial = state.copy()
+            trial.removed[i].add(gi)
+            sc[gi] = 1.0 - ev.cosine(trial)[0]
+        out.append(sc)
+    return out
+
+
+def row_weights(feed: Mapping[str, np.ndarray], rows: int) -> np.ndarray | None:
+    """Which of ``rows`` activation rows (batch-major tokens) are real tokens, from the
+    attention-mask input; None when there is no matching mask."""
+    for name, x in feed.items():
+        if "mask" in name.lower() and np.ndim(x) == 2 and np.size(x) == rows:
+            return np.asarray(x).reshape(-1) > 0
+    return None
+
+
+# -- re-fit --------------------------------------------------------------------------------
+def refit(probe: Probe, state: State, targets: list[list[np.ndarray]], ridge: float) -> None:
+    """Least-squares re-fit of each site's projection on the kept units' inputs, site by site
+    in graph order (each fit sees the earlier fits), ridge-regularized towards the original
+    weights: ``min |[X 1][W; b] - T|² + λ|W - W₀|²`` with λ = ``ridge`` · mean diag(XᵀX)."""
+    names = [s.refit.input.name for s in probe.sites] + [s.residual.name for s in probe.sites if s.residual is not None]
+    probe.with_outputs(names)
+    for i, s in enumerate(probe.sites):
+        kept = state.kept_units(probe.sites, i)
+        rows = unit_rows(kept, s.rows_per_unit)
+        w0 = s.refit.matrix().astype(np.float64)[rows]
+        b0 = s.refit.bias_vector()
+        has_bias = b0 is not None
+        n = len(rows) + int(has_bias)
+        xtx = np.zeros((n, n))
+        xty = np.zeros((n, s.refit.out_features))
+        for b in range(len(probe.inputs)):
+            outs = probe.forward(state, b)
+            x = outs[s.refit.input.name].double().numpy()
+            x = x.reshape(-1, x.shape[-1])[:, rows]
+            t = targets[i][b]
+            if s.residual is not None:
+                t = t - outs[s.residual.name].double().numpy().reshape(t.shape)
+            w = row_weights(probe.inputs[b], x.shape[0])
+            if w is not None:
+                x, t = x[w], t[w]
+            if has_bias:
+                x = np.concatenate([x, np.ones((x.shape[0], 1))], 1)
+            xtx += x.T @ x
+            xty += x.T @ t
+        lam = ridge * (float(np.mean(np.diag(xtx)[:len(rows)])) if rows else 0.0)
+        reg = np.zeros(n)
+        reg[:len(rows)] = lam
+        prior = np.zeros((n, s.refit.out_features))
+        prior[:len(rows)] = w0
+        sol = np.linalg.solve(xtx + np.diag(reg) + 1e-9 * np.eye(n), xty + reg[:, None] * prior)
+        w_full = np.zeros((s.refit.in_features, s.refit.out_features), np.float32)
+        w_full[rows] = sol[:len(rows)]
+        state.refits[i] = (w_full, sol[len(rows)].astype(np.float32) if has_bias else None)
+
+
+def refit_targets(probe: Probe) -> list[list[np.ndarray]]:
+    """Per site and batch: the unpruned projection output (plus the unpruned residual, when the
+    site's output is added to one), as float64 rows — what a re-fit should reproduce."""
+    names = [s.refit.output.name for s in probe.sites] + [s.residual.name for s in probe.sites if s.residual is not None]
+    probe.with_outputs(names)
+    base = State([set() for _ in probe.sites], [None] * len(probe.sites))
+    out: list[list[np.ndarray]] = [[] for _ in probe.sites]
+    for b in range(len(probe.inputs)):
+        outs = probe.forward(base, b)
+        for i, s in enumerate(probe.sites):
+            y = outs[s.refit.output.name].double().numpy()
+            y = y.reshape(-1, y.shape[-1])
+            if s.residual is not None:
+                y = y + outs[s.residual.name].double().numpy().reshape(y.shape)
+            out[i].append(y)
+    return out
+
+
+# -- selection -----------------------------------------------------------------------------
+@dataclass
+class Plan:
+    importance: str = "fisher"
+    steps: int = 4
+    refit: bool = True
+    ridge: float = 1e-2
+    projections: int = 2
+    seed: int = 0
+    log: list[dict] = field(default_factory=list)
+
+
+def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndarray]:
+    if plan.importance == "fisher":
+        return fisher_scores(probe, ev, state, plan.projections, plan.seed + len(plan.log))
+    if plan.importance == "magnitude":
+        return magnitude_scores(probe.sites)
+    if plan.importance == "ablation":
+        return ablation_scores(probe, ev, state)
+    raise ValueError(plan.importance)
+
+
+def remove_lowest(state: State, scores: list[np.ndarray], count: int, quota: list[int] | None) -> int:
+    """Remove the ``count`` lowest-scored remaining groups (within per-site ``quota`` when
+    given); returns how many were removed."""
+    cands = []
+    for i, sc in enumerate(scores):
+        for g, v in enumerate(sc):
+            if g not in state.removed[i]:
+                cands.append((float(v), i, g))
+    cands.sort()
+    done = 0
+    for _, i, g in cands:
+        if done >= count:
+            break
+        if quota is not None and quota[i] <= 0:
+            continue
+        state.removed[i].add(g)
+        if quota is not None:
+            quota[i] -= 1
+        done += 1
+    return done
+
+
+def prune_to_count(plan: Plan, probe: Probe, ev: Evaluator, targets, total: int,
+                   quota: list[int] | None = None) -> State:
+    """Remove ``total`` groups in ``plan.steps`` rounds, re-scoring (and re-fitting) after each."""
+    state = State([set() for _ in probe.sites], [None] * len(probe.sites))
+    steps = max(1, min(plan.steps, total)) if plan.importance != "magnitude" else 1
+    removed = 0
+    for k in range(steps):
+        want = math.ceil((total - removed) / (steps - k))
+        removed += remove_lowest(state, score(plan, probe, ev, state), want, quota)
+        if plan.refit:
+            refit(probe, state, targets, plan.ridge)
+        plan.log.append({"step": k + 1, "removed": removed})
+    return state
+
+
+def prune_to_budget(plan: Plan, probe: Probe, ev: Evaluator, targets, min_cosine: float, limit: int,
+                    chunk: int) -> tuple[State, float]:
+    """Remove groups ``chunk`` at a time while the calibration mean cosine stays ≥ ``min_cosine``
+    (at most ``limit``); returns the last state within the budget and its cosine."""
+    state = State([set() for _ in probe.sites], [None] * len(probe.sites))
+    best, best_cos = state.copy(), 1.0
+    removed = 0
+    while removed < limit:
+        trial = best.copy()
+        step = min(chunk, limit - removed)
+        n = remove_lowest(trial, score(plan, probe, ev, best), step, None)
+        if n == 0:
+            break
+        if plan.refit:
+            refit(probe, trial, targets, plan.ridge)
+        cos = ev.cosine(trial)[0]
+        plan.log.append({"removed": removed + n, "calibration_cosine": round(cos, 6)})
+        if cos < min_cosine:
+            if step > 1:  # retry the last chunk one group at a time
+                chunk = 1
+                continue
+            break
+        best, best_cos, removed = trial, cos, removed + n
+    return best, best_cos
