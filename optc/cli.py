@@ -196,6 +196,10 @@ def _cmd_inspect(args) -> int:
     from .ir.analysis import summarize
 
     calibration = _calibration(args)
+    if calibration is not None and not args.passes:
+        from .ir.errors import OptcError
+
+        raise OptcError("--calib needs --passes PIPELINE (the lossy passes calibrate on it)")
     if args.passes:
         _warn_uncalibrated(args.passes, calibration)
     graph = load_model(args.model)

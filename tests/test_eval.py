@@ -244,8 +244,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     ("tokenizer_without_calib", "--tokenizer needs --calib"),
     ("optimize_bad_suffix", "write an .onnx or .optc-ir file"),
     ("optimize_bad_calib", "--calib .*nope.npz: no such file"),
+    ("inspect_calib_without_passes", "--calib needs --passes"),
 ])
-def test_user_errors_are_one_line_exit_2(case, match, models):
+def test_user_errors_are_one_line_exit_2(case, match, models, capsys):
     d = models["dir"]
     orig, inputs = str(models["orig"]), str(models["inputs"])
     (d / "s.txt").write_text("A sentence.\n")
@@ -268,13 +269,18 @@ def test_user_errors_are_one_line_exit_2(case, match, models):
         "tokenizer_without_calib": ["compile", orig, "-o", str(d / "art"), "--tokenizer", str(d)],
         "optimize_bad_suffix": ["optimize", orig, "-o", str(d / "out.txt")],
         "optimize_bad_calib": ["optimize", orig, "-o", str(d / "out.onnx"), "--calib", str(d / "nope.npz")],
+        "inspect_calib_without_passes": ["inspect", orig, "--calib", inputs],
     }[case]
-    r = _cli(*args)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
+    assert main(args) == 2  # in-process: a bug would raise here with its traceback
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("optc: error: "), r.stderr
     assert re.search(match, lines[0]), lines[0]
     assert not (d / "art").exists() and not (d / "out.onnx").exists() and not list(d.glob("*.tmp"))
+
+
+def test_error_from_the_command_line_has_no_traceback(models):
+    r = _cli("eval", str(models["orig"]), str(models["orig"]), "--inputs", str(models["dir"] / "nope.npz"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr
 
 
 # -- MiniLM, real weights (slow) ----------------------------------------------------------------------
