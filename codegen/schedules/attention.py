@@ -33,6 +33,7 @@ half precision around it (``codegen/lowering/nn.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -99,6 +100,7 @@ def _exp0(x):
     return tirx.Select(x < tirx.const(_EXP_LO, _F32), tirx.const(0.0, _F32), fast_exp_expr(x, upper=False))
 
 
+@functools.lru_cache(maxsize=64)
 def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     """K [B, Hk, Sk, D] -> Kᵀ [B, Hk, D, Skp], zero past Sk (see the module doc)."""
     HK, D = spec.heads_kv, spec.head_dim
@@ -120,6 +122,7 @@ def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     return pack
 
 
+@functools.lru_cache(maxsize=64)
 def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     """The fused attention PrimFunc for ``spec`` (see the module doc).
 
