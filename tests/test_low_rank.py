@@ -374,12 +374,11 @@ def test_minilm_allocated_dominates_uniform_and_plain_svd_on_held_out_news():
     reference = reference_outputs(graph, held_out)
     full = white.params({})
     for keep in (0.9, 0.7):
-        plans = {"svd": (plain, plain.uniform(keep)), "uniform": (white, white.uniform(keep)),
-                 "allocated": (white, white.allocated(keep * full))}
-        cos = {}
-        for name, (m, ranks) in plans.items():
-            assert m.params(ranks) <= keep * full
-            cos[name] = measure(graph, m.apply(ranks), held_out, reference=reference).mean_cosine
-        # same parameter budget (the uniform ranks round down, so they keep at most as many)
-        assert white.params(plans["allocated"][1]) <= keep * full
+        same = white.uniform(keep)  # uniform ranks round down; the allocation gets exactly what they keep
+        plans = {"svd": (plain, plain.uniform(keep)), "uniform": (white, same),
+                 "allocated": (white, white.allocated(white.params(same)))}
+        assert plain.params(plans["svd"][1]) == white.params(same) <= keep * full
+        assert white.params(plans["allocated"][1]) <= white.params(same)
+        cos = {name: measure(graph, m.apply(ranks), held_out, reference=reference).mean_cosine
+               for name, (m, ranks) in plans.items()}
         assert cos["allocated"] > cos["uniform"] > cos["svd"], (keep, cos)
