@@ -3,6 +3,8 @@ pass's modes and budgets, bad requests, and (slow) MiniLM with real weights."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -157,6 +159,7 @@ def test_finds_rank_k_of_each_weight_and_keeps_outputs():
     assert report["params"]["after"] < report["params"]["before"]
     assert report["flops"]["after"] < report["flops"]["before"]
     assert report["flops"]["dims"] == {"batch": 4, "seq": 12}
+    assert json.loads(json.dumps(report))["layers"][0]["rank"] == 5  # goes into the manifest as is
 
 
 def test_full_rank_weights_are_left_alone_without_a_target():
