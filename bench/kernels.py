@@ -6,6 +6,11 @@ ONNX model in ONNX Runtime (all graph optimizations) and with torch eager, all o
 threads, measured interleaved in rounds so that load from other processes hits all three alike.
 
     TVM_NUM_THREADS=2 python bench/kernels.py [--threads 2] [--rounds 7] [--only dense]
+
+``--only attention`` (or a full run) also compares optc's fused attention kernel with the
+matmul/softmax/matmul decomposition it replaced, both built from one IR ``Attention`` node
+(symbolic seq, float mask [1, 1, seq, seq] as in the fused MiniLM), beside ONNX Runtime on the
+same four-op decomposition and torch's ``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -150,6 +155,94 @@ def build_ort(kind, shape, feeds, consts, threads):
     return lambda: sess.run(None, feed)[0]
 
 
+# ----------------------------------------------------------------------------- attention
+def attention_feeds(seq, rng):
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    mask = np.where(rng.random((1, 1, seq, seq)) > 0.1, 0.0, -1e9).astype(np.float32)
+    return [f(1, HEADS, seq, DH), f(1, HEADS, seq, DH), f(1, HEADS, seq, DH), mask]
+
+
+def build_attention_optc(target, fused: bool):
+    """One IR Attention node compiled with the fused kernel, or (``fused=False``) with the
+    decomposition the lowering keeps for variants the kernel does not take."""
+    from optc.codegen.build import build
+    from optc.codegen.schedules import attention
+    from optc.ir import DType, Graph, TensorType
+
+    g = Graph("attention")
+    t = TensorType(DType.FLOAT32, (1, HEADS, "seq", DH))
+    q, k, v = g.add_input("q", t), g.add_input("k", t), g.add_input("v", t)
+    m = g.add_input("m", TensorType(DType.FLOAT32, (1, 1, "seq", "seq")))
+    g.set_outputs([g.op("Attention", q, k, v, m)])
+    plan = attention.plan
+    if not fused:
+        attention.plan = lambda node, tgt: (None, "bench: the decomposition")
+    try:
+        cm = build(g, target)
+    finally:
+        attention.plan = plan
+    return cm.load()
+
+
+def attention_runner(model, feeds):
+    import tvm
+
+    args = [tvm.runtime.tensor(f) for f in feeds]
+    fn = model._main
+    return (lambda: fn(*args)), (lambda: fn(*args)[0].numpy())
+
+
+def build_attention_ort(feeds, threads):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = ["q", "k", "v", "m"]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s0"]), helper.make_node("Mul", ["s0", "scale"], ["s1"]),
+             helper.make_node("Add", ["s1", "m"], ["s2"]), helper.make_node("Softmax", ["s2"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(DH ** -0.5, np.float32), "scale")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(f.shape)) for n, f in zip(names, feeds)]
+    graph = helper.make_graph(nodes, "attn", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = dict(zip(names, feeds))
+    return lambda: sess.run(None, feed)[0]
+
+
+def bench_attention(target, rng, threads: int, rounds: int) -> bool:
+    """Fused kernel vs decomposition (vs ORT, torch) at the MiniLM attention shapes, seq 128 and 32."""
+    import torch
+    import torch.nn.functional as F
+
+    fused, decomposed = build_attention_optc(target, True), build_attention_optc(target, False)
+    print(f"\n{'attention [1,12,seq,32], float mask':<38} {'fused us':>14} {'decomposed us':>14} {'ORT us':>14}"
+          f" {'torch us':>14} {'fused/dec':>9} {'fused/ORT':>9} {'fused/torch':>11}")
+    ok = True
+    for seq in (SEQ, 32):
+        feeds = attention_feeds(seq, rng)
+        run_f, get_f = attention_runner(fused, feeds)
+        run_d, get_d = attention_runner(decomposed, feeds)
+        run_ort = build_attention_ort(feeds, threads)
+        tq, tk, tv, tm = (torch.from_numpy(f) for f in feeds)
+        run_torch = lambda: F.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm)  # noqa: E731
+        err = max(float(np.abs(get_f() - run_ort()).max()), float(np.abs(get_d() - run_ort()).max()))
+        ok &= err <= 1e-4
+        with torch.no_grad():
+            r = time_rounds({"fused": run_f, "dec": run_d, "ort": run_ort, "torch": run_torch}, rounds, shuffle=True)
+        cells = " ".join(f"{r[k][0] * 1e6:>7.1f} ({r[k][1] * 1e6:>5.1f})" for k in ("fused", "dec", "ort", "torch"))
+        tf = r["fused"][0]
+        print(f"{'seq ' + str(seq):<38} {cells} {tf / r['dec'][0]:>9.2f} {tf / r['ort'][0]:>9.2f}"
+              f" {tf / r['torch'][0]:>11.2f}   [max|optc-ORT| {err:.1e}]")
+    return ok
+
+
 # ----------------------------------------------------------------------------- torch
 def build_torch(kind, feeds, consts):
     import torch
@@ -172,8 +265,10 @@ def build_torch(kind, feeds, consts):
     return lambda: F.layer_norm(t[0], (t[0].shape[-1],), g, b, 1e-12)
 
 
-def time_rounds(fns: dict, rounds: int, min_time: float = 0.05) -> dict:
-    """Interleave the candidates: per round, each runs a batch of calls; returns median/min per call."""
+def time_rounds(fns: dict, rounds: int, min_time: float = 0.05, shuffle: bool = False) -> dict:
+    """Interleave the candidates: per round, each runs a batch of calls; returns median/min per call.
+    ``shuffle`` varies the order per round (ORT's and torch's worker threads spin for a while after
+    a call and slow whichever candidate runs next)."""
     for f in fns.values():
         for _ in range(5):
             f()
@@ -183,8 +278,12 @@ def time_rounds(fns: dict, rounds: int, min_time: float = 0.05) -> dict:
         f()
         per[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
     res = {name: [] for name in fns}
+    order = list(fns.items())
+    rng = np.random.default_rng(1)
     for _ in range(rounds):
-        for name, f in fns.items():
+        if shuffle:
+            order = [order[i] for i in rng.permutation(len(order))]
+        for name, f in order:
             n = per[name]
             t0 = time.perf_counter()
             for _ in range(n):
@@ -232,6 +331,8 @@ def main() -> int:
         print(f"{name:<42} {to * 1e6:>7.1f} ({mo * 1e6:>5.1f}) {tr * 1e6:>7.1f} ({mr * 1e6:>5.1f}) {tt * 1e6:>7.1f} ({mt * 1e6:>5.1f})"
               f" {flops / to / 1e9:>9.1f} {flops / tr / 1e9:>9.1f} {to / tr:>8.2f} {to / tt:>10.2f}"
               f"   [compile {t_compile:.1f}s, max|optc-ORT| {err:.1e}]")
+    if not args.only or args.only in "attention":
+        ok &= bench_attention(target, rng, args.threads, args.rounds)
     return 0 if ok else 1
 
 
