@@ -95,6 +95,33 @@ def test_one_module_two_sizes(mha):
         _check(cm, g, _mha_feed(batch, seq, seed=batch * 100 + seq))
 
 
+# -- projections' layout: [b, s, h, d] read in place, the output written for the transpose back --
+def _projection_graph():
+    """Q/K/V as transposes of [batch, seq, heads, 32] (as exporters spell BERT), the output
+    transposed back and flattened; a second Attention's output is used as it is."""
+    g = Graph("attn_bshd")
+    x = g.add_input("x", TensorType(F32, ("batch", "seq", 128)))
+    heads = lambda h: g.op("Transpose", g.op("Reshape", g.op("MatMul", x, g.add_constant(  # noqa: E731
+        _rng(h).standard_normal((128, h * 32)).astype(np.float32) * 0.1)),
+        g.add_constant(np.array([0, 0, h, 32], np.int64))), perm=(0, 2, 1, 3))
+    q, k, v = heads(4), heads(2), heads(2)
+    y = g.op("Attention", q, k, v, is_causal=1)
+    flat = g.op("Reshape", g.op("Transpose", y, perm=(0, 2, 1, 3)), g.add_constant(np.array([0, 0, 128], np.int64)))
+    g.set_outputs([flat, g.op("Attention", q, k, v)])
+    return g
+
+
+def test_projection_layout_without_transposes():
+    g = _projection_graph()
+    cm = build(g, "x86")
+    assert cm.notes == [] and cm.fallback_funcs == []
+    for batch, seq in ((1, 45), (2, 128)):
+        _check(cm, g, {"x": _rng(seq).standard_normal((batch, seq, 128)).astype(np.float32)})
+    kernels = [gv.name_hint for gv, _ in _scheduled(g).functions_items()]
+    assert sum(n.startswith(fused.KERNEL) and not n.startswith(fused.PACK_K) for n in kernels) >= 1
+    assert not any("transpose" in n for n in kernels), kernels
+
+
 # -- head_dim 64, cross attention (Sq != Sk), rank-3 float mask, static shapes ------------------
 def _cross_graph():
     g = Graph("attn_cross")

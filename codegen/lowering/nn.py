@@ -322,7 +322,7 @@ def _attention(ctx, node, q, k, v, mask=None):
 
     spec, _why = fused.plan(node, ctx.target)
     if spec is not None:
-        return fused.emit(ctx, spec, q, k, v, mask)
+        return fused.emit(ctx, node, spec, q, k, v, mask)
     return _attention_decomposed(ctx, node, q, k, v, mask)
 
 

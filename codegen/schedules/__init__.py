@@ -9,6 +9,11 @@ What runs where (CPU targets):
 =====================  =====================================  ==============================
 piece                  matches                                 file
 =====================  =====================================  ==============================
+FoldTransposePairs     relax ``permute_dims`` of a              attention.py
+ (Relax pass)          ``permute_dims`` that cancels it (the
+                       fused attention's [b,s,h,d] output),
+                       then dead code (transposes the kernel
+                       reads through)
 PackDenseWeights       relax ``matmul(x, W)``, W a 2-D f32      dense.py
  (Relax pass)          constant (or permute_dims of one):
                        packed at compile time; ``matmul(A, B)``
@@ -33,11 +38,12 @@ def relax_passes(target) -> list:
     """
     if target.kind != "cpu":
         return []
+    from .attention import FoldTransposePairs
     from .dense import PackDenseWeights
     from .fastmath import FastMath
     from .rows import RowKernels
 
-    return [PackDenseWeights(target), RowKernels(target), FastMath()]
+    return [FoldTransposePairs(), PackDenseWeights(target), RowKernels(target), FastMath()]
 
 
 def schedule_rules(target) -> list:

@@ -33,12 +33,14 @@ half precision around it (``codegen/lowering/nn.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 
 import tvm
-from tvm import tirx
+from tvm import relax, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
 from .common import K_OPAQUE, CPUTiles
@@ -63,6 +65,8 @@ class AttentionSpec:
     causal: bool
     mask: str | None = None   # None, "bool" or "float32"
     mask_bcast: tuple[bool, bool, bool, bool] = (False, False, False, False)  # dim is 1 (4-D mask)
+    # Q, K, V, Y stored [batch, seq, heads, dim] (the projections' layout) instead of [b, h, s, d]
+    seq_major: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,15 @@ def key_pad(sk, kt: int):
     return tirx.floordiv(sk + (kt - 1), kt) * kt
 
 
+def _shape(seq_major: bool, b, h, n, d):
+    return (b, n, h, d) if seq_major else (b, h, n, d)
+
+
+def _at(buf, seq_major: bool, b, h, n, d):
+    """buf[b, h, n, d] of a tensor stored [b, h, n, d] or (``seq_major``) [b, n, h, d]."""
+    return buf[b, n, h, d] if seq_major else buf[b, h, n, d]
+
+
 def _add(a, b):
     return a + b
 
@@ -104,6 +117,7 @@ def _exp0(x):
 def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     """K [B, Hk, Sk, D] -> Kᵀ [B, Hk, D, Skp], zero past Sk (see the module doc)."""
     HK, D = spec.heads_kv, spec.head_dim
+    KSM = spec.seq_major[1]
 
     @T.prim_func(private=True, s_tir=True)
     def pack(k: T.handle, kt: T.handle):
@@ -111,13 +125,13 @@ def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         b = T.int64()
         sk = T.int64()
         skp = T.int64()
-        K = T.match_buffer(k, (b, HK, sk, D), _F32)
+        K = T.match_buffer(k, _shape(KSM, b, HK, sk, D), _F32)
         Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
         with T.sblock("root"):  # Relax's pattern analysis expects a root block
             for bh in T.parallel(b * HK):
                 for j, d in T.grid(skp, D):
                     Kt[bh // HK, bh % HK, d, j] = T.if_then_else(
-                        j < sk, K[bh // HK, bh % HK, T.min(j, sk - 1), d], T.float32(0))
+                        j < sk, _at(K, KSM, bh // HK, bh % HK, T.min(j, sk - 1), d), T.float32(0))
 
     return pack
 
@@ -134,6 +148,7 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     NV, NV2, NDV = KT // L, KT // L // 2, DV // VL  # vectors per key tile, per half tile
     KT2 = KT // 2
     scale = float(spec.scale)
+    QSM, _, VSM, YSM = spec.seq_major
     causal = bool(spec.causal)
     has_mask = spec.mask is not None
     bool_mask = spec.mask == "bool"
@@ -189,7 +204,7 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
             for ii in T.unroll(RI):
                 for jv in T.unroll(nv):
                     for l in T.vectorized(L):
-                        s[ii, jv * L + l] = s[ii, jv * L + l] + Q[bi, h, T.min(r0 + ii, sq - 1), dd] * Kt[
+                        s[ii, jv * L + l] = s[ii, jv * L + l] + _at(Q, QSM, bi, h, T.min(r0 + ii, sq - 1), dd) * Kt[
                             bi, hk, dd, k0 + jv * L + l]
         # 2. scale, mask, causal, tail -> row max (lane partials, then a halving tree)
         for ii in range(RI):
@@ -222,7 +237,7 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
             for ii in T.unroll(RI):
                 for dvo in T.unroll(NDV):
                     for l in T.vectorized(VL):
-                        acc[ii, dvo * VL + l] = acc[ii, dvo * VL + l] + s[ii, j] * V[bi, hk, k0 + j, dvo * VL + l]
+                        acc[ii, dvo * VL + l] = acc[ii, dvo * VL + l] + s[ii, j] * _at(V, VSM, bi, hk, k0 + j, dvo * VL + l)
 
     @T.macro
     def body(Q, Kt, V, M, Y, b, sq, sk):
@@ -259,8 +274,12 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
                             tot[l] = lsum[ii, l]
                         tree(tot, _add)
                         tot[0] = T.Select(tot[0] > T.float32(0), T.float32(1) / tot[0], T.float32(0))
-                        for dv in T.vectorized(DV):
-                            Y[bi, h, r0 + ii, dv] = acc[ii, dv] * tot[0]
+                        if YSM:
+                            for dv in T.vectorized(DV):
+                                Y[bi, r0 + ii, h, dv] = acc[ii, dv] * tot[0]
+                        else:
+                            for dv in T.vectorized(DV):
+                                Y[bi, h, r0 + ii, dv] = acc[ii, dv] * tot[0]
 
     @T.prim_func(private=True, s_tir=True)
     def attn_mask(q: T.handle, kt: T.handle, v: T.handle, mask: T.handle, y: T.handle):
@@ -273,11 +292,11 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         mh = T.int64()
         mq = T.int64()
         mk = T.int64()
-        Q = T.match_buffer(q, (b, HQ, sq, D), _F32)
+        Q = T.match_buffer(q, _shape(QSM, b, HQ, sq, D), _F32)
         Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
-        V = T.match_buffer(v, (b, HK, sk, DV), _F32)
+        V = T.match_buffer(v, _shape(VSM, b, HK, sk, DV), _F32)
         M = T.match_buffer(mask, (mb, mh, mq, mk), mdt)
-        Y = T.match_buffer(y, (b, HQ, sq, DV), _F32)
+        Y = T.match_buffer(y, _shape(YSM, b, HQ, sq, DV), _F32)
         with T.sblock("root"):
             body(Q, Kt, V, M, Y, b, sq, sk)
 
@@ -288,10 +307,10 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         sq = T.int64()
         sk = T.int64()
         skp = T.int64()
-        Q = T.match_buffer(q, (b, HQ, sq, D), _F32)
+        Q = T.match_buffer(q, _shape(QSM, b, HQ, sq, D), _F32)
         Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
-        V = T.match_buffer(v, (b, HK, sk, DV), _F32)
-        Y = T.match_buffer(y, (b, HQ, sq, DV), _F32)
+        V = T.match_buffer(v, _shape(VSM, b, HK, sk, DV), _F32)
+        Y = T.match_buffer(y, _shape(YSM, b, HQ, sq, DV), _F32)
         with T.sblock("root"):
             body(Q, Kt, V, None, Y, b, sq, sk)
 
@@ -338,19 +357,66 @@ def plan(node, target) -> tuple[AttentionSpec | None, str]:
     return AttentionSpec(hq, hk, d, dv, scale, bool(node.attrs["is_causal"]), mkind, bcast), ""
 
 
-def emit(ctx, spec: AttentionSpec, q, k, v, mask=None):
-    """Emit the packed-Kᵀ and attention ``call_tir``s for one node; returns the output expr."""
+_SWAP = [0, 2, 1, 3]  # [b, h, s, d] <-> [b, s, h, d]
+
+
+def _seq_major_source(ctx, x):
+    """The [b, s, h, d] tensor ``x`` is a ``permute_dims(·, [0, 2, 1, 3])`` of, or None: the
+    kernel then reads it in place and the transpose becomes dead code."""
+    from tvm import relax
+
+    try:
+        e = ctx.bb.lookup_binding(x)
+    except Exception:  # noqa: BLE001  (not a bound var)
+        return None
+    if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.permute_dims":
+        axes = e.attrs.axes
+        if axes is not None and [int(a) for a in axes] == _SWAP and ctx.rank(e.args[0]) == 4:
+            return e.args[0]
+    return None
+
+
+def _output_transposed(node) -> bool:
+    """Whether the node's only use is a Transpose back to [b, s, h, d] (the output projection)."""
+    uses = node.outputs[0].uses
+    if len(uses) != 1:
+        return False
+    user = uses[0][0]
+    return user.op == "Transpose" and list(user.attrs.get("perm") or []) == _SWAP
+
+
+def emit(ctx, node, spec: AttentionSpec, q, k, v, mask=None):
+    """Emit the packed-Kᵀ and attention ``call_tir``s for ``node``; returns the output expr.
+
+    Q/K/V that are transposes of [b, s, h, d] projections are read in place; an output whose
+    only use transposes it back is written [b, s, h, d] and transposed here, and
+    ``FoldTransposePairs`` cancels the pair (no transpose kernels around the attention)."""
     from tvm import relax
 
     R = ctx.R
     dt = ctx.dtype(q)
+    layout = [False, False, False, False]
     if dt != _F32:
         q, k, v = (ctx.emit(R.astype(t, _F32)) for t in (q, k, v))
         if mask is not None and ctx.dtype(mask) != "bool":
             mask = ctx.emit(R.astype(mask, _F32))
+    else:
+        for i, x in enumerate((q, k, v)):
+            src = _seq_major_source(ctx, x)
+            if src is not None:
+                layout[i] = True
+                if i == 0:
+                    q = src
+                elif i == 1:
+                    k = src
+                else:
+                    v = src
+        layout[3] = _output_transposed(node)
+    spec = dataclasses.replace(spec, seq_major=tuple(layout))
     tiles = AttentionTiles.choose(ctx.target, spec)
     qs, ks = ctx.shape(q), ctx.shape(k)
-    b, sq, sk = qs[0], qs[2], ks[2]
+    b, sq = qs[0], (qs[1] if layout[0] else qs[2])
+    sk = ks[1] if layout[1] else ks[2]
     skp = -(-sk // tiles.kt) * tiles.kt if isinstance(sk, int) else key_pad(sk, tiles.kt)
     pack = ctx.bb.add_func(pack_k_func(spec, tiles), PACK_K)
     kt = ctx.emit(relax.call_tir(pack, [k], relax.TensorType([b, spec.heads_kv, spec.head_dim, skp], _F32)))
@@ -362,7 +428,10 @@ def emit(ctx, spec: AttentionSpec, q, k, v, mask=None):
             mask = ctx.emit(R.reshape(mask, [1] * (4 - r) + list(shp)))
         args.append(mask)
     fn = ctx.bb.add_func(attention_func(spec, tiles), KERNEL)
-    y = ctx.emit(relax.call_tir(fn, args, relax.TensorType([b, spec.heads_q, sq, spec.head_dim_v], _F32)))
+    yshape = [b, sq, spec.heads_q, spec.head_dim_v] if layout[3] else [b, spec.heads_q, sq, spec.head_dim_v]
+    y = ctx.emit(relax.call_tir(fn, args, relax.TensorType(yshape, _F32)))
+    if layout[3]:
+        y = ctx.emit(R.permute_dims(y, _SWAP))
     if dt != _F32:
         y = ctx.emit(R.astype(y, dt))
     return y
@@ -377,3 +446,40 @@ def decomposed_notes(graph, target) -> list[str]:
             if spec is None:
                 out.append(f"Attention {node.name}: matmul/softmax/matmul decomposition, no fused kernel ({why})")
     return out
+
+
+# ----------------------------------------------------------------------------- Relax pass
+@mutator
+class _FoldPairs(PyExprMutator):
+    def visit_call_(self, call):  # noqa: N802
+        call = super().visit_call_(call)
+        outer = _permute_axes(call)
+        if outer is None or not isinstance(call.args[0], relax.Var):
+            return call
+        inner_call = self.lookup_binding(call.args[0])
+        inner = _permute_axes(inner_call)
+        if inner is None or len(inner) != len(outer) or any(inner[a] != i for i, a in enumerate(outer)):
+            return call
+        return inner_call.args[0]
+
+
+def _permute_axes(e) -> list[int] | None:
+    if (isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.permute_dims"
+            and e.attrs.axes is not None):
+        return [int(a) for a in e.attrs.axes]
+    return None
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="optc.FoldTransposePairs")
+class FoldTransposePairs:
+    """``permute_dims(permute_dims(x, a), b)`` with ``a∘b`` the identity -> ``x``, then dead-code
+    elimination: the attention kernel writes [b, s, h, d] and the lowering transposes it to the
+    IR's [b, h, s, d]; the output projection's transpose back cancels it (see ``emit``), and the
+    transposes whose input the kernel reads in place drop out."""
+
+    def transform_module(self, mod, _ctx):
+        rw = _FoldPairs(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(rw.builder_.get())
