@@ -204,3 +204,33 @@ def test_onnx_export_decomposes_and_runs_in_onnxruntime():
     ref = run(g, feed)
     for arr, name in zip(sess.run(None, feed), g.output_names()):
         np.testing.assert_allclose(arr, ref[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("full", ["x", "r"])
+def test_compiled_broadcast_residual_is_one_row_kernel(full, monkeypatch):
+    """Embedding sums add a [1, seq, H] position slice to [batch, seq, H]: still one kernel,
+    whichever operand is the full-size one."""
+    from optc.codegen import build as build_mod
+
+    seen = []
+    original = build_mod.schedule_module
+
+    def spy(mod, *args, **kwargs):
+        from tvm import tirx
+
+        seen.extend(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+        return original(mod, *args, **kwargs)
+
+    monkeypatch.setattr(build_mod, "schedule_module", spy)
+    shapes = {"x": (2, "seq", 16), "r": (1, "seq", 16)} if full == "x" else {"x": (1, "seq", 16), "r": (2, "seq", 16)}
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, shapes["x"]))
+    r = g.add_input("r", TensorType(F32, shapes["r"]))
+    g.set_outputs(g.add_node("AddLayerNorm", [x, r, c(g, RNG.standard_normal(16))], num_outputs=2).outputs)
+    cm = build_mod.build(g, "x86")
+    assert not cm.fallback_funcs and not cm.unscheduled
+    assert seen == ["optc_add_layer_norm"], seen
+    feed = {k: RNG.standard_normal([5 if d == "seq" else d for d in shapes[k]]).astype(np.float32) for k in ("x", "r")}
+    ref, got = run(g, feed), cm.load().run(feed)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5)

@@ -63,6 +63,11 @@ def _add_layer_norm(ctx, node, x, r, scale, bias=None):
     dt = ctx.dtype(s)
     stash = "float64" if dt == "float64" else "float32"
     axes = list(range(axis, rank))
+    if dt == stash and _per_row(ctx, s, axis, scale) and (bias is None or _per_row(ctx, s, axis, bias)):
+        # e.g. a broadcast residual (embedding sums): RowKernels still makes this a row kernel
+        beta = bias if bias is not None else ctx.emit(R.zeros_like(scale))
+        y = ctx.emit(R.nn.layer_norm(s, scale, beta, axes, eps))
+        return (y, s) if want_sum else y
     xs = s if dt == stash else ctx.emit(R.astype(s, stash))
     mean = ctx.emit(R.mean(xs, axes, True))
     d = ctx.emit(R.subtract(xs, mean))
@@ -74,3 +79,17 @@ def _add_layer_norm(ctx, node, x, r, scale, bias=None):
     if bias is not None:
         y = ctx.emit(R.add(y, bias))
     return (y, s) if want_sum else y
+
+
+def _per_row(ctx, s, axis: int, p) -> bool:
+    """Whether ``p`` has exactly the normalized shape ``s.shape[axis:]`` (what nn.layer_norm takes)."""
+    ss, ps = ctx.shape(s), ctx.shape(p)
+    if ss is None or ps is None or len(ps) != len(ss) - axis:
+        return False
+    for a, b in zip(ss[axis:], ps):
+        if isinstance(a, int) or isinstance(b, int):
+            if a != b:
+                return False
+        elif not ctx.analyzer.can_prove_equal(a, b):
+            return False
+    return True

@@ -159,7 +159,13 @@ def add_layer_norm_te(x: te.Tensor, r: te.Tensor, gamma: te.Tensor, beta: te.Ten
     ``x + r`` (nothing is written in between). With ``want_sum`` the output block writes the
     sum beside the normalized value (one block, two outputs: a block of its own would be an
     output block, which cannot be computed per row)."""
-    return _layer_norm_rows(x, lambda i, j: x[i + (j,)] + r[i + (j,)], gamma, beta, eps, lanes, want_sum)
+    bcast = [isinstance(dr, (int, tirx.IntImm)) and int(dr) == 1 and not (isinstance(dx, (int, tirx.IntImm)) and int(dx) == 1)
+             for dx, dr in zip(x.shape, r.shape)]
+
+    def r_at(idx):  # r may broadcast along axes where it has extent 1 (a position table)
+        return r[tuple(tirx.const(0, str(v.ty)) if b else v for v, b in zip(idx, bcast))]
+
+    return _layer_norm_rows(x, lambda i, j: x[i + (j,)] + r_at(i + (j,)), gamma, beta, eps, lanes, want_sum)
 
 
 def _layer_norm_rows(x: te.Tensor, value, gamma: te.Tensor, beta: te.Tensor | None, eps: float, lanes: int,
@@ -209,8 +215,13 @@ def add_layer_norm_call(ctx, x, r, gamma, beta, axis: int, eps: float, want_sum:
     xs, rs = ctx.shape(x), ctx.shape(r)
     if axis != rank - 1 or xs is None or rs is None or len(xs) != len(rs):
         return None
-    if not all(_provably_equal(ctx, a, b) for a, b in zip(xs, rs)):
-        return None
+    if not all(_provably_equal(ctx, a, b) or b == 1 for a, b in zip(xs, rs)):
+        if not all(_provably_equal(ctx, a, b) or a == 1 for a, b in zip(xs, rs)):
+            return None
+        x, r, xs, rs = r, x, rs, xs  # the sum commutes: the full-size operand leads
+        args[:2] = [x, r]
+    if rs[-1] == 1 and xs[-1] != 1:
+        return None  # a residual broadcast along the row itself: leave it to the generic path
     n = xs[-1]
     for v in args[2:]:
         vs = ctx.shape(v)
