@@ -44,7 +44,6 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
 from .common import K_OPAQUE, CPUTiles
-from .rows import fast_exp_expr
 
 KERNEL = "optc_attention"
 PACK_K = "optc_attention_pack_k"
@@ -108,9 +107,20 @@ def _add(a, b):
 
 
 def _exp0(x):
-    """exp for x <= 0 or -inf/NaN: the rows.py polynomial, exactly 0 below exp's f32 range (so a
-    masked key contributes nothing, even in a row whose keys are all masked)."""
-    return tirx.Select(x < tirx.const(_EXP_LO, _F32), tirx.const(0.0, _F32), fast_exp_expr(x, upper=False))
+    """exp(x) for x <= 0 (or -inf/NaN) as plain vectorizable arithmetic: TVM's fast_exp range
+    reduction and polynomial (as rows.py), exactly 0 below f32's range so a masked key contributes
+    nothing. Cheaper than ``rows.fast_exp_expr``: no clamps and no NaN select -- a NaN (or -inf)
+    argument makes the polynomial NaN, and the final select maps -inf to 0."""
+    c = lambda v: tirx.const(v, _F32)  # noqa: E731
+    n = tirx.floor(x * c(1.44269504088896341) + c(0.5))
+    f = x - n * c(0.693147180559945)
+    p = c(0.000198756912)
+    for k in (0.00139819994, 0.00833345205, 0.0416657962, 0.166666657, 0.5):
+        p = p * f + c(k)
+    p = p * f * f + f + c(1.0)
+    two_n = tirx.reinterpret(_F32, tirx.shift_left(tirx.Cast("int32", n) + tirx.const(127, "int32"),
+                                                    tirx.const(23, "int32")))
+    return tirx.Select(x < c(_EXP_LO), c(0.0), two_n * p)
 
 
 @functools.lru_cache(maxsize=64)
