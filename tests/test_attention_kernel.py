@@ -182,6 +182,11 @@ def test_plan_reasons():
     spec, _ = fused.plan(_mha_graph().nodes[2], get_target("x86"))
     assert spec is not None and spec.mask == "bool" and spec.mask_bcast == (False, True, True, False)
     assert spec.heads_q == 4 and spec.heads_kv == 2 and spec.scale == 0.3
+    g = _typed_graph(F32)
+    q, k, v = g.inputs
+    odd = g.op("Attention", q, k, v, g.add_input("m", TensorType(BOOL, ("mb", 1, 1, "seq"))))
+    spec, why = fused.plan(odd.producer, get_target("x86"))
+    assert spec is None and "broadcast" in why
 
 
 # -- structure: no [seq, seq] buffer anywhere -----------------------------------------------------

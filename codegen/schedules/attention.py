@@ -360,6 +360,11 @@ def plan(node, target) -> tuple[AttentionSpec | None, str]:
         if mdt != "bool" and mdt != dt:
             return None, f"{mdt} mask on {dt} attention"
         full = (1,) * (4 - len(mask.shape)) + tuple(mask.shape)
+        want = (shapes[0][0], hq, shapes[0][2], shapes[1][2])
+        if any(m != 1 and (m is None or m != w) for m, w in zip(full, want)):
+            # a dim that is neither 1 nor the attention's own dim (e.g. a symbolic dim that may be
+            # 1 at run time) would be read out of bounds
+            return None, f"mask {list(mask.shape)} does not broadcast statically to {list(want)}"
         bcast = tuple(x == 1 for x in full)
         mkind = "bool" if mdt == "bool" else "float32"
     scale = node.attrs["scale"]
