@@ -174,7 +174,7 @@ def _trace_heads_back(value: Value, axis: int, role: str, q_heads: int
                         raise StructureError(f"{role}: {p.name} has a per-head constant")
                     continue
                 d = _aligned_dim(x, ax, rank)
-                if d == count and count != 1:
+                if d == count and (count != 1 or tuple(x.shape) == tuple(v.shape)):
                     stack.append((x, ax - (rank - len(x.shape)), level))
                 elif d != 1:
                     raise StructureError(f"{role}: {p.name} mixes head counts")

@@ -106,11 +106,17 @@ def _remove_block(graph: Graph, b: AttentionBlock, bias: np.ndarray | None) -> N
     residual stream."""
     if b.residual is None or b.block_output is None:
         raise StructureError(f"{b.name}: all heads removed but no residual path found")
-    out = b.block_output
+    _remove_block_value(graph, b.block_output, b.residual, bias, b.name)
+
+
+def _remove_block_value(graph: Graph, out, residual, bias: np.ndarray | None, name: str) -> None:
+    """Replace a block's output ``out`` (added to ``residual``) by its constant ``bias``,
+    broadcast to the residual's shape."""
     const = np.zeros(out.shape[-1], np.float32) if bias is None else np.asarray(bias, np.float32)
-    c = graph.add_constant(const, graph.unique_name(f"{b.name}.removed_bias"))
-    shape = graph.add_node("Shape", [b.residual], before=out.uses[0][0]).output
-    expanded = graph.add_node("Expand", [c, shape], before=out.uses[0][0]).output
+    c = graph.add_constant(const, graph.unique_name(f"{name}.removed_bias"))
+    first = out.uses[0][0]
+    shape = graph.add_node("Shape", [residual], before=first).output
+    expanded = graph.add_node("Expand", [c, shape], before=first).output
     out.replace_all_uses_with(expanded)
 
 
@@ -130,6 +136,7 @@ class PruneHeads(Pass):
     refit: bool = option(True, "re-fit the output projections by ridge least squares on calibration activations")
     steps: int = option(4, "removal rounds, re-scoring (and re-fitting) after each")
     ridge: float = option(1e-2, "re-fit regularization, relative to the mean input energy")
+    refit_target: str = option("local", "local: reproduce the unpruned layer on the current inputs; residual: also undo the drift of the residual stream")
 
     def run(self, graph, ctx) -> PassResult:
         return run_structured(self, graph, ctx, kind="heads", sites_of=head_sites,

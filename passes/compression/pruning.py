@@ -34,6 +34,8 @@ def _check_options(p) -> None:
         raise PassError(f"{name}: min_cosine must be in [0, 1], got {p.min_cosine}")
     if p.importance not in IMPORTANCE:
         raise PassError(f"{name}: importance must be one of {', '.join(IMPORTANCE)}, got {p.importance!r}")
+    if p.refit_target not in ("local", "residual"):
+        raise PassError(f"{name}: refit_target must be local or residual, got {p.refit_target!r}")
     if p.steps < 1 or p.ridge < 0:
         raise PassError(f"{name}: steps must be >= 1 and ridge >= 0")
 
@@ -90,7 +92,7 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
     probe = Probe(graph, sites_of, inputs)
     sites = probe.sites
     ev = Evaluator(probe) if inputs else None
-    targets = refit_targets(probe) if p.refit else None
+    targets = refit_targets(probe) if p.refit and p.refit_target == "residual" else None
     groups = [len(s.groups) for s in sites]
     total = sum(groups)
     if p.min_cosine > 0 and p.ratio == 0 and p.layer_ratio == 0:

@@ -204,11 +204,19 @@ def fisher_scores(probe: Probe, ev: Evaluator, state: State, projections: int = 
         for i, s in enumerate(probe.sites):
             if per[0][i] is None:
                 continue
-            for gi, units in enumerate(s.groups):
-                first = float(per[0][i][:, units].sum())
-                gn = sum(float((per[k][i][:, units].sum(1) ** 2).sum()) for k in range(1, len(per))) / max(projections, 1)
-                scores[i][gi] += gn - first
+            m = membership(s)
+            first = (per[0][i] @ m).sum(0)
+            gn = sum(((per[k][i] @ m) ** 2).sum(0) for k in range(1, len(per))) / max(projections, 1)
+            scores[i] += (gn - first).numpy()
     return scores
+
+
+def membership(site: Site) -> torch.Tensor:
+    """``[units, groups]`` 0/1: which group each unit belongs to."""
+    m = torch.zeros(site.units, len(site.groups), dtype=torch.float64)
+    for g, units in enumerate(site.groups):
+        m[units, g] = 1.0
+    return m
 
 
 def magnitude_scores(sites: list[Site]) -> list[np.ndarray]:
@@ -240,44 +248,65 @@ def row_weights(feed: Mapping[str, np.ndarray], rows: int) -> np.ndarray | None:
 
 
 # -- re-fit --------------------------------------------------------------------------------
-def refit(probe: Probe, state: State, targets: list[list[np.ndarray]], ridge: float) -> None:
-    """Least-squares re-fit of each site's projection on the kept units' inputs, site by site
-    in graph order (each fit sees the earlier fits), ridge-regularized towards the original
-    weights: ``min |[X 1][W; b] - T|² + λ|W - W₀|²`` with λ = ``ridge`` · mean diag(XᵀX)."""
-    names = [s.refit.input.name for s in probe.sites] + [s.residual.name for s in probe.sites if s.residual is not None]
+def refit(probe: Probe, state: State, targets: list[list[np.ndarray]] | None, ridge: float) -> None:
+    """Least-squares re-fit of each site's projection on the kept units' inputs, ridge-
+    regularized towards the original weights: ``min |[X 1][W; b] - T|² + λ|W - W₀|²`` with
+    λ = ``ridge`` · mean diag(XᵀX). One forward pass gathers every site's statistics (the sites
+    are fitted together, each on the current model's inputs)."""
+    names = [s.refit.input.name for s in probe.sites] + [s.mask_value.name for s in probe.sites]
+    if targets is not None:
+        names += [s.residual.name for s in probe.sites if s.residual is not None]
     probe.with_outputs(names)
+    stats = []
+    rows_of = []
     for i, s in enumerate(probe.sites):
-        kept = state.kept_units(probe.sites, i)
-        rows = unit_rows(kept, s.rows_per_unit)
-        w0 = s.refit.matrix().astype(np.float64)[rows]
-        b0 = s.refit.bias_vector()
-        has_bias = b0 is not None
-        n = len(rows) + int(has_bias)
-        xtx = np.zeros((n, n))
-        xty = np.zeros((n, s.refit.out_features))
-        for b in range(len(probe.inputs)):
-            outs = probe.forward(state, b)
+        rows = unit_rows(state.kept_units(probe.sites, i), s.rows_per_unit)
+        rows_of.append(rows)
+        n = len(rows) + int(s.refit.bias is not None)
+        stats.append([np.zeros((n, n)), np.zeros((n, s.refit.out_features))])
+    for b in range(len(probe.inputs)):
+        outs = probe.forward(state, b)
+        for i, s in enumerate(probe.sites):
             x = outs[s.refit.input.name].double().numpy()
-            x = x.reshape(-1, x.shape[-1])[:, rows]
-            t = targets[i][b]
-            if s.residual is not None:
-                t = t - outs[s.residual.name].double().numpy().reshape(t.shape)
+            x = x.reshape(-1, x.shape[-1])[:, rows_of[i]]
+            if targets is None:  # local: what all units would give on the current inputs
+                full = unit_inputs(s, outs[s.mask_value.name])
+                t = full @ s.refit.matrix().astype(np.float64)
+                if s.refit.bias is not None:
+                    t = t + s.refit.bias_vector().astype(np.float64)
+            else:
+                t = targets[i][b]
+                if s.residual is not None:
+                    t = t - outs[s.residual.name].double().numpy().reshape(t.shape)
             w = row_weights(probe.inputs[b], x.shape[0])
             if w is not None:
                 x, t = x[w], t[w]
-            if has_bias:
+            if s.refit.bias is not None:
                 x = np.concatenate([x, np.ones((x.shape[0], 1))], 1)
-            xtx += x.T @ x
-            xty += x.T @ t
-        lam = ridge * (float(np.mean(np.diag(xtx)[:len(rows)])) if rows else 0.0)
+            stats[i][0] += x.T @ x
+            stats[i][1] += x.T @ t
+    for i, s in enumerate(probe.sites):
+        xtx, xty = stats[i]
+        rows = rows_of[i]
+        k, n = len(rows), xtx.shape[0]
+        lam = ridge * (float(np.mean(np.diag(xtx)[:k])) if k else 0.0)
         reg = np.zeros(n)
-        reg[:len(rows)] = lam
+        reg[:k] = lam
         prior = np.zeros((n, s.refit.out_features))
-        prior[:len(rows)] = w0
+        prior[:k] = s.refit.matrix().astype(np.float64)[rows]
         sol = np.linalg.solve(xtx + np.diag(reg) + 1e-9 * np.eye(n), xty + reg[:, None] * prior)
         w_full = np.zeros((s.refit.in_features, s.refit.out_features), np.float32)
-        w_full[rows] = sol[:len(rows)]
-        state.refits[i] = (w_full, sol[len(rows)].astype(np.float32) if has_bias else None)
+        w_full[rows] = sol[:k]
+        state.refits[i] = (w_full, sol[k].astype(np.float32) if n > k else None)
+
+
+def unit_inputs(site: Site, value: torch.Tensor) -> np.ndarray:
+    """The unmasked value at a site as the refit projection's input rows ``[tokens, units *
+    rows_per_unit]`` (heads: ``[.., heads, .., dim]`` with the heads moved next to the dim)."""
+    t = value.detach().double()
+    if site.rows_per_unit > 1:
+        t = t.movedim(site.mask_axis % t.dim(), -2)
+    return t.reshape(-1, site.units * site.rows_per_unit).numpy()
 
 
 def refit_targets(probe: Probe) -> list[list[np.ndarray]]:
@@ -305,7 +334,7 @@ class Plan:
     steps: int = 4
     refit: bool = True
     ridge: float = 1e-2
-    projections: int = 2
+    projections: int = 1
     seed: int = 0
     log: list[dict] = field(default_factory=list)
 

@@ -1,0 +1,215 @@
+"""prune-heads: the physical rewrite equals the torch model with the same heads zeroed, GQA
+loses whole KV groups, a block with no heads left keeps its residual path, budgets hold, bad
+requests fail in one line and leave the graph unchanged, and the report has the numbers.
+Slow tier: MiniLM with its real weights on real text (held-out news, Lee benchmark)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import prune_models as pm
+from optc.ir.interpreter import Interpreter
+from optc.ir.text import print_graph
+from optc.ir.verifier import verify
+from optc.passes import PassContext, PassError, PassManager
+from optc.passes.compression.fidelity import measure
+from optc.passes.compression.heads import find_attention_blocks
+from optc.passes.compression.prune_heads import rewrite_heads
+
+
+def run(pipeline: str, g, calibration=None):
+    return PassManager.parse(pipeline).run(g, PassContext(calibration=calibration or [])).reports[-1]
+
+
+def zeroed_reference(name: str, drop: list[list[int]]) -> np.ndarray:
+    """The torch model's output with the listed heads' output-projection inputs zeroed."""
+    m = pm.model(name)
+    d = pm.SHAPES[name][2]
+    for (_, _, _, o), heads in zip(pm.attention_modules(name, m), drop):
+        pm.zero_inputs(o, [h * d + i for h in heads for i in range(d)])
+    return pm.torch_output(m, pm.feed(name))
+
+
+@pytest.mark.parametrize("name,path,drop", [
+    ("bert", "torch.export", [[1], [0, 3]]),
+    ("bert", "onnx-torchscript", [[2, 3], []]),
+    ("gpt2", "torch.export", [[0], [1, 2]]),
+    ("gpt2", "onnx-torchscript", [[3], [0]]),
+    ("gpt2", "onnx-dynamo", [[1, 2], [0]]),
+    ("llama", "torch.export", [[0, 1], []]),
+    ("llama", "onnx-torchscript", [[], [2, 3]]),
+    ("llama", "onnx-dynamo", [[2, 3], [0, 1]]),
+])
+def test_rewrite_equals_zeroed_heads_in_torch(name, path, drop):
+    g = pm.graph(name, path)
+    before = g.parameter_count()
+    blocks = find_attention_blocks(g).blocks
+    heads = pm.SHAPES[name][0]
+    rewrite_heads(g, blocks, [[h for h in range(heads) if h not in dr] for dr in drop], [None] * len(blocks))
+    g.infer_types()
+    verify(g)
+    got = Interpreter(g).run(pm.feed(name))["last_hidden_state"]
+    np.testing.assert_allclose(got, zeroed_reference(name, drop), rtol=1e-4, atol=1e-4)
+    assert g.parameter_count() < before
+    # physically smaller: the projections lost the heads' columns / rows
+    after = find_attention_blocks(g).blocks
+    for b, dr in zip(after, drop):
+        assert b.heads == heads - len(dr)
+        assert b.out.in_features == b.heads * b.head_dim
+
+
+def test_unfused_graph_rewrite_equals_zeroed_heads():
+    g = pm.graph("gpt2", "onnx-torchscript", "cleanup")
+    blocks = find_attention_blocks(g).blocks
+    assert not blocks[0].fused
+    rewrite_heads(g, blocks, [[0, 2], [1, 2, 3]], [None, None])
+    g.infer_types()
+    verify(g)
+    got = Interpreter(g).run(pm.feed("gpt2"))["last_hidden_state"]
+    np.testing.assert_allclose(got, zeroed_reference("gpt2", [[1, 3], [0]]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", pm.PATHS)
+def test_gqa_removes_whole_kv_groups(path):
+    g = pm.graph("llama", path)
+    rep = run("prune-heads{ratio=0.5,importance=magnitude,refit=false}", g, pm.calibration("llama", 1))
+    verify(g)
+    blocks = find_attention_blocks(g).blocks
+    assert rep["heads_after"] == 4 and rep["removed"] == 4
+    for b in blocks:
+        assert b.heads == 2 * b.kv_heads
+        assert b.k.projection.out_features == b.v.projection.out_features == b.kv_heads * b.head_dim
+        assert b.q.projection.out_features == b.heads * b.head_dim
+    for layer in rep["layers"]:  # removed heads come in whole groups (0,1) or (2,3)
+        assert all(h ^ 1 in layer["removed"] for h in layer["removed"])
+    out = Interpreter(g).run(pm.feed("llama"))["last_hidden_state"]
+    assert out.shape == pm.feed("llama")["input_ids"].shape + (64,) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_all_heads_of_a_block_keeps_the_residual_path(name):
+    """layer_ratio=1 removes every attention block; without re-fit each becomes its bias, which
+    is the torch model with the output projections' weights zeroed."""
+    g = pm.graph(name)
+    run("prune-heads{layer_ratio=1.0,importance=magnitude,refit=false}", g, pm.calibration(name, 1))
+    verify(g)
+    assert not [n for n in g.nodes if n.op in ("Attention", "Softmax")]
+    heads = pm.SHAPES[name][0]
+    got = Interpreter(g).run(pm.feed(name))["last_hidden_state"]
+    np.testing.assert_allclose(got, zeroed_reference(name, [list(range(heads))] * 2), rtol=1e-4, atol=1e-4)
+
+
+def test_fisher_refit_beats_magnitude_and_report_has_the_numbers():
+    calib = pm.calibration("bert", 3)
+    g_mag, g_fish = pm.graph("bert"), pm.graph("bert")
+    ref = pm.graph("bert")
+    run("prune-heads{ratio=0.5,importance=magnitude,refit=false}", g_mag, calib)
+    rep = run("prune-heads{ratio=0.5}", g_fish, calib)
+    f_mag, f_fish = measure(ref, g_mag, calib), measure(ref, g_fish, calib)
+    assert f_fish.mean_cosine > f_mag.mean_cosine
+    json.dumps(rep)
+    assert rep["importance"] == "fisher" and rep["heads_before"] == 8 and rep["heads_after"] == 4
+    assert rep["params_after"] < rep["params_before"] and rep["flops_after"] < rep["flops_before"]
+    assert rep["flops_dims"] == {"batch": 4, "seq": 12} or set(rep["flops_dims"].values()) == {4, 12}
+    assert abs(rep["calibration_fidelity"]["mean_cosine"] - f_fish.mean_cosine) < 1e-5
+    assert len(rep["layers"]) == 2 and sum(len(x["removed"]) for x in rep["layers"]) == 4
+    for x in rep["layers"]:
+        assert x["params_after"] <= x["params_before"] and x["flops_after"] <= x["flops_before"]
+
+
+def test_budget_is_honored_and_removes_heads():
+    calib = pm.calibration("gpt2", 2)
+    g, ref = pm.graph("gpt2"), pm.graph("gpt2")
+    rep = run("prune-heads{min_cosine=0.995,importance=magnitude}", g, calib)
+    assert measure(ref, g, calib).mean_cosine >= 0.995
+    assert rep["calibration_fidelity"]["mean_cosine"] >= 0.995
+    assert rep["removed"] >= 1
+
+
+@pytest.mark.parametrize("pipeline,calib,message", [
+    ("prune-heads{ratio=1.0}", True, "ratio must be in [0, 1)"),
+    ("prune-heads{ratio=-0.1}", True, "ratio must be in [0, 1)"),
+    ("prune-heads{ratio=0.75,min_cosine=0.9999999,importance=magnitude,refit=false}", True, "< min_cosine"),
+    ("prune-heads{ratio=0.25}", False, "needs calibration data"),
+    ("prune-heads{ratio=0.25,importance=size}", True, "importance must be one of"),
+    ("prune-heads{ratio=0.25,layer_ratio=0.5}", True, "not both"),
+])
+def test_bad_requests_fail_in_one_line_and_leave_the_graph(pipeline, calib, message):
+    g = pm.graph("gpt2")
+    text = print_graph(g)
+    with pytest.raises(PassError) as e:
+        run(pipeline, g, pm.calibration("gpt2", 1) if calib else None)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert print_graph(g) == text
+
+
+def test_model_without_attention_is_a_clear_error():
+    from optc.ir.graph import Graph
+    from optc.ir.types import DType, TensorType
+
+    g = Graph()
+    x = g.add_input("x", TensorType(DType.FLOAT32, (2, 8)))
+    w = g.add_constant(np.ones((8, 8), np.float32), "w")
+    g.set_outputs([g.op("Relu", g.op("MatMul", x, w))])
+    text = print_graph(g)
+    with pytest.raises(PassError, match="no attention blocks") as e:
+        run("prune-heads{ratio=0.25,importance=magnitude,refit=false}", g)
+    assert "\n" not in str(e.value) and print_graph(g) == text
+
+
+# -- slow: MiniLM with real weights on real text ---------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm_setup():
+    from optc import datasets, load_model, zoo
+    from optc.calibration import from_sentences
+    from optc.evaluate import sentence_embeddings, similarity_pearson
+
+    path = zoo.minilm_dir().parent  # noqa: F841  (the package must be installed)
+    import pathlib
+
+    onnx = pathlib.Path(__file__).resolve().parents[1] / "out" / "minilm" / "minilm.onnx"
+    if not onnx.is_file():
+        pytest.skip("out/minilm/minilm.onnx missing (python bench/minilm.py)")
+    g = load_model(onnx)
+    PassManager.parse("default").run(g, PassContext())
+    calib = from_sentences(datasets.news_sentences("calib", 128), g, max_length=128, batch=32)
+    hold = from_sentences(datasets.news_sentences("holdout", 256), g, max_length=128, batch=32)
+    docs, human = datasets.lee_documents(), datasets.lee_similarities()
+
+    def lee(graph):
+        return similarity_pearson(sentence_embeddings(graph, docs, max_length=128), human)
+
+    return g, calib, hold, lee, lee(g)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio,cosine", [(0.25, 0.98), (0.4, 0.96)])
+def test_minilm_targets(minilm_setup, ratio, cosine):
+    g0, calib, hold, lee, lee0 = minilm_setup
+    g = g0.clone()
+    rep = run(f"prune-heads{{ratio={ratio}}}", g, calib)
+    verify(g)
+    assert rep["heads_after"] == 72 - round(ratio * 72)
+    f = measure(g0, g, hold)
+    assert f.mean_cosine >= cosine, f
+    if ratio == 0.4:
+        assert abs(lee(g) - lee0) <= 0.01, (lee(g), lee0)
+
+
+@pytest.mark.slow
+def test_minilm_pruned_compiles_and_matches(minilm_setup, tmp_path):
+    from optc.codegen.build import build
+    from optc.targets import get_target
+
+    g0, calib, hold, _, _ = minilm_setup
+    g = g0.clone()
+    run("prune-heads{ratio=0.4,importance=magnitude}", g, calib)
+    compiled = build(g, get_target("x86"))
+    feed = hold[0]
+    ref = Interpreter(g).run(feed)
+    got = compiled.run(feed)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-3)
