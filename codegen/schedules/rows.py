@@ -3,7 +3,9 @@
 Two halves, as for the dense kernel:
 
 ``RowKernels`` (a Relax pass, before legalization) rewrites f32 ``nn.softmax`` / ``nn.layer_norm`` /
-``nn.rms_norm`` over the last axis into optc's TE kernels. Each row reduction is spelled so that it
+``nn.rms_norm`` over the last axis into optc's TE kernels. The IR's ``AddLayerNorm`` lowers
+straight to ``add_layer_norm_te`` (``add_layer_norm_call``): the residual sum is formed while the
+rows are read, and written only when the graph needs it (then by the output block, beside y). Each row reduction is spelled so that it
 vectorizes without a predicate, for any (also symbolic) row length ``n``:
 
 * lane partials ``p[.., l] = op_c x[.., c*L + l]`` over the ``n // L`` full vectors (``L`` = the

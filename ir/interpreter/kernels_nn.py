@@ -1,5 +1,6 @@
 """Kernels of the linear-algebra and neural-network ops (ir/ops/nn.py): MatMul, Gemm, Einsum,
-convolution, pooling, normalizations and the composite ``Attention``.
+convolution, pooling, normalizations and the composites ``Attention``, ``Linear``,
+``AddLayerNorm`` and ``FusedConv`` (each the same arithmetic as the ops it replaces).
 
 Convolution and pooling handle any ``auto_pad``, asymmetric ``pads``, ``dilations``,
 ``strides`` and ``ceil_mode`` for 1-D, 2-D and 3-D inputs by padding explicitly and then

@@ -1,5 +1,6 @@
 """Linear algebra and neural-network ops: MatMul, Gemm, Einsum, convolution, pooling,
-normalizations, and the composite ``Attention``."""
+normalizations, and the composites fusion creates: ``Attention``, ``Linear`` (dense layer with
+bias/activation epilogue), ``AddLayerNorm`` (residual add + layer norm), ``FusedConv``."""
 
 from __future__ import annotations
 
