@@ -94,12 +94,12 @@ def _block(down: Projection) -> FFNBlock:
 
 
 def find_ffn_blocks(graph: Graph, min_neurons: int = 2) -> FFNAnalysis:
-    """Every projection pair (up → elementwise → down) whose intermediate width is at least
-    ``min_neurons`` and larger than the down projection's output."""
+    """Every projection pair (up → elementwise ops → down) with at least ``min_neurons``
+    intermediate features."""
     blocks, skipped = [], []
     for node in graph.nodes:
         down = as_projection(node)
-        if down is None or down.in_features < max(min_neurons, down.out_features + 1):
+        if down is None or down.in_features < min_neurons:
             continue
         src, _, _ = trace_features_back(down.input, "width:ffn") if _safe(down) else (None, None, None)
         sp = producer_projection(src) if src is not None else None
