@@ -95,6 +95,15 @@ def test_one_module_two_sizes(mha):
         _check(cm, g, _mha_feed(batch, seq, seed=batch * 100 + seq))
 
 
+def test_avx2_tiles():
+    """8 lanes: 32-key tiles, 16-key half tiles, 2 query rows per register block."""
+    g = _mha_graph()
+    cm = build(g, "x86-avx2")
+    assert cm.notes == [] and cm.fallback_funcs == []
+    for seq in (7, 16, 45, 128):
+        _check(cm, g, _mha_feed(2, seq, seed=seq + 1))
+
+
 # -- projections' layout: [b, s, h, d] read in place, the output written for the transpose back --
 def _projection_graph():
     """Q/K/V as transposes of [batch, seq, heads, 32] (as exporters spell BERT), the output
