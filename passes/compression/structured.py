@@ -13,8 +13,8 @@ once at the end and checks it reproduces the probe.
 
 Importance:
 - ``fisher``: the Gauss-Newton (Fisher) estimate of how much removing a group changes the
-  model's output vectors (mask-mean-pooled hidden states, normalized per sentence):
-  ``ΔL ≈ -g·δ + |J δ|²`` with the gradient ``g`` of the current output error and ``|J δ|²``
+  model's unit output vectors (mask-mean-pooled hidden states, L2-normalized):
+  ``ΔL ≈ g·δ + |J δ|²`` (δ = -1 on the group's mask) with the gradient ``g`` of the current output error and ``|J δ|²``
   from random projections of the output (per sentence), taken from the gradient at the mask
   multiply. Re-scored after every removal step, on the re-fitted model, so interactions count.
 - ``magnitude``: the weight norms of the unit's input columns times its output rows.
@@ -178,7 +178,8 @@ def _per_sample(grad: torch.Tensor, value: torch.Tensor, axis: int, batch: int) 
 
 
 def fisher_scores(probe: Probe, ev: Evaluator, state: State, projections: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Per site and group: the predicted increase of Σ |p - p₀|²/|p₀|² when the group goes."""
+    """Per site and group: the predicted increase of Σ |p̂ - p̂₀|² (unit output vectors, so
+    2·(1 - cosine)) when the group goes."""
     probe.with_outputs(probe.masked)
     gen = torch.Generator().manual_seed(seed)
     scores = [np.zeros(len(s.groups)) for s in probe.sites]
@@ -188,14 +189,15 @@ def fisher_scores(probe: Probe, ev: Evaluator, state: State, projections: int = 
         for y in ys:
             if not y.requires_grad:
                 y.requires_grad_(True)
+        # unit output vectors: |p̂ - p̂₀|² = 2 (1 - cosine), the fidelity measure itself
         p = pooled(outs[probe.output_name], probe.inputs[b])
-        ref = ev.ref[b]
-        norm = ref.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        p = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        ref = ev.ref[b] / ev.ref[b].norm(dim=-1, keepdim=True).clamp_min(1e-30)
         batch = p.shape[0]
-        objectives = [(((p - ref) / norm) ** 2).sum()]
+        objectives = [((p - ref) ** 2).sum()]
         for _ in range(projections):
             r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            objectives.append((r * p / norm).sum())
+            objectives.append((r * p).sum())
         per = []
         for k, obj in enumerate(objectives):
             grads = torch.autograd.grad(obj, ys, retain_graph=k + 1 < len(objectives), allow_unused=True)
