@@ -14,7 +14,7 @@ fused model uncompressed and factored (the allocated plan at one level, with ran
 ranks in multiples of the dense kernel's panel width) and times them in the same run (batch 1,
 seq 128, 2 threads, median of interleaved rounds).
 
-    python bench/low_rank.py [--calib 128] [--holdout 256] [--levels 0.95,0.9,0.8,0.7]
+    [OPTC_BENCH_THREADS=1] python bench/low_rank.py [--cpu-clock] [--calib 128] [--holdout 256] [--levels 0.95,0.9,0.8,0.7]
                              [--latency-keep 0.7] [--latency-quantum 64] [--quantum 1] [--no-compile] [--json FILE]
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ import numpy as np
 
 from optc import benchmark as bm
 
-THREADS = 2
+THREADS = int(os.environ.get("OPTC_BENCH_THREADS", "2"))
 bm.pin_threads(THREADS)  # before torch or TVM start their thread pools
 
 import optc  # noqa: E402
@@ -65,7 +66,7 @@ def methods_table(graph, calib, holdout, levels, quantum=1, log=print) -> tuple[
     t = time.perf_counter()
     whitened.measure_sensitivity(probe_sets=1, quantum=quantum)
     log(f"sensitivity probes in {time.perf_counter() - t:.1f} s")
-    reference = reference_outputs(graph, holdout)
+    reference = reference_outputs(graph, holdout) if levels else []
     full = whitened.params({})
     all_linear = sum(p.weight.const.size for p in find_projections(graph))
     rows = []
@@ -89,7 +90,19 @@ def methods_table(graph, calib, holdout, levels, quantum=1, log=print) -> tuple[
     return rows, whitened
 
 
-def latency(graph, model: LowRankModel, plans: dict[str, dict[str, int]], repeat: int) -> dict:
+def _cpu_clock(name: str, fn, repeat: int) -> bm.Timing:
+    """Process CPU time per run (ms): with one thread, what a run costs regardless of how busy a
+    shared machine is (wall time there includes the time other processes held the cores)."""
+    fn()
+    runs = []
+    for _ in range(repeat):
+        t = time.process_time()
+        fn()
+        runs.append((time.process_time() - t) * 1e3)
+    return bm.Timing(name, runs)
+
+
+def latency(graph, model: LowRankModel, plans: dict[str, dict[str, int]], repeat: int, cpu_clock: bool = False) -> dict:
     """Compile the fused model (default pipeline) unfactored and with each plan's factors (the
     same factors the table measured), check the kernels all got optc's schedules, time all of
     them in one run (batch 1, seq 128, median)."""
@@ -122,7 +135,8 @@ def latency(graph, model: LowRankModel, plans: dict[str, dict[str, int]], repeat
     timings = {name: [] for name in loaded}
     for _ in range(3):  # interleaved rounds: load changes on a shared machine hit every model alike
         for name, m in loaded.items():
-            timings[name] += bm.measure(name, (lambda m=m: m.run(feed)), max(repeat // 3, 1)).runs_ms
+            clock = _cpu_clock if cpu_clock else bm.measure
+            timings[name] += clock(name, (lambda m=m: m.run(feed)), max(repeat // 3, 1)).runs_ms
     for name, runs in timings.items():
         info[name].update(bm.Timing(name, runs).to_json())
         info[name]["speedup"] = round(statistics.median(timings["uncompressed"]) / statistics.median(runs), 3)
@@ -140,6 +154,8 @@ def main() -> int:
     ap.add_argument("--latency-quantum", type=int, default=64, help="also time the allocation with ranks in multiples of this")
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per compiled model")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--cpu-clock", action="store_true",
+                    help="time by process CPU time (use with OPTC_BENCH_THREADS=1 on a busy machine)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -153,7 +169,7 @@ def main() -> int:
     print(f"MiniLM ({model_file}): calibration {args.calib} news sentences, held-out {args.holdout} from other articles")
     print(f"\n{'keep':>5} {'config':<20} {'kept':>6} {'removed':>9} {'mean cos':>8} {'worst':>8} {'rel.err':>8}")
     print(f"{'':>5} {'':<20} {'(elig.)':>6} {'(all lin.)':>9}")
-    levels = [float(x) for x in args.levels.split(",")]
+    levels = [float(x) for x in args.levels.split(",") if x.strip()]
     rows, whitened = methods_table(graph, calib, holdout, levels, args.quantum)
     result = {"model": str(model_file), "calibration_sentences": args.calib, "holdout_sentences": args.holdout,
               "table": rows}
@@ -173,8 +189,9 @@ def main() -> int:
             result["quantum_holdout"] = {"quantum": q, "mean_cosine": fid.mean_cosine, "worst_cosine": fid.worst_cosine}
             print(f"allocated at keep {keep} with ranks in multiples of {q}: held-out mean cosine {fid.mean_cosine:.4f} "
                   f"(worst {fid.worst_cosine:.4f})")
-        print(f"\ncompiled latency, batch 1, seq 128, {THREADS} threads, fused (default pipeline), same run:")
-        lat = latency(graph, whitened, plans, args.repeat)
+        clock = "process CPU time per run" if args.cpu_clock else "wall time"
+        print(f"\ncompiled latency ({clock}), batch 1, seq 128, {THREADS} threads, fused (default pipeline), same run:")
+        lat = latency(graph, whitened, plans, args.repeat, args.cpu_clock)
         result["latency"] = lat
         for name, d in lat.items():
             print(f"  {name:<16} kept {d['kept']:.3f}  {d['median_ms']:>8.2f} ms median (p90 {d['p90_ms']:.2f})  "
