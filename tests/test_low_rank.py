@@ -289,6 +289,18 @@ def test_min_cosine_budget_is_honored_on_calibration():
     assert results[0.99] < results[0.999]  # a looser budget buys more compression
 
 
+def test_quantum_rounds_every_rank():
+    rng = np.random.default_rng(15)
+    weights = [_low_rank(rng, IN, HID, 5), _decaying(rng, HID, MID), _decaying(rng, MID, OUT)]
+    calib = _inputs(rng, 2)
+    tol = _run(_chain(weights, rng), "low-rank{quantum=8}", calib)
+    assert {l["name"]: l["rank"] for l in tol["layers"]}["w0"] == 8  # rank 5 rounded up
+    for allocation in ("sensitivity", "uniform"):
+        r = _run(_chain(weights, rng), f"low-rank{{keep=0.6,quantum=8,allocation={allocation}}}", calib)
+        ranks = [l["rank"] for l in r["layers"] if l["rank"]]
+        assert ranks and all(k % 8 == 0 for k in ranks) and r["linear_params"]["eligible_kept"] <= 0.6
+
+
 def test_include_and_exclude_patterns():
     rng = np.random.default_rng(12)
     weights = [_low_rank(rng, IN, HID, 4), _low_rank(rng, HID, MID, 4), _low_rank(rng, MID, OUT, 4)]

@@ -15,6 +15,11 @@ calibration inputs' second moment); allocation (``rank_allocation``) weighs each
 truncation error by a measured sensitivity: the drop in output cosine when that layer alone is
 factored at half its parameters, per unit of its relative output error. Everything is computed on
 a copy; the graph changes only at the end, when the plan has been built, verified and measured.
+
+Codegen: both factors are constant weights, so each matmul becomes optc's packed-weight dense
+kernel (bias and activation stay in the second one's epilogue). The first one's output width is
+the rank, computed in whole weight panels (64 columns on AVX-512), so ranks that are multiples of
+the panel width (``quantum=64``) run fastest; see bench/low_rank.py for measured latency.
 """
 
 from __future__ import annotations
@@ -210,7 +215,8 @@ class LowRank(Pass):
     min_cosine: float = option(0.0, "error budget: smallest calibration mean cosine allowed; searches the most compression within it; 0 = none")
     tolerance: float = option(0.01, "without a target: per layer the smallest rank whose relative output error is within this")
     damping: float = option(0.01, "whitening damping, relative to the mean input variance")
-    quantum: int = option(1, "ranks are multiples of this (hardware-friendly widths, e.g. 16)")
+    quantum: int = option(1, "ranks are multiples of this; optc's x86 dense kernel computes the first factor in "
+                             "panels of 64 columns (AVX-512; 16 on AVX2), so quantum=64 there wastes nothing")
     include: str = option("", "only weights whose name matches one of these patterns (a|b*; a word matches as a substring)")
     exclude: str = option("pooler|classifier|lm_head", "skip weights whose name matches one of these patterns")
     probe_sets: int = option(1, "calibration input sets the per-layer sensitivity probes run on")
