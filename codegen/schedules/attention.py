@@ -22,13 +22,25 @@
     4. accumulator += ``p`` x V tile (vectorized over Dv; V rows read by a scalar index, so the
        tail tile simply runs fewer keys).
 
-    Full key tiles and the last partial one are separate copies of the tile body: only the tail
-    copy reads the mask through a clamped (gathering) index. With ``is_causal`` a row block stops
-    at its last visible key tile. A query row whose keys are all masked gives zeros (the
-    interpreter's semantics); query rows past Sq are computed from a clamped row and not written.
+    Whole key tiles (``KT`` = 4 vectors: 64 keys on AVX-512, 4 query rows per register block),
+    at most one whole half tile, and a last partial half tile are separate copies of the tile
+    body, so short and tail sequences waste at most half a tile; only the partial copy reads the
+    mask through a clamped (gathering) index. With ``is_causal`` a row block stops at its last
+    visible key. A query row whose keys are all masked gives zeros (the interpreter's
+    semantics); query rows past Sq are computed from a clamped row and not written.
 
-Grouped-query attention reads kv head ``h // (Hq / Hk)``. Only f32 math; the lowering casts
-half precision around it (``codegen/lowering/nn.py``).
+Layout: where Q/K/V are transposes of the projections' ``[b, s, h, d]`` tensors, the kernel reads
+those in place, and where the output's only use transposes it back, it writes ``[b, s, h, d]``;
+``FoldTransposePairs`` (a Relax pass in ``relax_passes``) cancels the transposes left behind.
+
+Grouped-query attention reads kv head ``h // (Hq / Hk)``. Only f32 math; half precision is cast
+around it. ``plan`` decides per IR node (the lowering and the build's ``notes`` share it): other
+variants (float64, non-CPU targets, masks that do not broadcast statically) keep the
+matmul/softmax/matmul decomposition in ``codegen/lowering/nn.py`` and are listed in
+``CompiledModule.notes``.
+
+The PrimFuncs are TVMScript, parsed (once per variant) when first lowered: TVM reads this file's
+source at that moment, so editing it under a running process breaks that process's builds.
 """
 
 from __future__ import annotations
