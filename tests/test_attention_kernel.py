@@ -66,7 +66,8 @@ def _mha_feed(batch, seq, seed):
     bm_keys[:, :, :, 0] = True
     bm_keys[-1] = False  # the last batch item: every key masked -> zeros
     fmask = np.where(rng.random((batch, 1, seq, seq)) > 0.2, f(batch, 1, seq, seq), -np.inf).astype(np.float32)
-    fmask[..., 0] = 0.5  # every row keeps a key (a fully -inf float row is NaN in torch)
+    fmask[..., 0] = 0.5
+    fmask[0, 0, -1, :] = -np.inf  # a query row with every key at -inf: zeros, as the interpreter
     return {"q": f(batch, 4, seq, 32), "k": f(batch, 2, seq, 32), "v": f(batch, 2, seq, 32),
             "bm_full": rng.random((batch, 1, seq, seq)) > 0.4, "bm_keys": bm_keys, "fmask": fmask}
 
