@@ -37,7 +37,7 @@ from ...ir.symbolic import Monomial, mul_dims
 from ...ir.verifier import verify
 from ..base import Pass, PassError, PassResult, option, register_pass
 from .activations import input_gram
-from .factorize import METHODS, Spectrum, break_even, saves, spectrum
+from .factorize import METHODS, Spectrum, break_even, saves, spectrum, whitener
 from .fidelity import Fidelity, measure, reference_outputs
 from .low_rank_rewrite import apply_factors
 from .projections import Projection, find_projections
@@ -133,10 +133,12 @@ class LowRankModel:
               method: str = "whitened", damping: float = 0.01) -> "LowRankModel":
         grams = input_gram(graph, [l.input_name for l in layers], calibration) if calibration else {}
         weights = {p.name: p.matrix() for p in find_projections(graph)}
-        spectra = {}
+        spectra, whitening = {}, {}
         for l in layers:
             gram, rows = grams.get(l.input_name, (None, 0))
-            spectra[l.name] = spectrum(weights[l.name], method, gram, rows, damping)
+            if method == "whitened" and gram is not None and l.input_name not in whitening:
+                whitening[l.input_name] = whitener(gram, rows, damping)
+            spectra[l.name] = spectrum(weights[l.name], method, gram, rows, damping, whitening.get(l.input_name))
         return cls(graph, layers, spectra, list(calibration))
 
     def reference(self) -> list:
@@ -266,7 +268,7 @@ class LowRank(Pass):
         except (ValueError, np.linalg.LinAlgError) as e:
             raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
         if fid is None and any(ranks.values()):
-            inputs = calib or ctx.sample_inputs(graph)
+            inputs = calib or _random_inputs(graph, ctx)
             fid = measure(graph, factored, inputs)
         report = self._report(model, ranks, graph, factored, dims, fid, skipped, mode, search,
                               "calibration" if calib else "random")
@@ -389,6 +391,17 @@ class LowRank(Pass):
         if search:
             report["search"] = search
         return report
+
+
+def _random_inputs(graph: Graph, ctx) -> list[dict[str, np.ndarray]]:
+    """Without calibration data: the context's random inputs, with attention masks all ones (a
+    random 0/1 mask can hide every position, and the comparison of masked means with it)."""
+    sets = ctx.sample_inputs(graph)
+    for feed in sets:
+        for name, x in feed.items():
+            if "mask" in name.lower() and np.issubdtype(np.asarray(x).dtype, np.integer):
+                feed[name] = np.ones_like(x)
+    return sets
 
 
 def _skip_summary(skipped: dict[str, str]) -> str:
