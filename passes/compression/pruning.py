@@ -81,14 +81,14 @@ def run_structured(p, graph: Graph, ctx, *, kind: str, sites_of: Callable[[Graph
                         f"{', refit' if p.refit else ''}{', min_cosine' if p.min_cosine > 0 else ''}")
     try:
         return _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0)
-    except (StructureError, OptcError, ValueError, np.linalg.LinAlgError) as e:
+    except (StructureError, OptcError, ValueError, RuntimeError, np.linalg.LinAlgError) as e:
         if isinstance(e, PassError):
             raise
         raise PassError(f"{p.name}: {e}".splitlines()[0]) from None
 
 
 def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0) -> PassResult:
-    plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0)
+    plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist)
     probe = Probe(graph, sites_of, inputs)
     sites = probe.sites
     ev = Evaluator(probe) if inputs else None
@@ -104,8 +104,10 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
             count = sum(quota)
         else:
             quota, count = None, int(round(p.ratio * total))
-        state = prune_to_count(plan, probe, ev, targets, count, quota) if count else \
-            prune_to_count(plan, probe, ev, targets, 0, quota)
+        if count == 0:
+            return PassResult(False, {"importance": p.importance, "removed": 0,
+                                      "note": f"ratio {p.ratio or p.layer_ratio} removes no {kind}"})
+        state = prune_to_count(plan, probe, ev, targets, count, quota)
         if p.min_cosine > 0:
             cos = ev.cosine(state)[0]
             if cos < p.min_cosine:
@@ -113,8 +115,9 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
                                 f"< min_cosine {p.min_cosine}; lower ratio or min_cosine")
     kept = [state.kept_units(sites, i) for i in range(len(sites))]
     removed = sum(s.units - len(k) for s, k in zip(sites, kept))
-    if removed == 0 and not p.refit:
-        return PassResult(False, {"importance": p.importance, "removed": 0})
+    if removed == 0:
+        return PassResult(False, {"importance": p.importance, "removed": 0,
+                                  "calibration_fidelity": None, "steps": plan.log})
 
     work = graph.clone()
     winfo = blocks_of(work)

@@ -16,7 +16,9 @@ Importance:
   model's unit output vectors (mask-mean-pooled hidden states, L2-normalized):
   ``ΔL ≈ g·δ + |J δ|²`` (δ = -1 on the group's mask) with the gradient ``g`` of the current output error and ``|J δ|²``
   from random projections of the output (per sentence), taken from the gradient at the mask
-  multiply. Re-scored after every removal step, on the re-fitted model, so interactions count.
+  multiply. Re-scored after every removal step, on the re-fitted model, so interactions count;
+  the best-scored candidates of each step (``shortlist`` x the step's count) are then ranked
+  by their measured effect on the calibration cosine.
 - ``magnitude``: the weight norms of the unit's input columns times its output rows.
 - ``ablation``: the measured output error with the group alone removed (one forward each).
 """
@@ -161,9 +163,10 @@ class Evaluator:
         base = State([set() for _ in probe.sites], [None] * len(probe.sites))
         self.ref = [pooled(probe.forward(base, b)[probe.output_name], probe.inputs[b]) for b in range(len(probe.inputs))]
 
-    def cosine(self, state: State) -> tuple[float, float]:
+    def cosine(self, state: State, batches: list[int] | None = None) -> tuple[float, float]:
+        which = range(len(self.probe.inputs)) if batches is None else batches
         cos = torch.cat([cosines(pooled(self.probe.forward(state, b)[self.probe.output_name], self.probe.inputs[b]), self.ref[b])
-                         for b in range(len(self.probe.inputs))])
+                         for b in which])
         return float(cos.mean()), float(cos.min())
 
 
@@ -337,6 +340,7 @@ class Plan:
     refit: bool = True
     ridge: float = 1e-2
     projections: int = 1
+    shortlist: int = 2
     seed: int = 0
     log: list[dict] = field(default_factory=list)
 
@@ -349,6 +353,22 @@ def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndar
     if plan.importance == "ablation":
         return ablation_scores(probe, ev, state)
     raise ValueError(plan.importance)
+
+
+def measured(probe: Probe, ev: Evaluator, state: State, scores: list[np.ndarray], count: int,
+             quota: list[int] | None) -> list[np.ndarray]:
+    """Re-rank the ``count`` best-scored remaining groups by their measured effect: the
+    calibration loss (1 - mean cosine, on up to half the input sets) with each removed on top of
+    ``state``; every other group ranks after them."""
+    cands = sorted((float(v), i, g) for i, sc in enumerate(scores) for g, v in enumerate(sc)
+                   if g not in state.removed[i] and (quota is None or quota[i] > 0))[:count]
+    batches = list(range(max(1, (len(probe.inputs) + 1) // 2)))
+    out = [np.full(len(sc), np.inf) for sc in scores]
+    for _, i, g in cands:
+        trial = state.copy()
+        trial.removed[i].add(g)
+        out[i][g] = 1.0 - ev.cosine(trial, batches)[0]
+    return out
 
 
 def remove_lowest(state: State, scores: list[np.ndarray], count: int, quota: list[int] | None) -> int:
@@ -381,7 +401,10 @@ def prune_to_count(plan: Plan, probe: Probe, ev: Evaluator, targets, total: int,
     removed = 0
     for k in range(steps):
         want = math.ceil((total - removed) / (steps - k))
-        removed += remove_lowest(state, score(plan, probe, ev, state), want, quota)
+        scores = score(plan, probe, ev, state)
+        if plan.shortlist > 1 and plan.importance == "fisher":
+            scores = measured(probe, ev, state, scores, plan.shortlist * want, quota)
+        removed += remove_lowest(state, scores, want, quota)
         if plan.refit:
             refit(probe, state, targets, plan.ridge)
         plan.log.append({"step": k + 1, "removed": removed})
@@ -398,7 +421,10 @@ def prune_to_budget(plan: Plan, probe: Probe, ev: Evaluator, targets, min_cosine
     while removed < limit:
         trial = best.copy()
         step = min(chunk, limit - removed)
-        n = remove_lowest(trial, score(plan, probe, ev, best), step, None)
+        scores = score(plan, probe, ev, best)
+        if plan.shortlist > 1 and plan.importance == "fisher":
+            scores = measured(probe, ev, best, scores, plan.shortlist * step, None)
+        n = remove_lowest(trial, scores, step, None)
         if n == 0:
             break
         if plan.refit:
