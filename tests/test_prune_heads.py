@@ -207,7 +207,7 @@ def test_minilm_pruned_compiles_and_matches(minilm_setup, tmp_path):
     g0, calib, hold, _, _ = minilm_setup
     g = g0.clone()
     run("prune-heads{ratio=0.4,importance=magnitude}", g, calib)
-    compiled = build(g, get_target("x86"))
+    compiled = build(g, get_target("x86")).load()
     feed = hold[0]
     ref = Interpreter(g).run(feed)
     got = compiled.run(feed)
