@@ -38,7 +38,9 @@ class PassContext:
 
 def random_inputs(graph: Graph, dims: Mapping[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs matching the graph's input types: floats ~ N(0, 1), integers in [0, 2),
-    booleans; symbolic dims take ``dims[name]`` or 2, unknown dims 2."""
+    booleans; an integer/bool input named like a mask is all ones (a random mask can hide
+    whole rows, which makes output comparisons degenerate); symbolic dims take ``dims[name]``
+    or 2, unknown dims 2."""
     rng = np.random.default_rng(seed)
     dims = dict(dims or {})
     out = {}
@@ -46,7 +48,9 @@ def random_inputs(graph: Graph, dims: Mapping[str, int] | None = None, seed: int
         shape = tuple(d if isinstance(d, int) else dims.get(d, 2) if isinstance(d, str) else 2
                       for d in (v.type.shape or ()))
         dt = v.dtype
-        if dt.is_float:
+        if "mask" in v.name.lower() and not dt.is_float:
+            arr = np.ones(shape, dtype=dt.numpy)
+        elif dt.is_float:
             arr = rng.standard_normal(shape).astype(dt.numpy)
         elif dt.value == "bool":
             arr = rng.random(shape) < 0.5
