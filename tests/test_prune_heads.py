@@ -175,7 +175,7 @@ def minilm_setup():
         pytest.skip("out/minilm/minilm.onnx missing (python bench/minilm.py)")
     g = load_model(onnx)
     PassManager.parse("default").run(g, PassContext())
-    calib = from_sentences(datasets.news_sentences("calib", 128), g, max_length=128, batch=32)
+    calib = from_sentences(datasets.news_sentences("calib", 256), g, max_length=128, batch=32)
     hold = from_sentences(datasets.news_sentences("holdout", 256), g, max_length=128, batch=32)
     docs, human = datasets.lee_documents(), datasets.lee_similarities()
 

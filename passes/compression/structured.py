@@ -338,7 +338,7 @@ class Plan:
     importance: str = "fisher"
     steps: int = 4
     refit: bool = True
-    ridge: float = 1e-2
+    ridge: float = 0.1
     projections: int = 1
     shortlist: int = 2
     seed: int = 0
