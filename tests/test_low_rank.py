@@ -363,16 +363,12 @@ def test_compiled_factored_model_matches_interpreter_on_packed_dense_kernels():
 
 # -- slow: MiniLM with real weights -------------------------------------------------------------------
 @pytest.mark.slow
-def test_minilm_allocated_dominates_uniform_and_plain_svd_on_held_out_news():
-    from pathlib import Path
-
+def test_minilm_allocated_dominates_uniform_and_plain_svd_on_held_out_news(tmp_path):
     from optc import datasets, load_model, zoo
     from optc.passes.compression.fidelity import reference_outputs
     from optc.passes.compression.low_rank import LowRankModel, eligible_layers
 
-    path = Path("out/minilm/minilm.pt2")
-    if not path.exists():
-        zoo.export_pt2(zoo.load_minilm(), zoo.tokenize(zoo.SAMPLE_SENTENCES[:2], max_length=128), path)
+    path = zoo.export_pt2(zoo.load_minilm(), zoo.tokenize(zoo.SAMPLE_SENTENCES[:2], max_length=128), tmp_path / "minilm.pt2")
     graph = load_model(path)
 
     def sets(sentences):
