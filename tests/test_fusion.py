@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import collections
 import math
 
 import numpy as np
@@ -15,6 +14,7 @@ from optc.ir.graph import Graph
 from optc.ir.interpreter import run
 from optc.ir.types import DType, TensorType
 from optc.ir.verifier import verify
+from fusion_models import check, ops
 from optc.passes.fusion import ALL_FUSIONS, fuse_all, fuse_attention, fuse_gelu, fuse_layernorm, fuse_rmsnorm, fuse_silu
 
 F32 = DType.FLOAT32
@@ -23,24 +23,6 @@ RNG = np.random.default_rng(0)
 
 def c(g, x):
     return g.add_constant(np.asarray(x, dtype=np.float32))
-
-
-def ops(g):
-    return collections.Counter(n.op for n in g.nodes)
-
-
-def check(g, fn, expected, feed=None, tol=1e-5):
-    """Run ``fn`` on ``g``; expect ``expected`` matches, a verifying graph and equal outputs."""
-    feed = feed or {v.name: RNG.standard_normal([d for d in v.shape]).astype(np.float32) for v in g.inputs}
-    ref = run(g, feed)
-    n = fn(g)
-    assert n == expected
-    verify(g)
-    got = run(g, feed)
-    assert list(got) == list(ref)
-    for k in ref:
-        np.testing.assert_allclose(got[k], ref[k], atol=tol, rtol=tol)
-    return g
 
 
 def graph_x(shape=(2, 5, 8)):
