@@ -2,7 +2,8 @@
 method -> held-out fidelity, Lee benchmark Pearson, parameters and FLOPs; and the compiled
 latency of the 40%-pruned model against the unpruned one, measured in the same run.
 
-Calibration: ``--calib-count`` news sentences from the calibration articles; evaluation:
+Calibration: ``--calib-count`` news sentences and ``--calib-passages`` article leads (up to
+~110 words: the long inputs document embeddings see) from the calibration articles; evaluation:
 ``--holdout-count`` sentences from the held-out articles (mean / worst cosine of the
 mask-mean-pooled embeddings against the unpruned model) and the Lee benchmark (50 documents,
 max length 128). Methods:
@@ -12,7 +13,8 @@ max length 128). Methods:
   ``--ablation-count`` sentences: it costs one forward pass per head), one shot, no re-fit;
 - ``fisher+refit``: the pass's default (Gauss-Newton importance re-scored over 4 removal
   rounds, each round's best candidates re-ranked by their measured effect, ridge re-fit of the
-  output projections).
+  output projections, and a final in-order re-fit of the output and FFN down projections that
+  restores the unpruned block outputs).
 
 Latency: both graphs compiled for the host (``codegen.build``), batch 1, seq 128, 2 pinned
 threads, median of ``--repeat`` runs.
@@ -32,7 +34,7 @@ import numpy as np
 
 from optc import benchmark as bm
 from optc import datasets, load_model
-from optc.calibration import from_sentences
+from optc.calibration import from_sentences, news_calibration
 from optc.evaluate import sentence_embeddings, similarity_pearson
 from optc.ir.analysis import bind_dims, summarize
 from optc.passes import PassContext, PassManager
@@ -52,6 +54,7 @@ def main() -> int:
     ap.add_argument("--ratios", default="0,0.25,0.4")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--calib-count", type=int, default=256)
+    ap.add_argument("--calib-passages", type=int, default=128)
     ap.add_argument("--holdout-count", type=int, default=256)
     ap.add_argument("--ablation-count", type=int, default=64,
                     help="calibration sentences the ablation baseline measures on (72 forward passes each)")
@@ -62,7 +65,7 @@ def main() -> int:
 
     base = load_model(args.model)
     PassManager.parse("default").run(base, PassContext())
-    calib = from_sentences(datasets.news_sentences("calib", args.calib_count), base, max_length=128, batch=32)
+    calib = news_calibration(base, args.calib_count, args.calib_passages)
     hold = from_sentences(datasets.news_sentences("holdout", args.holdout_count), base, max_length=128, batch=32)
     docs, human = datasets.lee_documents(), datasets.lee_similarities()
 

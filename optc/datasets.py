@@ -27,7 +27,7 @@ import numpy as np
 from .ir.errors import OptcError
 
 SPLITS = ("calib", "holdout")
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"”’']?\s+(?=[A-Z\"“])")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”’']))\s+(?=[A-Z\"“])")  # a closing quote stays
 
 
 class DatasetError(OptcError):
@@ -84,6 +84,27 @@ def news_sentences(split: str = "calib", count: int | None = None, *, seed: int 
     (every fifth article by id is held out; duplicate articles are dropped, and so are held-out
     sentences that a calibration article also has), shuffled deterministically by ``seed``."""
     out = list(_sentences(split, min_words, max_words))
+    random.Random(seed).shuffle(out)
+    return out if count is None else out[:count]
+
+
+def news_passages(split: str = "calib", count: int | None = None, *, seed: int = 0,
+                  max_words: int = 110) -> list[str]:
+    """``count`` passages: the leading whole sentences of an article, up to ``max_words`` words
+    (a news lead, about a 128-token input; the Lee documents are such leads), one per article
+    of the split, shuffled deterministically by ``seed``. Calibrating on these beside single
+    sentences covers the longer inputs that document embeddings see."""
+    out = []
+    for _, text in news_articles(split):
+        words, parts = 0, []
+        for s in split_sentences(text):
+            n = len(s.split())
+            if "\ufffd" in s or (parts and words + n > max_words):
+                break
+            parts.append(s)
+            words += n
+        if parts and words >= 20:
+            out.append(" ".join(parts))
     random.Random(seed).shuffle(out)
     return out if count is None else out[:count]
 

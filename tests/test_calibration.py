@@ -109,6 +109,15 @@ def test_default_tokenizer_is_minilm():
     assert sets[0]["input_ids"][0, 0] == 101  # [CLS] of MiniLM's uncased BERT vocabulary
 
 
+def test_news_calibration_mixes_sentences_and_leads():
+    from optc.calibration import news_calibration
+
+    sets = news_calibration(text_graph(), sentences=40, passages=20, max_length=128)
+    assert [len(s["input_ids"]) for s in sets] == [32, 8, 16, 4]  # sentence batches, then lead batches
+    lengths = [int(s["attention_mask"].sum(1).mean()) for s in sets]
+    assert max(lengths[:2]) < 60 <= min(lengths[2:])  # leads are the long inputs
+
+
 def test_text_file(tmp_path, tok_dir):
     path = tmp_path / "calib.txt"
     path.write_text("\n".join(["", SENTENCES[0], "  ", SENTENCES[1], SENTENCES[2]]) + "\n")

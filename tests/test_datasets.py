@@ -38,9 +38,20 @@ def test_news_sentences_deterministic_counts_and_lengths():
     assert all(3 <= len(s.split()) <= 8 for s in short)
 
 
+def test_news_passages_are_article_leads_of_whole_sentences():
+    leads = datasets.news_passages("calib", 50)
+    assert leads == datasets.news_passages("calib", 50) and leads != datasets.news_passages("calib", 50, seed=1)
+    articles = {" ".join(t.split()) for _, t in datasets.news_articles("calib")}
+    for p in leads:
+        assert any(a.startswith(p) for a in articles)  # the article's lead, whole sentences
+        assert 20 <= len(p.split()) and (len(p.split()) <= 110 or len(datasets.split_sentences(p)) == 1)
+    assert set(datasets.news_passages("holdout")).isdisjoint(datasets.news_passages("calib"))
+    assert 60 <= np.median([len(p.split()) for p in leads]) <= 110
+
+
 def test_sentence_split_and_unknown_split():
-    text = 'He left. "It rained," she said. Then  it stopped! Was it over? yes.'
-    assert datasets.split_sentences(text) == ["He left.", '"It rained," she said.', "Then it stopped!", "Was it over? yes."]
+    text = 'He left. "It rained," she said. Then  it stopped! "Was it over?" Yes.'
+    assert datasets.split_sentences(text) == ["He left.", '"It rained," she said.', "Then it stopped!", '"Was it over?"', "Yes."]
     with pytest.raises(datasets.DatasetError, match="unknown split"):
         datasets.news_sentences("train")
 

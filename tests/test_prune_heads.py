@@ -120,6 +120,28 @@ def test_fisher_refit_beats_magnitude_and_report_has_the_numbers():
         assert x["params_after"] <= x["params_before"] and x["flops_after"] <= x["flops_before"]
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_residual_refit_and_ffn_compensation_restore_more(name):
+    """The in-order residual re-fit undoes drift the local one leaves; re-fitting the FFN down
+    projections too restores more (calibration cosine), and the committed graph carries the
+    compensated FFN weights (the pass checks the rewrite reproduces its probe)."""
+    from optc.passes.compression.ffn import find_ffn_blocks
+
+    calib = pm.calibration(name, 3)
+    ref = pm.graph(name)
+    cos = {}
+    for target, comp in [("local", False), ("residual", False), ("residual", True)]:
+        g = pm.graph(name)
+        run(f"prune-heads{{ratio=0.5,refit_target={target},compensate={str(comp).lower()}}}", g, calib)
+        verify(g)
+        cos[target, comp] = measure(ref, g, calib).mean_cosine
+        downs = [b.down.matrix() for b in find_ffn_blocks(g).blocks]
+        unchanged = [np.array_equal(d, r.down.matrix()) for d, r in zip(downs, find_ffn_blocks(ref).blocks)]
+        assert len(downs) == 2 and all(unchanged) != comp
+    assert cos["residual", False] > cos["local", False]
+    assert cos["residual", True] > cos["residual", False]
+
+
 def test_budget_is_honored_and_removes_heads():
     calib = pm.calibration("gpt2", 2)
     g, ref = pm.graph("gpt2"), pm.graph("gpt2")
@@ -164,7 +186,7 @@ def test_model_without_attention_is_a_clear_error():
 @pytest.fixture(scope="module")
 def minilm_setup(tmp_path_factory):
     from optc import datasets, load_model, zoo
-    from optc.calibration import from_sentences
+    from optc.calibration import from_sentences, news_calibration
     from optc.evaluate import sentence_embeddings, similarity_pearson
 
     onnx = zoo.export_onnx(zoo.load_minilm(), zoo.tokenize(zoo.SAMPLE_SENTENCES[:2], max_length=128),
@@ -172,7 +194,7 @@ def minilm_setup(tmp_path_factory):
                            output_names=["last_hidden_state", "pooler_output"])
     g = load_model(onnx)
     PassManager.parse("default").run(g, PassContext())
-    calib = from_sentences(datasets.news_sentences("calib", 256), g, max_length=128, batch=32)
+    calib = news_calibration(g, sentences=256, passages=128)
     hold = from_sentences(datasets.news_sentences("holdout", 256), g, max_length=128, batch=32)
     docs, human = datasets.lee_documents(), datasets.lee_similarities()
 
@@ -206,9 +228,9 @@ def test_minilm_targets(minilm_setup, ratio, cosine):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue #5 open: at 40% heads pruned the Lee Pearson drops 0.015 (ridge 0.3) "
-                                       "(measured), the target is within 0.01")
 def test_minilm_lee_within_001_at_40_percent(minilm_setup):
+    """Needs the long calibration inputs: calibrated on sentences alone the Lee Pearson dropped
+    0.015 (output re-fit only) and 0.035 (with the FFN compensation)."""
     _, _, _, lee, lee0 = minilm_setup
     g, _ = _pruned(minilm_setup, 0.4)
     assert abs(lee(g) - lee0) <= 0.01, (lee(g), lee0)
@@ -221,7 +243,7 @@ def test_minilm_pruned_compiles_and_matches(minilm_setup, tmp_path):
 
     g0, calib, hold, _, _ = minilm_setup
     g = g0.clone()
-    run("prune-heads{ratio=0.4,importance=magnitude}", g, calib)
+    run("prune-heads{ratio=0.4,importance=magnitude,refit=false}", g, calib)
     compiled = build(g, get_target("x86")).load()
     feed = hold[0]
     ref = Interpreter(g).run(feed)

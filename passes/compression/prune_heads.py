@@ -4,8 +4,12 @@ Heads are ranked from calibration data (``importance=fisher``: Gauss-Newton esti
 output change, re-scored after every removal step; ``magnitude``; ``ablation``) and removed
 globally (``ratio``), per layer (``layer_ratio``) or as many as an accuracy budget allows
 (``min_cosine``: mean cosine of the output vectors on the calibration set). With ``refit`` the
-output projection of every block is re-fitted by ridge least squares on calibration
-activations to compensate. The rewrite slices Q/K/V columns and output-projection rows, fixes
+output projections are re-fitted by ridge least squares on calibration activations: during
+selection each reproduces its unpruned block on the current inputs; the final re-fit
+(``refit_target=residual``) goes through the layers in order and makes each output projection,
+and with ``compensate`` each FFN down projection, restore the unpruned model's block outputs,
+undoing the drift the layers before it leave (MiniLM, 40% of heads: held-out cosine
+0.961 -> 0.969). The rewrite slices Q/K/V columns and output-projection rows, fixes
 every head count and width in the reshapes and splits (see ``heads``), drops whole KV groups
 for GQA and replaces a block whose heads are all gone by its output-projection bias, keeping
 the residual path. The pass works on a clone and commits only when the rewritten graph
@@ -25,6 +29,7 @@ from .heads import AttentionBlock, find_attention_blocks
 from .projections import replace_weight
 from .shape_edits import ShapeEdit, StructureError, apply_edits
 from .structured import Site, unit_rows
+from .prune_ffn import ffn_sites
 from .pruning import run_structured
 
 
@@ -137,13 +142,15 @@ class PruneHeads(Pass):
     steps: int = option(4, "removal rounds, re-scoring (and re-fitting) after each")
     shortlist: int = option(2, "fisher: measure the effect of this many x each round's count of best candidates and remove by that (0/1: off)")
     ridge: float = option(0.3, "re-fit regularization (pull towards the original weights), relative to the mean input energy; 0.3 measured best on MiniLM")
-    refit_target: str = option("local", "local: reproduce the unpruned layer on the current inputs; residual: also undo the drift of the residual stream")
+    refit_target: str = option("residual", "local: reproduce the unpruned layer on the current inputs; residual: also undo the drift of the residual stream (a final in-order re-fit)")
+    compensate: bool = option(True, "with the residual re-fit, also re-fit every feed-forward block's down projection to restore the unpruned block outputs")
 
     def run(self, graph, ctx) -> PassResult:
         return run_structured(self, graph, ctx, kind="heads", sites_of=head_sites,
                               blocks_of=lambda g: find_attention_blocks(g),
                               rewrite=lambda g, info, kept, fits: rewrite_heads(g, info.blocks, kept, fits),
-                              layer_nodes=lambda info: [block_nodes(b) for b in info.blocks])
+                              layer_nodes=lambda info: [block_nodes(b) for b in info.blocks],
+                              compensation_of=ffn_sites if self.compensate else None)
 
 
 def block_nodes(b: AttentionBlock) -> list[str]:

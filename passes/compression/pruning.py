@@ -16,6 +16,7 @@ from ...ir.graph import Graph
 from ...ir.interpreter import Interpreter
 from ..base import PassError, PassResult
 from .fidelity import measure
+from .projections import as_projection, replace_weight
 from .shape_edits import StructureError
 from .structured import Evaluator, Plan, Probe, prune_to_budget, prune_to_count, refit_targets
 
@@ -50,6 +51,16 @@ def adopt(graph: Graph, work: Graph) -> None:
         n.graph = graph
 
 
+def _apply_compensation(work: Graph, probe: Probe, state) -> None:
+    """Give the compensation sites' projections in ``work`` their re-fitted weights."""
+    nodes = {n.name: n for n in work.nodes}
+    for s, fit in zip(probe.sites[probe.pruned:], state.refits[probe.pruned:]):
+        proj = as_projection(nodes[s.refit.node.name]) if s.refit.node.name in nodes else None
+        if fit is None or proj is None:
+            continue
+        replace_weight(work, proj, fit[0], None if proj.bias is None else fit[1])
+
+
 def _layer_stats(graph: Graph, node_names: list[str], dims: dict[str, int]) -> dict:
     nodes = {n.name: n for n in graph.nodes}
     params, flops = 0, Polynomial()
@@ -63,8 +74,8 @@ def _layer_stats(graph: Graph, node_names: list[str], dims: dict[str, int]) -> d
 
 
 def run_structured(p, graph: Graph, ctx, *, kind: str, sites_of: Callable[[Graph], list],
-                   blocks_of: Callable[[Graph], Any], rewrite: Callable, layer_nodes: Callable[[Any], list[list[str]]]
-                   ) -> PassResult:
+                   blocks_of: Callable[[Graph], Any], rewrite: Callable, layer_nodes: Callable[[Any], list[list[str]]],
+                   compensation_of: Callable[[Graph], list] | None = None) -> PassResult:
     t0 = time.perf_counter()
     _check_options(p)
     info = blocks_of(graph)
@@ -80,20 +91,23 @@ def run_structured(p, graph: Graph, ctx, *, kind: str, sites_of: Callable[[Graph
         raise PassError(f"{p.name}: needs calibration data (--calib) for importance={p.importance}"
                         f"{', refit' if p.refit else ''}{', min_cosine' if p.min_cosine > 0 else ''}")
     try:
-        return _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0)
+        return _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0,
+                    compensation_of)
     except (StructureError, OptcError, ValueError, RuntimeError, np.linalg.LinAlgError) as e:
         if isinstance(e, PassError):
             raise
         raise PassError(f"{p.name}: {e}".splitlines()[0]) from None
 
 
-def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0) -> PassResult:
+def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0,
+         compensation_of) -> PassResult:
     plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist)
-    probe = Probe(graph, sites_of, inputs)
-    sites = probe.sites
+    residual = p.refit and p.refit_target == "residual"
+    probe = Probe(graph, sites_of, inputs, compensation_of if residual else None)  # nothing to restore locally
+    sites = probe.sites[:probe.pruned]
     ev = Evaluator(probe) if inputs else None
-    targets = refit_targets(probe) if p.refit and p.refit_target == "residual" else None
-    groups = [len(s.groups) for s in sites]
+    targets = refit_targets(probe) if residual else None
+    groups = [len(s.groups) for s in probe.sites]  # compensation sites: 0
     total = sum(groups)
     if p.min_cosine > 0 and p.ratio == 0 and p.layer_ratio == 0:
         state, _ = prune_to_budget(plan, probe, ev, targets, p.min_cosine, limit=total - 1,
@@ -123,7 +137,8 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
     winfo = blocks_of(work)
     if len(winfo.blocks) != len(sites):
         raise PassError(f"{p.name}: the analysis differs on a clone of the graph")
-    rewrite(work, winfo, kept, state.refits)
+    rewrite(work, winfo, kept, state.refits[:probe.pruned])
+    _apply_compensation(work, probe, state)
     work.infer_types()
     eliminate_dead_code(work)
     work.infer_types()

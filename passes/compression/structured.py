@@ -3,7 +3,9 @@
 A *site* is one prunable block: ``units`` (attention heads, FFN neurons) whose outputs can be
 multiplied by a 0/1 mask at ``mask_value`` along ``mask_axis``, removed in ``groups`` (a GQA
 KV group's query heads go together), followed by the projection ``refit`` that reads them
-(output / down projection, ``rows_per_unit`` input rows per unit).
+(output / down projection, ``rows_per_unit`` input rows per unit). A *compensation* site has no
+groups: nothing is removed there, its projection is only re-fitted to restore the unpruned
+model's block outputs (e.g. the FFN after a pruned attention block).
 
 Everything before the physical rewrite runs on a *probe*: a clone of the graph with a mask
 multiply after each site and private copies of the refit weights, evaluated with
@@ -26,13 +28,14 @@ Importance:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from ...ir.graph import Graph, Node, Value
+from ...ir.folding import eliminate_dead_code
 from ...ir.interpreter import Interpreter
 from .projections import Projection, replace_weight
 
@@ -82,9 +85,13 @@ def pooled(out: torch.Tensor, feed: Mapping[str, np.ndarray]) -> torch.Tensor:
 class Probe:
     """The graph with a mask multiply after every site, run through ``run_torch``."""
 
-    def __init__(self, graph: Graph, sites_of: Callable[[Graph], list[Site]], input_sets: list[Mapping[str, np.ndarray]]):
+    def __init__(self, graph: Graph, sites_of: Callable[[Graph], list[Site]], input_sets: list[Mapping[str, np.ndarray]],
+                 compensation_of: Callable[[Graph], list[Site]] | None = None):
         self.graph = graph.clone()
         self.sites = sites_of(self.graph)
+        self.pruned = len(self.sites)  # sites[pruned:] only re-fit (no groups): compensation
+        if compensation_of is not None:
+            self.sites += [replace(s, groups=[]) for s in compensation_of(self.graph)]
         self.inputs = input_sets
         self.torch_inputs = [{k: torch.as_tensor(np.asarray(v)) for k, v in feed.items()} for feed in input_sets]
         self.output_name = self.graph.outputs[0].name
@@ -105,7 +112,7 @@ class Probe:
             self.mask_names.append(m.name)
             self.masked.append(mul.output.name)
         self.run = Interpreter(self.graph, check_types=False)
-        self.extra: list[str] = []
+        self._prefixes: dict[tuple[str, ...], Interpreter] = {}
 
     def overrides(self, state: State) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -134,8 +141,25 @@ class Probe:
             self.graph.set_outputs(list(self.graph.outputs) + [self.graph.value(n) for n in want])
             self.run = Interpreter(self.graph, check_types=False)
 
-    def forward(self, state: State, batch: int, grad: bool = False) -> dict[str, torch.Tensor]:
+    def prefix(self, names: tuple[str, ...]) -> Interpreter:
+        """An interpreter of only the part of the probe that computes ``names`` (cached): what a
+        re-fit of an early site needs, without running the rest of the model."""
+        run = self._prefixes.get(names)
+        if run is None:
+            g = self.graph.clone()
+            g.set_outputs([g.value(n) for n in names])
+            eliminate_dead_code(g)
+            run = self._prefixes[names] = Interpreter(g, check_types=False)
+        return run
+
+    def forward(self, state: State, batch: int, grad: bool = False,
+                only: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Run the probe in ``state`` on input set ``batch``; ``only``: just compute these values."""
         ov = self.overrides(state)
+        if only is not None:
+            run = self.prefix(only)
+            with torch.no_grad():
+                return run.run_torch(self.torch_inputs[batch], {k: v for k, v in ov.items() if k in run.graph.constants})
         if grad:  # masks that require grad make autograd record the whole run
             for i, s in enumerate(self.sites):
                 m = ov.get(self.mask_names[i])
@@ -256,22 +280,40 @@ def row_weights(feed: Mapping[str, np.ndarray], rows: int) -> np.ndarray | None:
 def refit(probe: Probe, state: State, targets: list[list[np.ndarray]] | None, ridge: float) -> None:
     """Least-squares re-fit of each site's projection on the kept units' inputs, ridge-
     regularized towards the original weights: ``min |[X 1][W; b] - T|² + λ|W - W₀|²`` with
-    λ = ``ridge`` · mean diag(XᵀX). One forward pass gathers every site's statistics (the sites
-    are fitted together, each on the current model's inputs)."""
+    λ = ``ridge`` · mean diag(XᵀX).
+
+    ``targets`` None (local): each projection reproduces what all its units would give on the
+    current inputs; the sites are independent, so one forward pass fits them all. With
+    ``targets`` (the unpruned model's block outputs) each site also undoes the drift of the
+    residual stream; that depends on the fits before it, so the sites are fitted one at a time
+    in graph order, each on the inputs the earlier fits produce."""
     names = [s.refit.input.name for s in probe.sites] + [s.mask_value.name for s in probe.sites]
     if targets is not None:
         names += [s.residual.name for s in probe.sites if s.residual is not None]
     probe.with_outputs(names)
-    stats = []
-    rows_of = []
-    for i, s in enumerate(probe.sites):
-        rows = unit_rows(state.kept_units(probe.sites, i), s.rows_per_unit)
-        rows_of.append(rows)
-        n = len(rows) + int(s.refit.bias is not None)
-        stats.append([np.zeros((n, n)), np.zeros((n, s.refit.out_features))])
+    if targets is None:  # compensation sites have nothing to restore locally
+        _fit_sites(probe, state, None, ridge, range(probe.pruned))
+        return
+    order = {n.name: k for k, n in enumerate(probe.graph.nodes)}
+    for i in sorted(range(len(probe.sites)), key=lambda i: order[probe.sites[i].refit.node.name]):
+        s = probe.sites[i]
+        need = (s.refit.input.name,) + ((s.residual.name,) if s.residual is not None else ())
+        _fit_sites(probe, state, targets, ridge, [i], only=need)
+
+
+def _fit_sites(probe: Probe, state: State, targets, ridge: float, which, only: tuple[str, ...] | None = None) -> None:
+    """One pass over the calibration set gathering XᵀX, XᵀT of the sites ``which`` (running
+    only what computes ``only``, when given), then solve."""
+    stats, rows_of = {}, {}
+    for i in which:
+        s = probe.sites[i]
+        rows_of[i] = unit_rows(state.kept_units(probe.sites, i), s.rows_per_unit)
+        n = len(rows_of[i]) + int(s.refit.bias is not None)
+        stats[i] = [np.zeros((n, n)), np.zeros((n, s.refit.out_features))]
     for b in range(len(probe.inputs)):
-        outs = probe.forward(state, b)
-        for i, s in enumerate(probe.sites):
+        outs = probe.forward(state, b, only=only)
+        for i in which:
+            s = probe.sites[i]
             x = outs[s.refit.input.name].double().numpy()
             x = x.reshape(-1, x.shape[-1])[:, rows_of[i]]
             if targets is None:  # local: what all units would give on the current inputs
@@ -290,7 +332,8 @@ def refit(probe: Probe, state: State, targets: list[list[np.ndarray]] | None, ri
                 x = np.concatenate([x, np.ones((x.shape[0], 1))], 1)
             stats[i][0] += x.T @ x
             stats[i][1] += x.T @ t
-    for i, s in enumerate(probe.sites):
+    for i in which:
+        s = probe.sites[i]
         xtx, xty = stats[i]
         rows = rows_of[i]
         k, n = len(rows), xtx.shape[0]
@@ -358,11 +401,11 @@ def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndar
 def measured(probe: Probe, ev: Evaluator, state: State, scores: list[np.ndarray], count: int,
              quota: list[int] | None) -> list[np.ndarray]:
     """Re-rank the ``count`` best-scored remaining groups by their measured effect: the
-    calibration loss (1 - mean cosine, on up to half the input sets) with each removed on top of
+    calibration loss (1 - mean cosine, on every other input set) with each removed on top of
     ``state``; every other group ranks after them."""
     cands = sorted((float(v), i, g) for i, sc in enumerate(scores) for g, v in enumerate(sc)
                    if g not in state.removed[i] and (quota is None or quota[i] > 0))[:count]
-    batches = list(range(max(1, (len(probe.inputs) + 1) // 2)))
+    batches = list(range(0, len(probe.inputs), 2))  # every other set: a mixed calibration set stays mixed
     out = [np.full(len(sc), np.inf) for sc in scores]
     for _, i, g in cands:
         trial = state.copy()
@@ -405,8 +448,8 @@ def prune_to_count(plan: Plan, probe: Probe, ev: Evaluator, targets, total: int,
         if plan.shortlist > 1 and plan.importance == "fisher":
             scores = measured(probe, ev, state, scores, plan.shortlist * want, quota)
         removed += remove_lowest(state, scores, want, quota)
-        if plan.refit:
-            refit(probe, state, targets, plan.ridge)
+        if plan.refit:  # the in-order residual re-fit once, at the end (selection needs only local ones)
+            refit(probe, state, targets if k == steps - 1 else None, plan.ridge)
         plan.log.append({"step": k + 1, "removed": removed})
     return state
 
