@@ -204,36 +204,21 @@ def minilm_setup(tmp_path_factory):
     return g, calib, hold, lee, lee(g)
 
 
-_PRUNED: dict = {}
-
-
-def _pruned(setup, ratio):
-    """MiniLM pruned at ``ratio`` with the pass's defaults (cached: one pass run per ratio)."""
-    if ratio not in _PRUNED:
-        g = setup[0].clone()
-        rep = run(f"prune-heads{{ratio={ratio}}}", g, setup[1])
-        verify(g)
-        _PRUNED[ratio] = g, rep
-    return _PRUNED[ratio]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("ratio,cosine", [(0.25, 0.98), (0.4, 0.96)])
-def test_minilm_targets(minilm_setup, ratio, cosine):
+@pytest.mark.parametrize("ratio,cosine,lee_drop", [(0.25, 0.98, None), (0.4, 0.96, 0.01)])
+def test_minilm_targets(minilm_setup, ratio, cosine, lee_drop):
+    """Issue #5's targets with the pass's defaults. The Lee target needs the long calibration
+    inputs: calibrated on sentences alone, the Lee Pearson at 40% dropped 0.015 (output re-fit
+    only) and 0.035 (with the FFN compensation)."""
     g0, calib, hold, lee, lee0 = minilm_setup
-    g, rep = _pruned(minilm_setup, ratio)
+    g = g0.clone()
+    rep = run(f"prune-heads{{ratio={ratio}}}", g, calib)
+    verify(g)
     assert rep["heads_after"] == 72 - round(ratio * 72)
     f = measure(g0, g, hold)
     assert f.mean_cosine >= cosine, f
-
-
-@pytest.mark.slow
-def test_minilm_lee_within_001_at_40_percent(minilm_setup):
-    """Needs the long calibration inputs: calibrated on sentences alone the Lee Pearson dropped
-    0.015 (output re-fit only) and 0.035 (with the FFN compensation)."""
-    _, _, _, lee, lee0 = minilm_setup
-    g, _ = _pruned(minilm_setup, 0.4)
-    assert abs(lee(g) - lee0) <= 0.01, (lee(g), lee0)
+    if lee_drop is not None:
+        assert abs(lee(g) - lee0) <= lee_drop, (lee(g), lee0)
 
 
 @pytest.mark.slow
