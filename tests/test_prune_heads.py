@@ -132,12 +132,13 @@ def test_residual_refit_and_ffn_compensation_restore_more(name):
     cos = {}
     for target, comp in [("local", False), ("residual", False), ("residual", True)]:
         g = pm.graph(name)
-        run(f"prune-heads{{ratio=0.5,refit_target={target},compensate={str(comp).lower()}}}", g, calib)
+        rep = run(f"prune-heads{{ratio=0.5,refit_target={target},compensate={str(comp).lower()}}}", g, calib)
         verify(g)
         cos[target, comp] = measure(ref, g, calib).mean_cosine
         downs = [b.down.matrix() for b in find_ffn_blocks(g).blocks]
         unchanged = [np.array_equal(d, r.down.matrix()) for d, r in zip(downs, find_ffn_blocks(ref).blocks)]
         assert len(downs) == 2 and all(unchanged) != comp
+        assert len(rep["compensated"]) == (2 if comp else 0) and rep["refit_target"] == target
     assert cos["residual", False] > cos["local", False]
     assert cos["residual", True] > cos["residual", False]
 

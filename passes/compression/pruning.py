@@ -164,6 +164,8 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
                           "flops_before": b["flops"], "flops_after": a["flops"]})
     report = {
         "importance": p.importance, "refit": p.refit, "removed": removed,
+        "refit_target": p.refit_target if p.refit else None,
+        "compensated": [s.refit.name for s, fit in zip(probe.sites[probe.pruned:], state.refits[probe.pruned:]) if fit is not None],
         f"{kind}_before": sum(s.units for s in sites), f"{kind}_after": sum(len(k) for k in kept),
         "blocks_removed": sum(1 for k in kept if not k),
         "params_before": before_sum.params, "params_after": after_sum.params,
