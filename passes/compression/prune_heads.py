@@ -8,8 +8,8 @@ output projections are re-fitted by ridge least squares on calibration activatio
 selection each reproduces its unpruned block on the current inputs; the final re-fit
 (``refit_target=residual``) goes through the layers in order and makes each output projection,
 and with ``compensate`` each FFN down projection, restore the unpruned model's block outputs,
-undoing the drift the layers before it leave (MiniLM, 40% of heads: held-out cosine
-0.961 -> 0.969). The rewrite slices Q/K/V columns and output-projection rows, fixes
+undoing the drift the layers before it leave (MiniLM, 40% of heads, calibrated on sentences and
+article leads: held-out cosine 0.962 -> 0.970). The rewrite slices Q/K/V columns and output-projection rows, fixes
 every head count and width in the reshapes and splits (see ``heads``), drops whole KV groups
 for GQA and replaces a block whose heads are all gone by its output-projection bias, keeping
 the residual path. The pass works on a clone and commits only when the rewritten graph
