@@ -90,18 +90,6 @@ def methods_table(graph, calib, holdout, levels, quantum=1, log=print) -> tuple[
     return rows, whitened
 
 
-def _cpu_clock(name: str, fn, repeat: int) -> bm.Timing:
-    """Process CPU time per run (ms): with one thread, what a run costs regardless of how busy a
-    shared machine is (wall time there includes the time other processes held the cores)."""
-    fn()
-    runs = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        runs.append((time.process_time() - t) * 1e3)
-    return bm.Timing(name, runs)
-
-
 def latency(graph, model: LowRankModel, plans: dict[str, dict[str, int]], repeat: int, cpu_clock: bool = False) -> dict:
     """Compile the fused model (default pipeline) unfactored and with each plan's factors (the
     same factors the table measured), check the kernels all got optc's schedules, time all of
@@ -135,8 +123,8 @@ def latency(graph, model: LowRankModel, plans: dict[str, dict[str, int]], repeat
     timings = {name: [] for name in loaded}
     for _ in range(3):  # interleaved rounds: load changes on a shared machine hit every model alike
         for name, m in loaded.items():
-            clock = _cpu_clock if cpu_clock else bm.measure
-            timings[name] += clock(name, (lambda m=m: m.run(feed)), max(repeat // 3, 1)).runs_ms
+            clock = time.process_time if cpu_clock else time.perf_counter
+            timings[name] += bm.measure(name, (lambda m=m: m.run(feed)), max(repeat // 3, 1), clock=clock).runs_ms
     for name, runs in timings.items():
         info[name].update(bm.Timing(name, runs).to_json())
         info[name]["speedup"] = round(statistics.median(timings["uncompressed"]) / statistics.median(runs), 3)
