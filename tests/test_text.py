@@ -270,8 +270,9 @@ def _dtype_values(dt: DType) -> np.ndarray:
         vals = [0.0, -0.0, 1.0, -1.5, 0.1, 1 / 3, float(info.max), float(info.tiny), float(info.smallest_subnormal),
                 -float(info.max), np.inf, -np.inf, np.nan, 65504.0 if dt is not DType.FLOAT16 else 1e-3]
         return np.array(vals, dtype=np.float64).astype(dt.numpy)
-    info = np.iinfo(dt.numpy)
-    return np.array([info.min, info.max, 0, 1, info.max - 1], dtype=dt.numpy)
+    info = ml_dtypes.iinfo(dt.numpy)  # (ml_dtypes' also knows int4/uint4/int2/uint2)
+    return np.array([int(info.min), int(info.max), 0, 1, int(info.max) - 1], dtype=np.int64 if dt.is_packed
+                    else dt.numpy).astype(dt.numpy)
 
 
 @pytest.mark.parametrize("dt", list(DType), ids=lambda d: d.value)
@@ -287,7 +288,7 @@ def test_every_dtype_inline_and_large(dt):
     elif dt.is_float:
         big = rng.standard_normal((9, 9)).astype(dt.numpy)
     else:
-        big = rng.integers(0, 100, (9, 9)).astype(dt.numpy)
+        big = rng.integers(0, min(100, int(ml_dtypes.iinfo(dt.numpy).max) + 1), (9, 9)).astype(dt.numpy)
     big = g.add_constant(big, "big")
     y = g.op("Identity", x)
     g.set_outputs([y, small, scalar, empty, big])

@@ -20,7 +20,10 @@ _DTYPES = {
     torch.uint8: DType.UINT8,
     torch.bool: DType.BOOL,
 }
-for _name, _dt in (("uint16", DType.UINT16), ("uint32", DType.UINT32), ("uint64", DType.UINT64)):
+for _name, _dt in (("uint16", DType.UINT16), ("uint32", DType.UINT32), ("uint64", DType.UINT64),
+                   ("float8_e4m3fn", DType.FLOAT8E4M3FN), ("float8_e4m3fnuz", DType.FLOAT8E4M3FNUZ),
+                   ("float8_e5m2", DType.FLOAT8E5M2), ("float8_e5m2fnuz", DType.FLOAT8E5M2FNUZ),
+                   ("float8_e8m0fnu", DType.FLOAT8E8M0)):
     if hasattr(torch, _name):
         _DTYPES[getattr(torch, _name)] = _dt
 
@@ -40,5 +43,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
         import ml_dtypes
 
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-    torch_dtype(t.dtype)
+    dt = torch_dtype(t.dtype)
+    if dt.is_low_precision:  # torch cannot hand fp8 to numpy: go through the bit pattern
+        return t.view(torch.uint8).numpy().view(dt.numpy).copy()
     return t.numpy().copy()

@@ -74,13 +74,30 @@ def _clip(ctx):
     return [ctx.type(0)]
 
 
-@op("Cast", ["input"], attrs={"to": A(DTYPE)}, sym=lambda ctx: [ctx.sym(0)])
+_CAST_ATTRS = {
+    "saturate": A(INT, 1, "float8 targets: clamp out-of-range values to the largest finite value (else inf/NaN)"),
+    "round_mode": A(STRING, "up", "f8e8m0 targets: 'up', 'down' or 'nearest'"),
+}
+
+
+def _check_cast_attrs(ctx: InferContext) -> None:
+    if ctx.attr("round_mode") not in ("up", "down", "nearest"):
+        raise ctx.fail(f"round_mode must be 'up', 'down' or 'nearest', got {ctx.attr('round_mode')!r}")
+
+
+def _cast_sym(ctx):
+    return [None if ctx.attr("to").is_low_precision else ctx.sym(0)]
+
+
+@op("Cast", ["input"], attrs={"to": A(DTYPE), **_CAST_ATTRS}, sym=_cast_sym)
 def _cast(ctx):
+    _check_cast_attrs(ctx)
     return [ctx.type(0).with_dtype(ctx.attr("to"))]
 
 
-@op("CastLike", ["input", "target_type"])
+@op("CastLike", ["input", "target_type"], attrs=dict(_CAST_ATTRS))
 def _castlike(ctx):
+    _check_cast_attrs(ctx)
     return [ctx.type(0).with_dtype(ctx.dtype(1))]
 
 
