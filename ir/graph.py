@@ -136,6 +136,10 @@ class Graph:
         self.nodes: list[Node] = []
         self.constants: dict[str, Value] = {}
         self.metadata: dict[str, str] = {}
+        # A subgraph (an If branch, a Loop/Scan body) reads values of the enclosing graph only
+        # through its last ``num_captures`` inputs, which the owning node binds to its trailing
+        # inputs (ir/subgraph.py): no value crosses a graph boundary, so SSA holds per graph.
+        self.num_captures = 0
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._counter = itertools.count()
@@ -168,9 +172,28 @@ class Graph:
 
     # -- construction ---------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
+        """A formal input (placed before any captures)."""
         v = Value(self, self._claim(name, "input"), type)
-        self.inputs.append(v)
+        self.inputs.insert(len(self.inputs) - self.num_captures, v)
         return v
+
+    def add_capture(self, name: str | None, type: TensorType) -> Value:
+        """An input bound to a value of the enclosing graph by the node that owns this subgraph
+        (appended after the formal inputs and the captures so far)."""
+        v = Value(self, self._claim(name, "capture"), type)
+        self.inputs.append(v)
+        self.num_captures += 1
+        return v
+
+    @property
+    def params(self) -> list[Value]:
+        """The formal inputs: every input but the captures."""
+        return self.inputs[:len(self.inputs) - self.num_captures]
+
+    @property
+    def captures(self) -> list[Value]:
+        """The trailing inputs that stand for values of the enclosing graph."""
+        return self.inputs[len(self.inputs) - self.num_captures:]
 
     def add_constant(self, array: np.ndarray | Any, name: str | None = None) -> Value:
         array = np.asarray(array)
@@ -376,10 +399,13 @@ class Graph:
         vmap: dict[int, Value] = {}
         for v in self.inputs:
             vmap[id(v)] = g.add_input(v.name, v.type)
+        g.num_captures = self.num_captures
         for v in self.constants.values():
             vmap[id(v)] = g.add_constant(v.const, v.name)
         for n in self.nodes:
-            m = Node(g, n.op, g._node_name(n.name, n.op), dict(n.attrs))
+            # Subgraphs are owned by their node: a clone gets its own copies.
+            attrs = {k: (a.clone() if isinstance(a, Graph) else a) for k, a in n.attrs.items()}
+            m = Node(g, n.op, g._node_name(n.name, n.op), attrs)
             for i, v in enumerate(n._inputs):
                 m._inputs.append(None)
                 m.set_input(i, None if v is None else vmap[id(v)])

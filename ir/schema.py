@@ -31,6 +31,7 @@ class AttrKind(enum.Enum):
     STRINGS = "strs"
     TENSOR = "tensor"
     DTYPE = "dtype"
+    GRAPH = "graph"  # a subgraph (If branches, Loop/Scan bodies): an IR ``Graph``, see ir/subgraph.py
 
 
 REQUIRED = object()
@@ -81,6 +82,11 @@ def coerce_attr(kind: AttrKind, value: Any) -> Any:
             return value
         if isinstance(value, str):
             return DType.parse(value)
+    elif kind is AttrKind.GRAPH:
+        from .graph import Graph
+
+        if isinstance(value, Graph):
+            return value
     raise TypeError(f"expected {kind.value}, got {type(value).__name__} {value!r}")
 
 

@@ -16,8 +16,9 @@ Example::
 
 Grammar (whitespace and ``#`` comments are free between tokens)::
 
-    text      := meta* 'graph' NAME '(' [param (',' param)*] ')' '{' stmt* 'return' [ref (',' ref)*] '}'
-                 ['resources' '{' ('@' NAME '=' STRING)* '}']
+    text      := meta* 'graph' graph ['resources' '{' ('@' NAME '=' STRING)* '}']
+    graph     := NAME '(' [param (',' param)*] ')' ['captures' '(' [param (',' param)*] ')']
+                 '{' stmt* 'return' [ref (',' ref)*] '}'
     meta      := '# meta' STRING '=' STRING                      (one per line, before 'graph')
     param     := '%' NAME ':' type
     stmt      := 'const' '%' NAME ':' type '=' (literal | '@' NAME | 'base64' STRING)
@@ -29,7 +30,17 @@ Grammar (whitespace and ``#`` comments are free between tokens)::
     literal   := elem | '[' [elem (',' elem)*] ']'              (flat, row-major; elem: int, float,
                                                                  inf, -inf, nan, -nan, true, false)
     attr      := IDENT '=' (INT | FLOAT | STRING | DTYPE | '[' [value (',' value)*] ']'
-                            | 'tensor' '(' type ',' (literal | 'base64' STRING) ')')
+                            | 'tensor' '(' type ',' (literal | 'base64' STRING) ')' | 'graph' graph)
+
+A subgraph attribute (If branches, Loop/Scan bodies) prints as a nested ``graph``; its
+``captures`` are the inputs bound to the node's trailing inputs (``ir/subgraph.py``). Its large
+constants share the ``resources`` section (keyed ``node.attr/name`` when the name is taken)::
+
+    %y: f32[2], %z: f32[3, 2] = Scan(%init, %x, %w) {body=graph body(%s: f32[2], %x_t: f32[2]) captures(%w: f32[2]) {
+      %s2: f32[2] = Add(%s, %x_t) @add
+      %z_t: f32[2] = Mul(%s2, %w) @mul
+      return %s2, %z_t
+    }, num_scan_inputs=1} @scan
 
 Output types and node names may be left out of hand-written text (inferred / generated); the
 printer always writes them, and parsed output types are exactly the printed ones.
@@ -58,7 +69,8 @@ import numpy as np
 from .errors import IRError
 from .graph import Graph, Node, Value
 from .schema import REQUIRED, AttrKind, get_schema
-from .types import DType, TensorType
+from .subgraph import subgraphs, walk
+from .types import DType, TensorType, from_packed_bytes, to_packed_bytes
 
 __all__ = ["print_graph", "parse_graph", "elided_weights", "is_inline_constant"]
 
@@ -76,13 +88,42 @@ def is_inline_constant(array: np.ndarray) -> bool:
     """Whether a constant prints as a literal (small) rather than by reference."""
     if array.size <= INLINE_MAX:
         return True
-    return array.dtype.kind in "biu" and array.size <= INLINE_MAX_INT
+    try:
+        dtype = DType.from_numpy(array.dtype)
+    except TypeError:
+        return False
+    return not dtype.is_float and array.size <= INLINE_MAX_INT
 
 
 def elided_weights(graph: Graph) -> dict[str, np.ndarray]:
     """The constants that ``print_graph(graph)`` prints as ``@name``, keyed as ``parse_graph``
-    expects them in its ``weights`` argument."""
-    return {name: v.const for name, v in graph.constants.items() if not is_inline_constant(v.const)}
+    expects them in its ``weights`` argument (subgraph constants included)."""
+    keys = _resource_keys(graph)
+    return {keys[id(v)]: v.const for g in walk(graph) for v in g.constants.values() if id(v) in keys}
+
+
+def _resource_keys(graph: Graph) -> dict[int, str]:
+    """The ``@key`` of every large constant of ``graph`` and its subgraphs: the value name for the
+    top graph; in a subgraph the name too unless taken, else ``node.attr/name`` (made unique)."""
+    keys: dict[int, str] = {}
+    used: set[str] = set()
+
+    def visit(g: Graph, prefix: str) -> None:
+        for v in g.constants.values():
+            if is_inline_constant(v.const):
+                continue
+            key = v.name if v.name not in used else f"{prefix}{v.name}"
+            k, n = key, 1
+            while k in used:
+                k, n = f"{key}#{n}", n + 1
+            used.add(k)
+            keys[id(v)] = k
+        for node in g.nodes:
+            for attr, body in subgraphs(node):
+                visit(body, f"{prefix}{node.name}.{attr}/")
+
+    visit(graph, "")
+    return keys
 
 
 def _name(name: str) -> str:
@@ -137,19 +178,12 @@ def _elements(array: np.ndarray, dtype: DType) -> list[str]:
 
 
 def _le_bytes(array: np.ndarray) -> bytes:
-    array = np.ascontiguousarray(array)
-    if sys.byteorder == "little" or array.dtype.itemsize == 1:
-        return array.tobytes()
-    return array.view(f"u{array.dtype.itemsize}").astype(f"<u{array.dtype.itemsize}").tobytes()
+    """Little-endian bytes; sub-byte types packed as in ONNX ``raw_data`` (ir/types.py)."""
+    return to_packed_bytes(array)
 
 
 def _from_le_bytes(data: bytes, dtype: DType, shape) -> np.ndarray:
-    npdt = dtype.numpy
-    if sys.byteorder == "little" or npdt.itemsize == 1:
-        arr = np.frombuffer(data, dtype=npdt)
-    else:
-        arr = np.frombuffer(data, dtype=f"<u{npdt.itemsize}").astype(f"u{npdt.itemsize}").view(npdt)
-    return arr.reshape(shape).copy()
+    return from_packed_bytes(data, dtype, shape)
 
 
 def _literal(array: np.ndarray) -> str:
@@ -177,7 +211,12 @@ def _attr_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _attr_value(value: Any, kind: AttrKind | None) -> str:
+def _attr_value(value: Any, kind: AttrKind | None, printer: "_Printer | None" = None, indent: str = "  ") -> str:
+    if isinstance(value, Graph):
+        if printer is None:
+            raise IRError("cannot print a subgraph attribute outside print_graph")
+        lines = printer.graph_lines(value, indent)
+        return "\n".join([lines[0].lstrip()] + lines[1:])
     if isinstance(value, DType):
         return value.value
     if isinstance(value, np.ndarray):
@@ -198,7 +237,7 @@ def _attr_value(value: Any, kind: AttrKind | None) -> str:
     raise IRError(f"cannot print attribute value {value!r}")
 
 
-def _attrs(node: Node) -> str:
+def _attrs(node: Node, printer: "_Printer | None" = None, indent: str = "  ") -> str:
     schema = get_schema(node.op)
     specs = schema.attrs if schema is not None else {}
     keys = [k for k in specs if k in node.attrs] + [k for k in node.attrs if k not in specs]
@@ -210,7 +249,7 @@ def _attrs(node: Node) -> str:
             continue
         if spec is not None and spec.default is not REQUIRED and _attr_equal(value, spec.default):
             continue
-        parts.append(f"{key}={_attr_value(value, spec.kind if spec else None)}")
+        parts.append(f"{key}={_attr_value(value, spec.kind if spec else None, printer, indent)}")
     return " {" + ", ".join(parts) + "}" if parts else ""
 
 
@@ -222,36 +261,54 @@ def print_graph(graph: Graph, weights: str = "elide") -> str:
     lines = []
     for k, v in graph.metadata.items():
         lines.append(f"# meta {json.dumps(str(k))} = {json.dumps(str(v))}")
-    params = ", ".join(f"%{_name(v.name)}: {_type(v.type)}" for v in graph.inputs)
-    lines.append(f"graph {_name(graph.name)}({params}) {{")
-    resources = []
-    for v in graph.constants.values():
-        c = v.const
-        if is_inline_constant(c):
-            lines.append(f"  const %{_name(v.name)}: {_type(v.type)} = {_literal(c)}")
-        else:
-            lines.append(f"  const %{_name(v.name)}: {_type(v.type)} = @{_name(v.name)}")
-            resources.append(v)
-    for node in graph.nodes:
-        if node.outputs:
-            outs = ", ".join(f"%{_name(o.name)}: {_type(o.type)}" for o in node.outputs)
-        else:
-            outs = "()"
-        ins = list(node._inputs)
-        while ins and ins[-1] is None:
-            ins.pop()
-        args = ", ".join("none" if v is None else f"%{_name(v.name)}" for v in ins)
-        lines.append(f"  {outs} = {node.op}({args}){_attrs(node)} @{_name(node.name)}")
-    ret = ", ".join(f"%{_name(v.name)}" for v in graph.outputs)
-    lines.append(f"  return {ret}" if ret else "  return")
-    lines.append("}")
-    if weights == "inline" and resources:
+    printer = _Printer(_resource_keys(graph))
+    lines.extend(printer.graph_lines(graph, ""))
+    if weights == "inline" and printer.resources:
         lines.append("resources {")
-        for v in resources:
+        for key, v in printer.resources:
             data = base64.b64encode(_le_bytes(v.const)).decode()
-            lines.append(f'  @{_name(v.name)} = "{data}"')
+            lines.append(f'  @{_name(key)} = "{data}"')
         lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+class _Printer:
+    """Prints a graph and, nested in node attributes, its subgraphs (``graph name(...)
+    captures(...) { ... }``, indented one level deeper than the node)."""
+
+    def __init__(self, keys: dict[int, str]):
+        self.keys = keys
+        self.resources: list[tuple[str, Value]] = []
+
+    def graph_lines(self, graph: Graph, indent: str) -> list[str]:
+        params = ", ".join(f"%{_name(v.name)}: {_type(v.type)}" for v in graph.params)
+        head = f"{indent}graph {_name(graph.name)}({params})"
+        if graph.num_captures:
+            head += " captures(" + ", ".join(f"%{_name(v.name)}: {_type(v.type)}" for v in graph.captures) + ")"
+        lines = [head + " {"]
+        inner = indent + "  "
+        for v in graph.constants.values():
+            c = v.const
+            if is_inline_constant(c):
+                lines.append(f"{inner}const %{_name(v.name)}: {_type(v.type)} = {_literal(c)}")
+            else:
+                key = self.keys[id(v)]
+                lines.append(f"{inner}const %{_name(v.name)}: {_type(v.type)} = @{_name(key)}")
+                self.resources.append((key, v))
+        for node in graph.nodes:
+            if node.outputs:
+                outs = ", ".join(f"%{_name(o.name)}: {_type(o.type)}" for o in node.outputs)
+            else:
+                outs = "()"
+            ins = list(node._inputs)
+            while ins and ins[-1] is None:
+                ins.pop()
+            args = ", ".join("none" if v is None else f"%{_name(v.name)}" for v in ins)
+            lines.append(f"{inner}{outs} = {node.op}({args}){_attrs(node, self, inner)} @{_name(node.name)}")
+        ret = ", ".join(f"%{_name(v.name)}" for v in graph.outputs)
+        lines.append(f"{inner}return {ret}" if ret else f"{inner}return")
+        lines.append(f"{indent}}}")
+        return lines
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -284,7 +341,20 @@ def _build_array(values: list, dtype: DType, shape) -> np.ndarray:
     npdt = dtype.numpy
     if dtype.is_float:
         with np.errstate(all="ignore"):  # inf and NaN elements cast exactly
-            arr = np.array([float(v) for v in values], dtype=np.float64).astype(npdt)
+            wide = np.array([float(v) for v in values], dtype=np.float64)
+            arr = wide.astype(npdt)
+            if dtype.is_low_precision:  # ml_dtypes turns an out-of-range literal into NaN/inf
+                bad = np.isfinite(wide) & ~np.isfinite(arr.astype(np.float64))
+                if bad.any():
+                    raise ValueError(f"{float(wide[bad][0])!r} is out of range for {dtype.value}")
+    elif dtype.is_packed:  # ml_dtypes wraps sub-byte integers silently
+        import ml_dtypes
+
+        info = ml_dtypes.iinfo(npdt)
+        for v in values:
+            if not int(info.min) <= v <= int(info.max):
+                raise OverflowError(f"Python integer {v} out of bounds for {dtype.value}")
+        arr = np.array(values, dtype=np.int64).astype(npdt)
     else:
         arr = np.array(values, dtype=npdt)
     return arr.reshape(shape)
@@ -387,7 +457,8 @@ class _Parser:
         try:
             return DType.parse(word)
         except ValueError:
-            raise self.error("an element type (f32, f16, bf16, f64, i8..i64, u8..u64, bool)", start) from None
+            raise self.error("an element type (f32, f16, bf16, f64, i8..i64, u8..u64, bool, f8e4m3fn, f8e4m3fnuz, "
+                             "f8e5m2, f8e5m2fnuz, f8e8m0, f4e2m1, i4, u4, i2, u2)", start) from None
 
     def dim(self):
         if self.accept("?"):
@@ -471,7 +542,7 @@ class _Parser:
             raise self.fail(start, "invalid base64 data") from None
 
     def _from_bytes(self, data: bytes, t: TensorType, start: int) -> np.ndarray:
-        want = t.numel * t.dtype.itemsize
+        want = t.dtype.nbytes(t.numel)
         if len(data) != want:
             raise self.fail(start, f"{_type(t)} needs {want} bytes, got {len(data)}")
         return _from_le_bytes(data, t.dtype, t.shape)
@@ -505,6 +576,8 @@ class _Parser:
                         break
                     self.expect(",", "',' or ']' in the list")
             return items
+        if self.keyword("graph"):
+            return self.graph_syntax()
         if self.keyword("tensor"):
             self.expect("(", "'(' after 'tensor'")
             t = self.type()
@@ -521,7 +594,7 @@ class _Parser:
                 return DType.parse(word)
             except ValueError:
                 pass
-        raise self.error("an attribute value (number, string, list, element type or tensor(...))", start)
+        raise self.error("an attribute value (number, string, list, element type, tensor(...) or graph)", start)
 
     def value_ref(self, values: dict[str, Value]) -> Value:
         name, start = self.sigil_name("%", "a value name")
@@ -567,32 +640,80 @@ class _Parser:
         meta = self.metadata()
         if not self.keyword("graph"):
             raise self.error("'graph'")
+        # Statements are collected first: large constants (of the graph and of its subgraphs) may
+        # get their bytes from the resources section at the end of the text, and the graphs are
+        # built once they are all known.
+        self.pending: dict[str, tuple[TensorType, int]] = {}  # resource key -> (type, offset)
+        syntax = self.graph_syntax()
+
+        resources: dict[str, bytes] = {}
+        res_pos: dict[str, int] = {}
+        if self.keyword("resources"):
+            self.expect("{", "'{' after 'resources'")
+            while not self.accept("}"):
+                key, s = self.sigil_name("@", "a resource name", "'@name = \"...\"' or '}'")
+                self.expect("=", "'=' and the resource's base64 data")
+                if key in resources:
+                    raise self.fail(s, f"resource @{_name(key)} is given twice")
+                resources[key], res_pos[key] = self.b64_string()
+        self.ws()
+        if self.pos < len(self.text):
+            raise self.error("end of input")
+
+        # -- build ------------------------------------------------------------------------------
+        arrays: dict[str, np.ndarray] = {}
+        for key, (t, vstart) in self.pending.items():
+            if key in resources:
+                arrays[key] = self._from_bytes(resources[key], t, res_pos[key])
+                continue
+            if weights is None or key not in weights:
+                hint = "no weights were given" if weights is None else "it is not in the weights dict"
+                raise self.fail(vstart, f"no data for constant @{_name(key)}: {hint} and the text has "
+                                        "no resources entry for it (print with weights='inline' for "
+                                        "self-contained text)")
+            arr = np.asarray(weights[key])
+            try:
+                got = TensorType.of(arr)
+            except TypeError as e:
+                raise self.fail(vstart, f"weight @{_name(key)}: {e}") from None
+            if got != t:
+                raise self.fail(vstart, f"weight @{_name(key)} is {_type(got)}, the text declares {_type(t)}")
+            arrays[key] = arr
+        self.arrays = arrays
+        g = self.build_graph(syntax)
+        g.metadata = meta
+        return g
+
+    def graph_syntax(self) -> "_GraphSyntax":
+        """What follows the keyword ``graph``: name, inputs, captures and the statements."""
         self.ws()
         gname = self.raw_name("the graph name")
-        g = Graph(gname)
-        g.metadata = meta
-        values: dict[str, Value] = {}
+        names: set[str] = set()
 
-        def define(name: str, start: int) -> None:
-            if name in values:
-                raise self.fail(start, f"value %{_name(name)} is already defined")
+        def params(what: str) -> list[tuple[str, TensorType, int]]:
+            out = []
+            if not self.accept(")"):
+                while True:
+                    name, start = self.sigil_name("%", f"an {what} name")
+                    if name in names:
+                        raise self.fail(start, f"value %{_name(name)} is already defined")
+                    names.add(name)
+                    self.expect(":", f"':' and the {what}'s type")
+                    out.append((name, self.type(), start))
+                    if self.accept(")"):
+                        break
+                    self.expect(",", f"',' or ')' after a graph {what}")
+            return out
 
         self.expect("(", "'(' after the graph name")
-        if not self.accept(")"):
-            while True:
-                name, start = self.sigil_name("%", "an input name")
-                define(name, start)
-                self.expect(":", "':' and the input's type")
-                values[name] = g.add_input(name, self.type())
-                if self.accept(")"):
-                    break
-                self.expect(",", "',' or ')' after a graph input")
+        inputs = params("input")
+        captures = []
+        if self.keyword("captures"):
+            self.expect("(", "'(' after 'captures'")
+            captures = params("capture")
         self.expect("{", "'{' to open the graph body")
 
-        # Statements are collected first: large constants may get their bytes from the resources
-        # section at the end of the text, and the graph is built once they are all known.
         stmts: list[tuple] = []
-        pending: dict[str, tuple[TensorType, int]] = {}  # resource key -> (type, offset)
         while True:
             self.ws()
             start = self.pos
@@ -618,7 +739,7 @@ class _Parser:
                     key, _ = self.sigil_name("@", "a weight name")
                     if t.shape is None or not t.is_static:
                         raise self.fail(vstart, f"a constant needs a static shape, got {_type(t)}")
-                    pending.setdefault(key, (t, vstart))
+                    self.pending.setdefault(key, (t, vstart))
                     stmts.append(("const", s, name, t, None, key, vstart))
                 else:
                     stmts.append(("const", s, name, t, self.tensor_value(t), None, vstart))
@@ -627,48 +748,29 @@ class _Parser:
                 stmts.append(self.node_stmt())
                 continue
             raise self.error("a statement ('const', '%name = Op(...)' or 'return')")
+        return _GraphSyntax(gname, inputs, captures, stmts)
 
-        resources: dict[str, bytes] = {}
-        res_pos: dict[str, int] = {}
-        if self.keyword("resources"):
-            self.expect("{", "'{' after 'resources'")
-            while not self.accept("}"):
-                key, s = self.sigil_name("@", "a resource name", "'@name = \"...\"' or '}'")
-                self.expect("=", "'=' and the resource's base64 data")
-                if key in resources:
-                    raise self.fail(s, f"resource @{_name(key)} is given twice")
-                resources[key], res_pos[key] = self.b64_string()
-        self.ws()
-        if self.pos < len(self.text):
-            raise self.error("end of input")
+    def build_graph(self, syntax: "_GraphSyntax") -> Graph:
+        g = Graph(syntax.name)
+        values: dict[str, Value] = {}
 
-        # -- build ------------------------------------------------------------------------------
-        arrays: dict[str, np.ndarray] = {}
-        for key, (t, vstart) in pending.items():
-            if key in resources:
-                arrays[key] = self._from_bytes(resources[key], t, res_pos[key])
-                continue
-            if weights is None or key not in weights:
-                hint = "no weights were given" if weights is None else "it is not in the weights dict"
-                raise self.fail(vstart, f"no data for constant @{_name(key)}: {hint} and the text has "
-                                        "no resources entry for it (print with weights='inline' for "
-                                        "self-contained text)")
-            arr = np.asarray(weights[key])
-            try:
-                got = TensorType.of(arr)
-            except TypeError as e:
-                raise self.fail(vstart, f"weight @{_name(key)}: {e}") from None
-            if got != t:
-                raise self.fail(vstart, f"weight @{_name(key)} is {_type(got)}, the text declares {_type(t)}")
-            arrays[key] = arr
+        def define(name: str, start: int) -> None:
+            if name in values:
+                raise self.fail(start, f"value %{_name(name)} is already defined")
 
-        for st in stmts:
+        for name, t, start in syntax.inputs:
+            define(name, start)
+            values[name] = g.add_input(name, t)
+        for name, t, start in syntax.captures:
+            define(name, start)
+            values[name] = g.add_capture(name, t)
+        for st in syntax.stmts:
             kind = st[0]
             if kind == "const":
                 _, s, name, t, arr, key, vstart = st
                 define(name, s)
                 if arr is None:
-                    arr = arrays[key]
+                    arr = self.arrays[key]
                 if TensorType.of(arr) != t:
                     raise self.fail(vstart, f"constant value is {_type(TensorType.of(arr))}, declared {_type(t)}")
                 values[name] = g.add_constant(arr, name)
@@ -761,6 +863,10 @@ class _Parser:
                 known = ", ".join(schema.attrs) or "none"
                 raise self.fail(a_start, f"{op} has no attribute {key!r} (its attributes: {known})")
             where = f"attribute {key!r} of {op}"
+            if isinstance(value, _GraphSyntax):
+                if spec.kind is not AttrKind.GRAPH:
+                    raise self.fail(v_start, f"{where}: expected {spec.kind.value}, got a graph")
+                value = self.build_graph(value)
             typed[key] = _check_attr(spec.kind, value, lambda msg, at=v_start, w=where: self.fail(at, f"{w}: {msg}"))
         for name, _, s in outs:
             define(name, s)
@@ -775,6 +881,16 @@ class _Parser:
             if t is not None:
                 out.type = t  # exactly as printed (inference may know more; both are compatible)
             values[name] = out
+
+
+class _GraphSyntax:
+    """A parsed, not yet built graph (built once the resources section is known)."""
+
+    def __init__(self, name: str, inputs: list, captures: list, stmts: list):
+        self.name = name
+        self.inputs = inputs
+        self.captures = captures
+        self.stmts = stmts
 
 
 def _check_attr(kind: AttrKind, value: Any, fail) -> Any:
@@ -793,6 +909,7 @@ def _check_attr(kind: AttrKind, value: Any, fail) -> Any:
         AttrKind.STRINGS: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
         AttrKind.DTYPE: lambda v: isinstance(v, DType),
         AttrKind.TENSOR: lambda v: isinstance(v, np.ndarray),
+        AttrKind.GRAPH: lambda v: isinstance(v, Graph),
     }[kind]
     if not ok(value):
         raise fail(f"expected {kind.value}, got {value!r}")

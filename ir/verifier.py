@@ -4,7 +4,9 @@
 Checked: ops are registered; input/output counts and attributes fit the schema; SSA (each value
 defined once, by this graph, before its uses in node order); use lists match node inputs exactly;
 graph outputs are defined; value and node names are unique; constants' types match their arrays;
-re-running type inference gives types compatible with the stored ones; no cycles.
+re-running type inference gives types compatible with the stored ones; no cycles; subgraphs
+(If/Loop/Scan bodies) are valid graphs themselves, held by one node each, and their captures
+match the node's trailing inputs (checked by the op's type inference).
 
 Inference is called directly (``schema.infer`` on an ``InferContext``), never through
 ``Graph.add_node``, so verifying a ~1000-node transformer takes a few milliseconds.
@@ -16,7 +18,7 @@ from collections import Counter
 
 from .errors import IRError
 from .graph import Graph, Node, Value
-from .schema import InferContext, get_schema
+from .schema import AttrKind, InferContext, get_schema
 from .types import TensorType, types_compatible
 
 __all__ = ["verify", "problems"]
@@ -91,6 +93,7 @@ def problems(graph: Graph) -> list[str]:
         for o in node.outputs:
             later_defs.setdefault(id(o), node)
     order_broken = False
+    owners: dict[int, str] = {}  # id(subgraph) -> the node attribute holding it
 
     for node in graph.nodes:
         where = _where(node)
@@ -149,6 +152,16 @@ def problems(graph: Graph) -> list[str]:
         except IRError as e:
             add(str(e))
             continue
+        for key, spec in schema.attrs.items():
+            body = attrs.get(key)
+            if spec.kind is AttrKind.GRAPH and isinstance(body, Graph):
+                # Subgraphs are closed graphs (ir/subgraph.py): verify them as graphs of their own.
+                if id(body) in owners:
+                    add(f"{where}: subgraph {key} is also held by {owners[id(body)]}")
+                    continue
+                owners[id(body)] = f"{where} {key}"
+                for p in problems(body):
+                    add(f"{where} {key}: {p}")
         if not inputs_ok:
             continue
         try:

@@ -14,6 +14,7 @@ from .pipeline import CLEANUP_PIPELINE, DEFAULT_PIPELINE, default_pipeline_text,
 
 # Register the built-in passes.
 from . import cse, dce, fold_constants, fold_shapes, simplify  # noqa: E402,F401
+from . import unroll  # noqa: E402,F401  (unroll-control-flow)
 from . import fusion_passes  # noqa: E402,F401  (fuse-* passes, once passes/fusion has them)
 from . import compression  # noqa: E402,F401  (lossy passes)
 

@@ -26,6 +26,12 @@ _IMPURE = {"Dropout", "RandomNormal", "RandomUniform", "RandomNormalLike", "Rand
 
 
 def _attr_key(v: Any) -> Any:
+    if isinstance(v, Graph):
+        # A subgraph (If/Loop/Scan body) is compared by its full text: equal bodies merge,
+        # different ones never do.
+        from ..ir.text import print_graph
+
+        return ("graph", hashlib.sha1(print_graph(v, weights="inline").encode()).hexdigest())
     if isinstance(v, np.ndarray):
         return ("nd", v.dtype.str, v.shape, hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest())
     if isinstance(v, (list, tuple)):
