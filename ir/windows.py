@@ -58,3 +58,26 @@ def transpose_pads(attrs: Mapping[str, Any], sizes: Sequence[int], kernel: Seque
         lo = [t // 2 for t in total] if auto == "SAME_UPPER" else [t - t // 2 for t in total]
         return lo, [t - l for t, l in zip(total, lo)]
     return pads(attrs, sizes, kernel, strides, dilations)
+
+
+def pool_extents(attrs: Mapping[str, Any], sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                 dilations: Sequence[int], lo: Sequence[int], hi: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(output extent, extra end padding) per spatial axis of a pooling window. With
+    ``ceil_mode`` the last window may overhang the padded input; ``extra`` pads the end so it lies
+    inside the tensor (those cells count as outside the input). A last window that would start
+    past the input and its begin padding is dropped, as ONNX and PyTorch do."""
+    outs, extra = [], []
+    for i, (d, k, s, dl) in enumerate(zip(sizes, kernel, strides, dilations)):
+        eff = dl * (k - 1) + 1
+        span = d + lo[i] + hi[i] - eff
+        if attrs.get("ceil_mode", 0):
+            o = -(-span // s) + 1
+            if (o - 1) * s >= d + lo[i]:  # the last window must start inside the input
+                o -= 1
+        else:
+            o = span // s + 1
+        if o <= 0:
+            raise ValueError(f"the pooling window does not fit axis {i} of extent {d}")
+        outs.append(o)
+        extra.append(max(0, (o - 1) * s + eff - (d + lo[i] + hi[i])))
+    return outs, extra

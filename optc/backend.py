@@ -66,6 +66,8 @@ _OPERAND_SLOTS = {
     "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Pad": {1, 2, 3}, "Slice": {1, 2, 3, 4}, "Squeeze": {1},
     "Unsqueeze": {1}, "CumSum": {1}, "TopK": {1}, "Split": {1}, "OneHot": {1}, "Range": {0, 1, 2},
     "Trilu": {1}, "ConstantOfShape": {0},
+    "Loop": {0, 1},  # the trip count and initial condition: a Loop unrolls when they are known
+    "Resize": {1, 2, 3}, "AffineGrid": {1}, "Col2Im": {1, 2}, "CenterCropPad": {1}, "CumProd": {1},
     **{op: {1} for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
                           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import windows
-from . import lowering
+from . import lowering, windowed
 
 _STASH = {1: "float32", 10: "float16", 11: "float64"}
 
@@ -85,21 +85,18 @@ def _conv_transpose(ctx, node, x, w, b=None):
     if wshape is None:
         raise ctx.fail("ConvTranspose weight with a symbolic shape")
     shp, n, kernel, strides, dil = _spatial(ctx, node, x, wshape[2:])
-    if n == 3:
-        raise ctx.fail("3-D ConvTranspose")
     opad = list(node.attrs["output_padding"] or [0] * n)
     try:
         lo, hi = windows.transpose_pads(node.attrs, shp[2:], kernel, strides, dil)
     except ValueError as e:
         raise ctx.fail(str(e)) from None
+    if n == 3 or any(p < 0 for p in lo + hi) or (any(opad) and any(o >= s for o, s in zip(opad, strides))):
+        # Relax's own pads cannot say these: crop / extend the full result explicitly.
+        return windowed.conv_transpose_general(ctx, node, x, w, b, shp, kernel, strides, dil)
     # Relax's output_padding extends the end; ONNX pads crop. Fold both into asymmetric pads.
-    if any(p < 0 for p in lo + hi):
-        raise ctx.fail("ConvTranspose with negative pads")
     fn = ctx.R.nn.conv1d_transpose if n == 1 else ctx.R.nn.conv2d_transpose
     dl = "NCW" if n == 1 else "NCHW"
     kl = "IOW" if n == 1 else "IOHW"
-    if any(o >= s for o, s in zip(opad, strides)) and any(opad):
-        raise ctx.fail("ConvTranspose output_padding >= stride")
     y = ctx.emit(fn(x, w, strides=strides, padding=lo + hi, output_padding=opad, dilation=dil,
                     groups=node.attrs["group"], data_layout=dl, kernel_layout=kl))
     if b is not None:
@@ -118,11 +115,9 @@ _LAYOUT1 = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
 
 @lowering("MaxPool")
 def _max_pool(ctx, node, x):
-    if len(node.outputs) > 1:
-        raise ctx.fail("MaxPool with an Indices output")
-    if node.attrs["storage_order"]:
-        raise ctx.fail("MaxPool storage_order=1")
     shp, n, kernel, strides, dil, lo, hi = _pool_common(ctx, node, x)
+    if len(node.outputs) > 1 or node.attrs["storage_order"]:
+        return windowed.max_pool_taps(ctx, node, x, shp, kernel, strides, dil, lo, hi)
     fn = getattr(ctx.R.nn, f"max_pool{n}d")
     src = x
     dt = ctx.dtype(x)
@@ -136,7 +131,7 @@ def _max_pool(ctx, node, x):
 def _avg_pool(ctx, node, x):
     shp, n, kernel, strides, dil, lo, hi = _pool_common(ctx, node, x)
     if any(d != 1 for d in dil):
-        raise ctx.fail("AveragePool with dilations")
+        return windowed.avg_pool_dilated(ctx, node, x, shp, kernel, strides, dil, lo, hi)
     fn = getattr(ctx.R.nn, f"avg_pool{n}d")
     return fn(x, kernel, strides, lo + hi, dil, bool(node.attrs["ceil_mode"]),
               bool(node.attrs["count_include_pad"]), layout=_LAYOUT1[n])

@@ -102,10 +102,16 @@ def _extreme(largest: bool):
             return m
         info = np.finfo(dt)
         edge = ctx.scalar(info.min if largest else info.max, dt)
-        hit = ctx.emit(R.max(R.astype(R.equal(y, edge), "int8"), a, k))
+        # One int8 max over the same axes: 2 where an element is NaN (the result is NaN, as the
+        # interpreter's: TVM's `a > b ? a : b` drops NaN or not depending on the lane count, i.e.
+        # on the CPU's vector width), 1 where one equals the edge.
+        i8 = lambda v: ctx.scalar(v, "int8")  # noqa: E731
+        code = R.where(R.isnan(y), i8(2), R.astype(R.equal(y, edge), "int8"))
+        hit = ctx.emit(R.max(code, a, k))
         inf = ctx.scalar(-np.inf if largest else np.inf, dt)
         # hit < 1: no element equals the edge (an empty set reduces hit to int8's minimum)
-        return R.where(R.logical_and(R.equal(m, edge), R.less(hit, ctx.scalar(1, "int8"))), inf, m)
+        m = ctx.emit(R.where(R.logical_and(R.equal(m, edge), R.less(hit, i8(1))), inf, m))
+        return R.where(R.greater_equal(hit, i8(2)), ctx.scalar(np.nan, dt), m)
 
     return red
 
@@ -177,18 +183,14 @@ def _hardmax(ctx, node, x):
 
 @lowering("CumSum")
 def _cumsum(ctx, node, x, axis):
-    R = ctx.R
     a = ctx.known_ints(node.inputs[1])
     if a is None:
         raise ctx.fail("CumSum axis known only at run time")
     a = a[0] % ctx.rank(x)
-    y = x
-    if node.attrs["reverse"]:
-        y = ctx.emit(R.flip(y, a))
-    y = ctx.emit(R.cumsum(y, a, ctx.dtype(x), bool(node.attrs["exclusive"])))
-    if node.attrs["reverse"]:
-        y = ctx.emit(R.flip(y, a))
-    return y
+    # The scheduled scan kernel (TVM's cumsum is left as a serial loop over the whole tensor).
+    from .sequence import scan
+
+    return scan(ctx, x, a, "add", bool(node.attrs["exclusive"]), bool(node.attrs["reverse"]))
 
 
 @lowering("TopK")

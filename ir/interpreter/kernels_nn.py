@@ -141,20 +141,7 @@ def _pool_geometry(node, x):
     n, kernel_shape, strides, dil = _spatial(node, x)
     sizes = list(x.shape[2:])
     lo, hi = _pads(node, sizes, kernel_shape, strides, dil)
-    extra = []
-    for i in range(n):
-        d, k, s, dl = sizes[i], kernel_shape[i], strides[i], dil[i]
-        eff = dl * (k - 1) + 1
-        span = d + lo[i] + hi[i] - eff
-        if node.attrs["ceil_mode"]:
-            o = -(-span // s) + 1
-            if (o - 1) * s >= d + lo[i]:  # the last window must start inside the input
-                o -= 1
-        else:
-            o = span // s + 1
-        if o <= 0:
-            raise ValueError(f"the pooling window does not fit axis {i} of extent {d}")
-        extra.append(max(0, (o - 1) * s + eff - (d + lo[i] + hi[i])))
+    _, extra = windows.pool_extents(node.attrs, sizes, kernel_shape, strides, dil, lo, hi)
     return n, kernel_shape, strides, dil, lo, hi, extra
 
 
