@@ -19,8 +19,16 @@ constants and symbolic values (``Value.sym``) whenever they are known, so export
 tensors.
 
 Assumptions a lowering makes about symbolic dims that it cannot express in Relax (e.g. that a
-slice end ``seq`` lies inside a 512-row table) are recorded on the result as ``assumptions`` and
-checked by the runtime before every call.
+slice end ``seq`` lies inside a 512-row table) are recorded on the result as ``assumptions``: the
+Python runtime checks them before every call, and a checked module (``checked=True``, the
+default) also checks them itself, before the kernel that relies on them.
+
+Run-time checks (``LowerContext.check_each`` / ``check_once``, kernels in ``codegen/checks.py``)
+make the compiled module memory-safe by default: every index read from data, every integer
+divisor, every broadcast known only at run time and every assumption is verified inside the
+module before the kernel that depends on it, and a failure raises a one-line
+``InvalidValueError`` naming the node (``ir/checks.py`` holds the wording, shared with the
+reference interpreter). ``checked=False`` drops them: the module then trusts its inputs.
 """
 
 from __future__ import annotations
@@ -28,14 +36,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import functools
+
 import numpy as np
 
 from ..ir import DType, Graph, Node, UnsupportedOpError, Value
-from ..ir.errors import IRError, OptcError
+from ..ir import checks as ir_checks
+from ..ir.errors import InvalidValueError, IRError, OptcError
 from ..ir.symbolic import Monomial
+from .storage import check_node as check_storage, to_storage, tvm_dtype
 
 
-TVM_DTYPE: dict[DType, str] = {d: d.long_name for d in DType}
+TVM_DTYPE: dict[DType, str] = {d: tvm_dtype(d) for d in DType}
+"""The TVM dtype each IR element type is held in (its storage dtype: ``codegen/storage.py``)."""
 
 
 class LoweringError(OptcError):
@@ -53,7 +66,7 @@ class Assumption:
     why: str
 
     def holds(self, bindings: dict[str, int]) -> bool | None:
-        from ..ir.interpreter.engine import eval_dim
+        from ..ir.signature import eval_dim
 
         v = eval_dim(self.lhs, bindings)
         if v is None:
@@ -74,12 +87,42 @@ class Lowered:
     mod: Any  # tvm.IRModule
     assumptions: list[Assumption] = field(default_factory=list)
     match_casts: int = 0  # how many values needed a run-time shape match (for diagnostics)
+    checks: list[str] = field(default_factory=list)  # the message of every run-time check compiled in
 
 
 class LowerContext:
-    """State while one graph is lowered; lowering functions get it as their first argument."""
+    """State while one graph is lowered; lowering functions get it as their first argument.
 
-    def __init__(self, graph: Graph, target):
+    Run-time checks. A lowering whose kernel reads or writes at positions taken from data, divides
+    integers, or relies on a shape fact only known at run time declares a check on the tensor the
+    kernel reads, and feeds the kernel the value the check returns (the same buffer, ordered after
+    the check by data flow):
+
+        idx = ctx.check_each(idx, lambda v, pos, n: (v >= -n) & (v < n),
+                             checks.index_out_of_range(dim, axis), [extent])
+        x = ctx.check_once(x, lambda t, d: (t == d) | (t == 1), checks.cannot_broadcast(i, d, None), [t, d])
+
+    * ``check_each(x, ok, what, args)``: ``ok(element, position, *args)`` must hold for every
+      element of ``x`` (the element arrives as an int64 PrimExpr for integer tensors);
+    * ``check_once(x, ok, what, args)``: ``ok(*args)`` must hold once (dims, run-time shape values);
+      proven statically when it can be (true: no kernel; false: an ``InvalidValueError`` now);
+    * ``args`` are ints or PrimExprs over the module's symbolic dims (the vars of ``dim``, of
+      ``runtime_shape``, of Relax shapes); ``ok`` receives them as TIR scalars;
+    * ``what`` is the shared wording from ``ir/checks.py`` (``index_out_of_range``,
+      ``DIVISION_BY_ZERO``, ...); the message becomes ``node NAME (Op): what``, and the reference
+      interpreter's kernel must raise the same (``ir.checks.invalid(node, what)``);
+    * ``check_index(x, v, extent, axis, dim, wrap=True)`` is the common case: static indices are
+      checked now, indices provably in range (``int_range``) cost nothing, the rest get
+      ``check_each`` (after the wrap of negative indices, so the wrap fuses with their producer).
+
+    A constant is not checked element by element at run time (``check_each`` refuses it): check
+    it here and raise ``self.invalid(what)``; ``check_once`` and ``check_index`` accept constants.
+    Independent checks run in no fixed order. ``ctx.checked`` is False for ``build(..., checked=False)``: the check methods then return
+    their input unchanged (static violations still fail the build). An ``assume`` must be
+    followed by ``enforce_assumptions(x)`` on the tensor the relying kernel reads.
+    """
+
+    def __init__(self, graph: Graph, target, checked: bool = True):
         import tvm
         from tvm import relax, tirx
 
@@ -99,12 +142,22 @@ class LowerContext:
 
         self.analyzer = Analyzer()
         self.node: Node | None = None
+        self.dataflow = True  # False when main is lowered into plain binding blocks (relax.If)
+        self.checked = checked
+        self.checks: list[str] = []  # messages of the run-time checks emitted
+        self._unenforced: list[Assumption] = []  # assumed by the current node, not yet checked
+        self._ranges: dict[int, tuple[int, int] | None] = {}
+        self._dims_checked: set[str] = set()
 
     # -- dims -----------------------------------------------------------------------------------
     def sym_var(self, name: str):
         v = self.vars.get(name)
         if v is None:
+            from tvm.sym import ConstIntBound
+
             v = self.vars[name] = self.tirx.Var(name, "int64")
+            # symbolic dims are >= 1 at run time (check_inputs and check_input_dims refuse 0)
+            self.analyzer.update(v, ConstIntBound(1, ConstIntBound.POS_INF))
         return v
 
     def fresh_var(self, hint: str = "n"):
@@ -192,9 +245,198 @@ class LowerContext:
         return UnsupportedOpError(f"cannot compile: {msg}{where}")
 
     def assume(self, lhs, op: str, rhs: int, why: str) -> None:
+        """Record that the current node relies on ``lhs op rhs`` (``lhs`` an IR dim); the
+        lowering must then ``enforce_assumptions`` on the tensor its kernel reads."""
         a = Assumption(lhs, op, int(rhs), why)
         if a not in self.assumptions:
             self.assumptions.append(a)
+        self._unenforced.append(a)
+
+    # -- run-time checks (see the class docstring) -------------------------------------------
+    def invalid(self, what: str) -> InvalidValueError:
+        """The compile-time error for a value the current node cannot take (e.g. a constant
+        index out of range), in the wording of ``ir/checks.py``."""
+        if self.node is None:
+            return InvalidValueError(what)
+        return ir_checks.invalid(self.node, what)
+
+    def _message(self, what: str) -> str:
+        return what if self.node is None else f"{ir_checks.where(self.node)}: {what}"
+
+    def _scalar_args(self, args):
+        """``(args as int64 PrimExprs, the symbolic vars they use)``: the check kernel takes the
+        vars and rebuilds the expressions (``batch*seq``) itself, so the VM passes plain shape
+        values and computes nothing."""
+        tirx = self.tirx
+        static, free = [], []
+        for a in args:
+            if isinstance(a, (int, np.integer)):
+                static.append(tirx.IntImm("int64", int(a)))
+                continue
+            e = a if str(a.ty) == "int64" else tirx.Cast("int64", a)
+            static.append(e)
+            for v in tirx.analysis.undefined_vars(e):
+                if not any(v.same_as(f) for f in free):
+                    free.append(v)
+        return static, free
+
+    def check_each(self, x, ok, what: str, args=()):
+        """``x`` (a Relax tensor), ordered after a check that ``ok(element, position, *args)``
+        holds for each of its elements; raises ``what`` (naming the node) at run time."""
+        if isinstance(x, type(self.relax.const(0))):
+            raise LoweringError(f"{self._message(what)}: a constant is checked when the module is built, not at run time")
+        return self._check(x, ok, what, args, each=True)
+
+    def check_once(self, x, ok, what: str, args=()):
+        """``x``, ordered after a check that ``ok(*args)`` holds (facts about dims and shape
+        values known only at run time). Decided now when the analyzer can prove it either way."""
+        from .checks import as_bool
+
+        static, _ = self._scalar_args(args)
+        verdict = self.analyzer.simplify(as_bool(self.tirx, ok(*static)))
+        value = bool(verdict.value) if isinstance(verdict, self.tirx.IntImm) else None
+        if value is True:
+            return x
+        if value is False:
+            raise self.invalid(what)
+        return self._check(x, ok, what, args, each=False)
+
+    def _check(self, x, ok, what, args, *, each: bool):
+        from . import checks
+
+        if not self.checked:
+            return x
+        tirx, relax = self.tirx, self.relax
+        t = self.ty(x)
+        if not isinstance(t, relax.TensorType) or t.ndim < 0:
+            raise LoweringError(f"{self._message(what)}: a check needs a tensor of known rank")
+        shape = self.shape(x)
+        dims = [d if isinstance(d, int) else None for d in shape] if shape is not None else [None] * t.ndim
+        static, passed = self._scalar_args(args)
+
+        def bound(*xs):
+            # ok() sees the args rebuilt from the kernel's parameters (one per symbolic var)
+            from tvm.sym import Analyzer
+
+            lead, params = (xs[:2], xs[2:]) if each else ((), xs)
+            sub = Analyzer()
+            for var, param in zip(passed, params):
+                sub.bind(var, param)
+            return ok(*lead, *[e if isinstance(e, tirx.IntImm) else sub.simplify(e) for e in static])
+
+        message = self._message(what)
+        func = checks.check_func(dims, str(t.dtype), message, bound, len(passed), each)
+        gv = self.bb.add_func(func, checks.func_name(self.node.name if self.node else None, what))
+        call_args = [x] + [relax.prim_value(p) for p in passed]
+        out = relax.TensorType(t.shape, t.dtype) if t.shape is not None else relax.TensorType(dtype=t.dtype, ndim=t.ndim)
+        self.checks.append(message)
+        return self.emit(relax.op.call_tir_inplace(gv, relax.Tuple(call_args), [0], out))
+
+    def index_proven(self, v: Value | None, extent) -> bool:
+        """Whether every value of ``v`` provably lies in ``[-extent, extent)`` (``int_range``;
+        symbolic extents are >= 1)."""
+        r = self.int_range(v)
+        if r is None:
+            return False
+        if isinstance(extent, int):
+            return -extent <= r[0] and r[1] < extent
+        return 0 <= r[0] and r[1] < 1
+
+    def check_index(self, x, v: Value | None, extent, axis: int, dim=None, *, wrap: bool = False):
+        """Indices ``x`` (IR value ``v``, None if not from the graph) into an axis of ``extent``
+        (int or PrimExpr; ``dim`` the IR dim named in the message), checked in
+        ``[-extent, extent)``: constants now (or once, against a symbolic extent), provably
+        in-range values never, the rest element by element at run time. Returns the checked
+        indices; ``wrap=True`` returns them with negative ones counted from the end (wrapped
+        first and checked in ``[0, extent)``, the same condition: the wrap then fuses with
+        whatever computed the indices, and the checked tensor is the one the kernel reads)."""
+        what = ir_checks.index_out_of_range(dim if dim is not None else extent, axis)
+        r = self.int_range(v)
+        if wrap and not (r is not None and r[0] >= 0):
+            x = self.emit(self.R.where(self.R.less(x, self.scalar(0, self.dtype(x))),
+                                       self.R.add(x, self._extent_scalar(extent, self.dtype(x))), x))
+        if self.index_proven(v, extent):
+            return x
+        if v is not None and v.const is not None:
+            c = np.asarray(v.const)
+            if c.size == 0:
+                return x
+            lo, hi = int(c.min()), int(c.max())
+            return self.check_once(x, lambda n: (n >= -lo) & (n > hi), what, [extent])
+        if wrap:
+            return self.check_each(x, lambda e, pos, n: (e >= 0) & (e < n), what, [extent])
+        return self.check_each(x, lambda e, pos, n: (e >= -n) & (e < n), what, [extent])
+
+    def _extent_scalar(self, extent, dtype: str):
+        """A dim (int or PrimExpr) as a 0-d tensor of ``dtype``."""
+        if isinstance(extent, int):
+            return self.scalar(extent, dtype)
+        R = self.R
+        t = self.emit(R.shape_to_tensor(self.relax.ShapeExpr([extent])))
+        return self.emit(R.astype(R.reshape(t, []), dtype))
+
+    _SAME_VALUES = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Expand",
+                              "Slice", "Tile", "Gather", "GatherElements", "GatherND", "Max", "Min"})
+
+    def int_range(self, v: Value | None, depth: int = 0) -> tuple[int, int] | None:
+        """``(lo, hi)`` bounding every value of the integer tensor ``v`` when the IR proves it
+        (a constant, or data movement of constants: position ids sliced from a buffer), else
+        None. Lets checks skip indices that cannot be out of range."""
+        if v is None or not (v.dtype.is_int or v.dtype is DType.BOOL):
+            return None
+        key = id(v)
+        if key in self._ranges:
+            return self._ranges[key]
+        r = None
+        if v.const is not None:
+            c = np.asarray(v.const)
+            r = (int(c.min()), int(c.max())) if c.size else None
+        elif v.producer is not None and depth < 32:
+            n = v.producer
+            if n.op in self._SAME_VALUES and n.inputs and n.outputs[0] is v:
+                srcs = n.inputs if n.op in ("Max", "Min") else n.inputs[:1]
+                rs = [self.int_range(s, depth + 1) for s in srcs]
+                if rs and all(x is not None for x in rs):
+                    r = (min(x[0] for x in rs), max(x[1] for x in rs))
+            elif n.op == "Concat":
+                rs = [self.int_range(s, depth + 1) for s in n.inputs]
+                if rs and all(x is not None for x in rs):
+                    r = (min(x[0] for x in rs), max(x[1] for x in rs))
+            elif n.op == "Cast" and n.inputs[0] is not None:
+                src = self.int_range(n.inputs[0], depth + 1)
+                if src is not None and v.dtype.is_int:
+                    info = np.iinfo(v.dtype.numpy)
+                    r = src if info.min <= src[0] and src[1] <= info.max else None
+        self._ranges[key] = r
+        return r
+
+    def check_input_dims(self, v: Value):
+        """The graph input ``v``, checked for dims not fixed at compile time being >= 1 (each
+        symbolic dim on the first input that binds it): zero-size inputs are refused, as
+        ``ir.signature.check_inputs`` refuses them for both backends."""
+        x = self[v]
+        shape = self.shape(x) or []
+        names = [d for d in v.shape or () if isinstance(d, str) and d.isidentifier()]
+        new = [d for d in shape if isinstance(d, self.tirx.Var) and d.name not in self._dims_checked]
+        if not new:
+            return x
+        self._dims_checked.update(d.name for d in new)
+        what = (f"input {v.name!r}: {', '.join(d.name if d.name in names else '?' for d in new)} must be >= 1 "
+                f"(zero-size inputs are not supported)")
+        return self._check(x, lambda *ds: functools.reduce(lambda a, b: a & b, [d >= 1 for d in ds]), what, new,
+                           each=False)
+
+    def enforce_assumptions(self, x):
+        """``x``, checked for every assumption the current node made (``assume``)."""
+        pending, self._unenforced = self._unenforced, []
+        for a in pending:
+            what = f"the module was compiled for {a.describe()}"
+            lhs = self.dim(a.lhs)
+            if lhs is None:
+                raise LoweringError(f"{self._message(what)}: an assumption on an unknown dim")
+            fn = {"<=": lambda d, r=a.rhs: d <= r, ">=": lambda d, r=a.rhs: d >= r, "==": lambda d, r=a.rhs: d == r}[a.op]
+            x = self.check_once(x, fn, what, [lhs])
+        return x
 
     # -- shape operands ------------------------------------------------------------------------
     def known_ints(self, v: Value | None) -> list | None:
@@ -317,22 +559,98 @@ class LowerContext:
         return self.bb.match_cast(expr, relax.TensorType([_as_expr(self.tirx, d) for d in target], want_dt))
 
 
+    # -- nodes and subgraphs --------------------------------------------------------------------
+    def lower_node(self, node: Node) -> None:
+        """Lower one node with its registered lowering; its outputs get their Relax values."""
+        from . import lowering as registry
+
+        relax = self.relax
+        self.node = node
+        fn = registry.get_lowering(node.op)
+        if fn is None:
+            raise UnsupportedOpError(f"cannot compile op {node.op!r} (node {node.name}): no lowering to TVM yet")
+        args = [None if v is None else self[v] for v in node.inputs]
+        self._unenforced = []
+        try:
+            result = fn(self, node, *args)
+        except (UnsupportedOpError, LoweringError, InvalidValueError):
+            raise
+        except IRError as e:
+            raise UnsupportedOpError(f"cannot compile node {node.name} ({node.op}): {e}") from e
+        except Exception as e:  # TVM's own checks (shape inference) raise TVMError subclasses
+            raise LoweringError(f"lowering node {node.name} ({node.op}) failed: {type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
+        if not isinstance(result, (list, tuple)):
+            result = (result,)
+        if len(result) < len(node.outputs):
+            raise LoweringError(f"lowering of {node.op} gave {len(result)} outputs, node {node.name} has {len(node.outputs)}")
+        if self._unenforced and self.checked:
+            raise LoweringError(f"lowering of node {node.name} ({node.op}) assumed "
+                                f"{self._unenforced[0].describe()} without enforce_assumptions()")
+        for out, r in zip(node.outputs, result):
+            if not isinstance(r, (relax.Var, type(relax.const(0.0)))):
+                r = self.emit(r)
+            self.values[id(out)] = self.reconcile(r, out)
+
+    def lower_subgraph(self, body: Graph, args) -> list:
+        """Lower a subgraph (an If branch, one iteration of a Loop/Scan body) inline, into the
+        current block: ``args`` are the Relax values of its inputs (formal inputs, then
+        captures); returns the Relax values of its outputs. Callable again for the next
+        iteration (its values are rebound each time)."""
+        if len(args) != len(body.inputs):
+            raise LoweringError(f"subgraph {body.name}: {len(args)} arguments for {len(body.inputs)} inputs")
+        outer = self.node
+        for v, a in zip(body.inputs, args):
+            self.values[id(v)] = self.reconcile(a, v)
+        for v in body.constants.values():
+            self.values[id(v)] = self.relax.const(np.array(to_storage(v.const, v.dtype), order="C", copy=None),
+                                                  TVM_DTYPE[v.dtype])
+        for node in body.nodes:
+            self.lower_node(node)
+        self.node = outer
+        return [self[v] for v in body.outputs]
+
+    def branch(self, body: Graph, args):
+        """A subgraph as a Relax ``SeqExpr`` of its own (a branch of ``relax.If``)."""
+        if self.dataflow:
+            raise LoweringError("a relax.If branch inside a dataflow block (lower() should have seen it)")
+        self.bb._begin_binding_block()
+        outs = self.lower_subgraph(body, args)
+        result = outs[0] if len(outs) == 1 else self.relax.Tuple(outs)
+        block = self.bb._end_block()
+        return self.relax.SeqExpr([block], result)
+
+
 def _as_expr(tirx, d):
     return tirx.IntImm("int64", d) if isinstance(d, int) else d
 
 
 # -----------------------------------------------------------------------------------------------
-def lower(graph: Graph, target=None) -> Lowered:
-    """Lower ``graph`` to a Relax IRModule (see the module docstring)."""
+def lower(graph: Graph, target=None, *, checked: bool = True) -> Lowered:
+    """Lower ``graph`` to a Relax IRModule (see the module docstring); ``checked=False`` leaves
+    the run-time checks out."""
+    from ..ir.subgraph import walk
+    from ..ir.unroll import expand_control_flow, has_control_flow
     from . import lowering as registry
 
-    ctx = LowerContext(graph, target)
-    relax, R = ctx.relax, ctx.R
+    if has_control_flow(graph):
+        # If with a known condition, Loop and Scan become straight-line IR first (ir/unroll.py),
+        # so what a body computes from the iteration number folds to constants.
+        graph = graph.clone()
+        expand_control_flow(graph, strict=True)
+    ctx = LowerContext(graph, target, checked)
+    relax = ctx.relax
     bb = ctx.bb
     # Find every op first: an unsupported op is reported before any work (and names the node).
-    for node in graph.nodes:
-        if registry.get_lowering(node.op) is None:
-            raise UnsupportedOpError(f"cannot compile op {node.op!r} (node {node.name}): no lowering to TVM yet")
+    branches = False
+    for g in walk(graph):
+        for node in g.nodes:
+            if registry.get_lowering(node.op) is None:
+                raise UnsupportedOpError(f"cannot compile op {node.op!r} (node {node.name}): no lowering to TVM yet")
+            why = check_storage(node)
+            if why is not None:
+                raise UnsupportedOpError(f"cannot compile {why} (node {node.name})")
+            branches = branches or registry.needs_binding_blocks(node)
     params = []
     for v in graph.inputs:
         if v.shape is None:
@@ -342,37 +660,32 @@ def lower(graph: Graph, target=None) -> Lowered:
         params.append(p)
         ctx.values[id(v)] = p
     for v in graph.constants.values():
-        ctx.values[id(v)] = relax.const(np.array(v.const, order="C", copy=None), TVM_DTYPE[v.dtype])
+        ctx.values[id(v)] = relax.const(np.array(to_storage(v.const, v.dtype), order="C", copy=None), TVM_DTYPE[v.dtype])
 
     with bb.function("main", params):
-        with bb.dataflow():
+        if branches:
+            # A run-time branch (relax.If) cannot sit in a dataflow block: lower into plain
+            # binding blocks, and let ConvertToDataflow regroup the straight-line parts.
+            ctx.dataflow = False
+            for v in graph.inputs:
+                ctx.values[id(v)] = ctx.check_input_dims(v)
             for node in graph.nodes:
-                ctx.node = node
-                fn = registry.get_lowering(node.op)
-                args = [None if v is None else ctx[v] for v in node.inputs]
-                try:
-                    result = fn(ctx, node, *args)
-                except (UnsupportedOpError, LoweringError):
-                    raise
-                except IRError as e:
-                    raise UnsupportedOpError(f"cannot compile node {node.name} ({node.op}): {e}") from e
-                except Exception as e:  # TVM's own checks (shape inference) raise TVMError subclasses
-                    raise LoweringError(f"lowering node {node.name} ({node.op}) failed: {type(e).__name__}: "
-                                        f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
-                if not isinstance(result, (list, tuple)):
-                    result = (result,)
-                if len(result) < len(node.outputs):
-                    raise LoweringError(f"lowering of {node.op} gave {len(result)} outputs, node {node.name} has {len(node.outputs)}")
-                for out, r in zip(node.outputs, result):
-                    if not isinstance(r, (relax.Var, type(relax.const(0.0)))):
-                        r = ctx.emit(r)
-                    ctx.values[id(out)] = ctx.reconcile(r, out)
+                ctx.lower_node(node)
             ctx.node = None
-            outs = [ctx[v] for v in graph.outputs]
-            gv = bb.emit_output(relax.Tuple(outs))
+            gv = bb.emit(relax.Tuple([ctx[v] for v in graph.outputs]))
+        else:
+            with bb.dataflow():
+                for v in graph.inputs:
+                    ctx.values[id(v)] = ctx.check_input_dims(v)
+                for node in graph.nodes:
+                    ctx.lower_node(node)
+                ctx.node = None
+                gv = bb.emit_output(relax.Tuple([ctx[v] for v in graph.outputs]))
         bb.emit_func_output(gv)
     mod = bb.get()
-    return Lowered(mod, ctx.assumptions, ctx.match_casts)
+    if branches:
+        mod = relax.transform.ConvertToDataflow()(mod)
+    return Lowered(mod, ctx.assumptions, ctx.match_casts, ctx.checks)
 
 
 def lower_to_relax(graph: Graph, target=None):

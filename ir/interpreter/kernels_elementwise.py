@@ -11,9 +11,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..errors import IRError
 from ..types import DType
 from .engine import COMPUTE_DTYPE, input_dtype, kernel
+from . import lowp
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -181,9 +183,13 @@ def _clip(node, x, lo=None, hi=None):
 
 
 # -- casts -------------------------------------------------------------------------------------
-def cast(x: torch.Tensor, src: DType, dst: DType) -> torch.Tensor:
+def cast(x: torch.Tensor, src: DType, dst: DType, saturate: bool = True, round_mode: str = "up") -> torch.Tensor:
     """ONNX Cast between compute representations: float -> int truncates toward zero (and
-    wraps when out of range), anything -> bool is ``x != 0``."""
+    wraps when out of range), anything -> bool is ``x != 0``. Low-precision types (fp8, fp4,
+    e8m0, sub-byte ints; ``saturate``/``round_mode`` apply to them) follow ``lowp``."""
+    src = lowp.wide_dtype(src)  # a low-precision source is exact in its compute representation
+    if dst.is_low_precision and dst is not src:
+        return lowp.cast_to_lowp(x, src, dst, saturate, round_mode)
     if dst is DType.BOOL:
         return x != 0
     if src is DType.UINT64 and dst.is_float:
@@ -198,12 +204,12 @@ def cast(x: torch.Tensor, src: DType, dst: DType) -> torch.Tensor:
 
 @kernel("Cast")
 def _cast(node, x):
-    return cast(x, input_dtype(node, 0), node.attrs["to"])
+    return cast(x, input_dtype(node, 0), node.attrs["to"], bool(node.attrs["saturate"]), node.attrs["round_mode"])
 
 
 @kernel("CastLike")
 def _cast_like(node, x, target):
-    return cast(x, input_dtype(node, 0), input_dtype(node, 1))
+    return cast(x, input_dtype(node, 0), input_dtype(node, 1), bool(node.attrs["saturate"]), node.attrs["round_mode"])
 
 
 # -- binary ------------------------------------------------------------------------------------
@@ -222,15 +228,30 @@ def _mul(node, a, b):
     return torch.mul(a, b)
 
 
+def _int_div(node, a, b, fn, quotient: bool):
+    """``fn(a, b)`` for integers under the rules of ``ir/checks.py`` (as the compiled module):
+    a zero divisor is an error naming the node; the divisor -1 becomes 1 (``INT_MIN / -1`` traps:
+    SIGFPE, in torch too), a quotient then negated back (wrapping at INT_MIN)."""
+    if bool((b == 0).any()):
+        raise checks.invalid(node, checks.DIVISION_BY_ZERO)
+    if not input_dtype(node, 1).is_signed:
+        return fn(a, b)
+    twice = (b == -1).to(b.dtype) * 2
+    r = fn(a, b + twice)
+    return r * (1 - twice) if quotient else r
+
+
 @kernel("Div")
 def _div(node, a, b):
     if a.dtype.is_floating_point:
         return torch.div(a, b)
-    return torch.div(a, b, rounding_mode="trunc")  # C semantics, as ONNX
+    return _int_div(node, a, b, lambda x, y: torch.div(x, y, rounding_mode="trunc"), True)  # C semantics, as ONNX
 
 
 @kernel("Mod")
 def _mod(node, a, b):
+    if not a.dtype.is_floating_point:
+        return _int_div(node, a, b, torch.fmod if node.attrs["fmod"] else torch.remainder, False)
     if node.attrs["fmod"]:
         return torch.fmod(a, b)  # sign of the dividend
     r = torch.remainder(a, b)  # sign of the divisor

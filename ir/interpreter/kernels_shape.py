@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..errors import IRError
 from ..types import DType
 from .engine import COMPUTE_DTYPE, as_ints, input_dtype, kernel, normalize_axis, numpy_to_compute
@@ -23,6 +24,33 @@ def _wrap_index(idx: torch.Tensor, extent: int | torch.Tensor) -> torch.Tensor:
     """int64 indices with negative entries counted from the end."""
     idx = idx.to(torch.int64)
     return torch.where(idx < 0, idx + extent, idx)
+
+
+def _ir_dim(node, i: int, axis: int):
+    """Dim ``axis`` of the node's input ``i`` as the IR declares it (messages name IR dims, so
+    they read the same as a compiled module's)."""
+    s = node.inputs[i].shape
+    return s[axis] if s is not None and axis < len(s) else None
+
+
+def _checked_index(node, idx: torch.Tensor, extent: int, axis: int) -> torch.Tensor:
+    """``idx`` (into ``axis`` of input 0) as int64 with negative entries wrapped, after checking
+    every entry lies in ``[-extent, extent)`` (``ir/checks.py``: an index out of range is an
+    error, never clamped)."""
+    big = input_dtype(node, 1) is DType.UINT64  # held as int64: a "negative" one is >= 2**63
+    idx = idx.to(torch.int64)
+    bad = (idx < 0) | (idx >= extent) if big else (idx < -extent) | (idx >= extent)
+    if bool(bad.any()):
+        raise checks.invalid(node, checks.index_out_of_range(_ir_dim(node, 0, axis), axis))
+    return torch.where(idx < 0, idx + extent, idx)
+
+
+def _not_larger(node, inner, outer, skip: int, what: str, other: str, i_inner: int = 1) -> None:
+    """Every dim of ``inner`` (but ``skip``) <= that of ``outer`` (the elementwise gather/scatter
+    read ``outer`` at the positions of ``inner``)."""
+    for d, (a, b) in enumerate(zip(inner, outer)):
+        if d != skip and a > b:
+            raise checks.invalid(node, checks.too_small(what, d, _ir_dim(node, i_inner, d), other, _ir_dim(node, 0, d)))
 
 
 def _prod(dims) -> int:
@@ -54,7 +82,10 @@ def _reshape(node, x, shape):
                 target[i] = x.shape[i]
     elif 0 in target and -1 in target:
         raise ValueError("with allowzero=1 the target cannot hold both 0 and -1")
-    return x.reshape(target)
+    try:
+        return x.reshape(target)
+    except RuntimeError:
+        raise checks.invalid(node, checks.cannot_reshape(node.inputs[0].shape)) from None
 
 
 @kernel("Flatten")
@@ -158,7 +189,7 @@ def _slice(node, x, starts, ends, axes=None, steps=None):
 @kernel("Gather")
 def _gather(node, x, indices):
     axis = normalize_axis(node.attrs["axis"], x.dim(), node)
-    idx = _wrap_index(indices, x.shape[axis])
+    idx = _checked_index(node, indices, x.shape[axis], axis)
     out = x.index_select(axis, idx.reshape(-1))
     return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
 
@@ -166,20 +197,21 @@ def _gather(node, x, indices):
 @kernel("GatherElements")
 def _gather_elements(node, x, indices):
     axis = normalize_axis(node.attrs["axis"], x.dim(), node)
-    return torch.gather(x, axis, _wrap_index(indices, x.shape[axis]))
+    if indices.dim() != x.dim():
+        raise ValueError(f"indices of rank {indices.dim()} for data of rank {x.dim()}")
+    _not_larger(node, indices.shape, x.shape, axis, "indices", "data")
+    return torch.gather(x, axis, _checked_index(node, indices, x.shape[axis], axis))
 
 
-def _linear_nd_index(indices: torch.Tensor, dims) -> torch.Tensor:
+def _linear_nd_index(node, indices: torch.Tensor, dims, first_axis: int = 0) -> torch.Tensor:
     """Row-major linear index into ``dims`` of k-tuples (last axis of ``indices``), negative
-    entries counted from the end."""
+    entries counted from the end; component ``c`` (data axis ``first_axis + c``) is checked in
+    range over all tuples before component ``c + 1``, as the compiled checks do."""
     k = len(dims)
     idx = indices.to(torch.int64)
     if k == 0:
         return torch.zeros(idx.shape[:-1], dtype=torch.int64)
-    extent = torch.tensor(dims, dtype=torch.int64)
-    idx = torch.where(idx < 0, idx + extent, idx)
-    if bool(((idx < 0) | (idx >= extent)).any()):
-        raise IndexError(f"index out of range for dims {list(dims)}")
+    idx = torch.stack([_checked_index(node, idx[..., c], int(dims[c]), first_axis + c) for c in range(k)], -1)
     strides = [1] * k
     for i in range(k - 2, -1, -1):
         strides[i] = strides[i + 1] * int(dims[i + 1])
@@ -191,12 +223,13 @@ def _gather_nd(node, x, indices):
     b = node.attrs["batch_dims"]
     k = indices.shape[-1]
     bshape = tuple(x.shape[:b])
-    if tuple(indices.shape[:b]) != bshape:
-        raise ValueError(f"batch dims of data {list(bshape)} and indices {list(indices.shape[:b])} differ")
+    for d in range(b):
+        if indices.shape[d] != x.shape[d]:
+            raise checks.invalid(node, checks.dims_differ("indices", d, _ir_dim(node, 1, d), "data", _ir_dim(node, 0, d)))
     dk, rest = tuple(x.shape[b:b + k]), tuple(x.shape[b + k:])
     ishape = tuple(indices.shape[b:-1])
     nb, ni = _prod(bshape), _prod(ishape)
-    lin = _linear_nd_index(indices.reshape(nb, ni, k), dk)  # [nb, ni]
+    lin = _linear_nd_index(node, indices.reshape(nb, ni, k), dk, b)  # [nb, ni]
     xf = x.reshape((nb, _prod(dk)) + rest)
     out = xf[torch.arange(nb).unsqueeze(1), lin]  # [nb, ni, *rest]
     return out.reshape(bshape + ishape + rest)
@@ -209,7 +242,11 @@ _INDEX_REDUCE = {"mul": "prod", "max": "amax", "min": "amin"}
 def _scatter_nd(node, x, indices, updates):
     k = indices.shape[-1]
     dk, rest = tuple(x.shape[:k]), tuple(x.shape[k:])
-    lin = _linear_nd_index(indices.reshape(-1, k), dk)
+    lin = _linear_nd_index(node, indices.reshape(-1, k), dk)
+    if tuple(updates.shape) != tuple(indices.shape[:-1]) + rest:
+        ir = node.inputs[1].shape, node.inputs[0].shape
+        want = None if None in ir else list(ir[0][:-1]) + list(ir[1][k:])
+        raise checks.invalid(node, checks.updates_shape(want))
     xf = x.reshape((_prod(dk),) + rest)
     uf = updates.reshape((lin.shape[0],) + rest)
     red = node.attrs["reduction"]
@@ -232,7 +269,12 @@ _SCATTER_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 @kernel("ScatterElements")
 def _scatter_elements(node, x, indices, updates):
     axis = normalize_axis(node.attrs["axis"], x.dim(), node)
-    idx = _wrap_index(indices, x.shape[axis])
+    if not x.dim() == indices.dim() == updates.dim():
+        raise ValueError(f"data, indices and updates of ranks {x.dim()}, {indices.dim()}, {updates.dim()}")
+    _not_larger(node, indices.shape, x.shape, axis, "indices", "data")
+    if tuple(updates.shape) != tuple(indices.shape):
+        raise checks.invalid(node, checks.updates_shape(node.inputs[1].shape))
+    idx = _checked_index(node, indices, x.shape[axis], axis)
     red = node.attrs["reduction"]
     if red == "none":
         return torch.scatter(x, axis, idx, updates)
@@ -244,7 +286,19 @@ def _scatter_elements(node, x, indices, updates):
 @kernel("Expand")
 def _expand(node, x, shape):
     # Bidirectional: a target dim of 1 keeps the input's extent.
-    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(as_ints(shape))))
+    target = as_ints(shape)
+    r = max(x.dim(), len(target))
+    dims = [1] * (r - x.dim()) + list(x.shape)
+    target = [1] * (r - len(target)) + target
+    out_ir = node.outputs[0].shape
+    if out_ir is not None and None in out_ir:
+        out_ir = None  # as the compiled module: a target known only at run time
+    for i, (d, t) in enumerate(zip(dims, target)):
+        if not (d == t or d == 1 or t == 1):
+            k = i - (r - x.dim())
+            ir_in = _ir_dim(node, 0, k) if k >= 0 else 1
+            raise checks.invalid(node, checks.cannot_broadcast(i, ir_in, out_ir[i] if out_ir is not None else None))
+    return x.expand([t if d == 1 else d for d, t in zip(dims, target)])
 
 
 @kernel("Tile")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import IRError
+from .. import checks
+from ..errors import InvalidValueError, IRError
 from ..symbolic import div_dims, mul_dims
 from ..types import DType, TensorType
 from ._common import DTYPE, FLOAT, INT, INTS, STRING, TENSOR, A, broadcast_shapes, const_ints, norm_axis, op, unknown_shape_of_rank
@@ -285,6 +286,29 @@ def _slice(ctx):
     return [t.with_shape(shape)]
 
 
+def check_const_indices(ctx, i: int, extent, axis: int, component: int | None = None) -> None:
+    """A constant index input ``i`` out of ``[-extent, extent)`` is an error when the graph is
+    built or verified (the message of ``ir/checks.py``, as both backends give at run time);
+    ``component`` selects one entry of the last axis (GatherND/ScatterND tuples)."""
+    c = ctx.const(i)
+    if c is None or not isinstance(extent, int) or c.size == 0 or c.dtype.kind not in "iu":
+        return
+    if component is not None:
+        if c.ndim == 0 or component >= c.shape[-1]:
+            return
+        c = c[..., component]
+    if c.size and (int(c.min()) < -extent or int(c.max()) >= extent):
+        raise InvalidValueError(checks.index_out_of_range(extent, axis))
+
+
+def _check_nd_indices(ctx, batch_dims: int) -> None:
+    t, c = ctx.type(0), ctx.const(1)
+    if t.shape is None or c is None or c.ndim == 0:
+        return
+    for k in range(min(c.shape[-1], len(t.shape) - batch_dims)):
+        check_const_indices(ctx, 1, t.shape[batch_dims + k], batch_dims + k, component=k)
+
+
 def _gather_sym(ctx):
     data, idx = ctx.sym(0), const_ints(ctx, 1)
     if data is None or idx is None or ctx.attr("axis") not in (0, -1) or ctx.type(0).rank != 1:
@@ -301,18 +325,24 @@ def _gather(ctx):
     if t.shape is None or it.shape is None:
         return [t.with_shape(None)]
     axis = norm_axis(ctx.attr("axis"), t.rank)
+    check_const_indices(ctx, 1, t.shape[axis], axis)
     return [t.with_shape(t.shape[:axis] + it.shape + t.shape[axis + 1:])]
 
 
 @op("GatherElements", ["data", "indices"], ["output"], attrs={"axis": A(INT, 0)})
 def _gather_elements(ctx):
-    return [ctx.type(0).with_shape(ctx.shape(1))]
+    t = ctx.type(0)
+    if t.shape is not None:
+        axis = norm_axis(ctx.attr("axis"), t.rank)
+        check_const_indices(ctx, 1, t.shape[axis], axis)
+    return [t.with_shape(ctx.shape(1))]
 
 
 @op("GatherND", ["data", "indices"], ["output"], attrs={"batch_dims": A(INT, 0)})
 def _gather_nd(ctx):
     t, ishape = ctx.type(0), ctx.shape(1)
     b = ctx.attr("batch_dims")
+    _check_nd_indices(ctx, b)
     if t.shape is None or ishape is None or not isinstance(ishape[-1], int):
         return [t.with_shape(None)]
     k = ishape[-1]
@@ -321,12 +351,16 @@ def _gather_nd(ctx):
 
 @op("ScatterND", ["data", "indices", "updates"], ["output"], attrs={"reduction": A(STRING, "none")})
 def _scatter_nd(ctx):
+    _check_nd_indices(ctx, 0)
     return [ctx.type(0)]
 
 
 @op("ScatterElements", ["data", "indices", "updates"], ["output"], attrs={"axis": A(INT, 0), "reduction": A(STRING, "none")})
 def _scatter_elements(ctx):
-    return [ctx.type(0)]
+    t = ctx.type(0)
+    if t.shape is not None:
+        check_const_indices(ctx, 1, t.shape[norm_axis(ctx.attr("axis"), t.rank)], norm_axis(ctx.attr("axis"), t.rank))
+    return [t]
 
 
 @op("Expand", ["input", "shape"], ["output"])
