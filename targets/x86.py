@@ -1,7 +1,11 @@
 """x86-64 targets: the host CPU as detected, or an explicit ISA level.
 
-The host's features come from LLVM (what TVM will generate code with) and from the kernel
-(/proc/cpuinfo), so a module is built for exactly the instructions this CPU runs.
+A target records every instruction-set feature its code may use — everything LLVM's ``mcpu``
+implies that code generation can emit, in ``/proc/cpuinfo`` spelling — and an artifact refuses to
+load on a CPU that lacks any of them (``targets.host_problem``). For the host, the features LLVM
+infers from the CPU's *name* are cross-checked with what the kernel reports: a feature the name
+implies but the machine does not expose (a VM that hides AVX-512 from a Zen 4, say) is switched
+off with ``mattr``, so the code never uses it.
 """
 
 from __future__ import annotations
@@ -10,11 +14,26 @@ import os
 
 from .base import Target, TargetError, register_target
 
-# name -> (LLVM mcpu, required features, vector bits)
-VARIANTS = {
-    "x86": None,  # the host
-    "x86-avx2": ("haswell", ("avx2", "fma"), 256),
-    "x86-avx512": ("skylake-avx512", ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"), 512),
+# name -> (LLVM mcpu, vector bits); None is the host.
+VARIANTS: dict[str, tuple[str, int] | None] = {
+    "x86": None,
+    "x86-avx2": ("haswell", 256),
+    "x86-avx512": ("skylake-avx512", 512),
+}
+
+# LLVM feature -> /proc/cpuinfo flag, for the features generated code can use (tuning flags and
+# system instructions such as rdrand or xsave never appear in TVM's kernels and are not required).
+CODEGEN_FEATURES: dict[str, str] = {
+    "sse3": "pni", "ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "sse4a": "sse4a",
+    "popcnt": "popcnt", "lzcnt": "abm", "bmi": "bmi1", "bmi2": "bmi2", "movbe": "movbe", "adx": "adx",
+    "cx16": "cx16", "f16c": "f16c", "fma": "fma", "avx": "avx", "avx2": "avx2",
+    "aes": "aes", "pclmul": "pclmulqdq", "vaes": "vaes", "vpclmulqdq": "vpclmulqdq", "gfni": "gfni",
+    "sha": "sha_ni", "avxvnni": "avx_vnni",
+    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+    "avx512cd": "avx512cd", "avx512ifma": "avx512ifma", "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+    "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq", "avx512fp16": "avx512_fp16",
+    "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
 }
 
 
@@ -37,23 +56,46 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+def implied_features(mcpu: str) -> list[str]:
+    """The code-generation features (LLVM names) that ``-mcpu=mcpu`` lets LLVM use."""
+    import tvm
+    from tvm.target import codegen
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    return sorted(f for f in codegen.llvm_get_cpu_features(target) if f in CODEGEN_FEATURES)
+
+
+def _bits(llvm_features: set[str]) -> int:
+    return 512 if "avx512f" in llvm_features else 256 if "avx2" in llvm_features else 128
+
+
 @register_target("x86", "host")
 def resolve(name: str) -> Target:
     name = "x86" if name == "host" else name
     if name not in VARIANTS:
         raise TargetError(f"unknown x86 target {name!r}; choose one of: {', '.join(VARIANTS)}")
-    flags = host_cpu_flags()
-    if VARIANTS[name] is None:
+    variant = VARIANTS[name]
+    mattr: list[str] = []
+    if variant is None:
         import tvm.target.codegen as llvm
 
         mcpu = llvm.llvm_get_system_cpu()
-        bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
-        needed = tuple(f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl") if f in flags)
+        implied = set(implied_features(mcpu))
+        flags = host_cpu_flags()
+        if flags:  # features the CPU's name implies but this machine does not expose: off
+            hidden = sorted(f for f in implied if CODEGEN_FEATURES[f] not in flags)
+            mattr = ["-" + f for f in hidden]
+            implied -= set(hidden)
+        bits = _bits(implied)
     else:
-        mcpu, needed, bits = VARIANTS[name]
+        mcpu, bits = variant
+        implied = set(implied_features(mcpu))
     cores = host_cores()
     tvm_target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu, "num-cores": cores}
-    return Target(name=name, kind="cpu", tvm_target=tvm_target, vector_bits=bits, num_cores=cores, features=needed)
+    if mattr:
+        tvm_target["mattr"] = mattr
+    features = tuple(sorted(CODEGEN_FEATURES[f] for f in implied))
+    return Target(name=name, kind="cpu", tvm_target=tvm_target, vector_bits=bits, num_cores=cores, features=features)
 
 
 def missing_features(target: Target) -> list[str]:

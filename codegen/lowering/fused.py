@@ -23,7 +23,9 @@ def activation(ctx, name: str, y):
     if not isinstance(y, ctx.relax.Var):  # re-emitting a Var adds an alias that blocks FuseOps
         y = ctx.emit(y)
     if name == "relu":
-        return R.maximum(y, ctx.scalar(0, ctx.dtype(y)))
+        from .elementwise import relu
+
+        return relu(ctx, y)
     if name == "gelu":
         return R.nn.gelu(y)
     if name == "gelu_tanh":

@@ -71,12 +71,17 @@ def finalize_passes(target) -> list:
     ``shape_func`` that VMShapeLower adds for symbolic shapes lacks it. Without alias info LLVM
     cannot keep matmul accumulators in registers (they are re-stored every FMA): the dense
     kernel runs 2x slower. Shape funcs have a single buffer parameter, so marking them is safe.
+
+    ``UnrollLanePredicatedVectors``: a vectorized loop whose lanes branch differently (concat,
+    pad) would be scalarized by TVM and re-vectorized by LLVM, CPU-dependently and, with LLVM 22
+    at 16 lanes, wrongly (``lanes.py``): unroll it instead.
     """
     if target.kind != "cpu":
         return []
     from .common import MarkShapeFuncsNoAlias
+    from .lanes import UnrollLanePredicatedVectors
 
-    return [MarkShapeFuncsNoAlias()]
+    return [MarkShapeFuncsNoAlias(), UnrollLanePredicatedVectors()]
 
 
 def build_notes(graph, target) -> list[str]:

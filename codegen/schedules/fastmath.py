@@ -23,6 +23,13 @@ def _gelu_fast(x: te.Tensor):
     return te.compute(x.shape, lambda *i: x(*i) * (half + half * e(*i)), name="gelu")
 
 
+def _erf_fast(x: te.Tensor):
+    """``fast_erf`` with NaN kept: it clamps x to [-4, 4] with TVM's ``min``/``max``
+    (``a < b ? a : b``), which turns NaN into the clamp bound (erf(NaN) gave 1)."""
+    e = topi.fast_erf(x)
+    return te.compute(x.shape, lambda *i: tvm.tirx.Select(tvm.tirx.isnan(x(*i)), x(*i), e(*i)), name="erf_nan")
+
+
 @mutator
 class _FastMath(PyExprMutator):
     def visit_call_(self, call):  # noqa: N802
@@ -36,7 +43,7 @@ class _FastMath(PyExprMutator):
         if name == "relax.nn.gelu":
             return self.builder_.call_te(_gelu_fast, call.args[0], primfunc_name_hint="gelu")
         if name == "relax.erf":
-            return self.builder_.call_te(topi.fast_erf, call.args[0], primfunc_name_hint="erf")
+            return self.builder_.call_te(_erf_fast, call.args[0], primfunc_name_hint="erf")
         if name == "relax.nn.softmax":
             return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
                                          primfunc_name_hint="softmax")
