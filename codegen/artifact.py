@@ -1,13 +1,18 @@
 """The compiled artifact: a folder holding the library and a manifest.
 
     out/
-      model.so          the compiled module (TVM Relax VM executable)
-      model.so.json     its run-time signature (inputs, outputs, assumptions, target)
-      manifest.json     what was built, from what, with what: for people and for ``optc.load``
+      model.so          the compiled module (TVM Relax VM executable; its signature embedded)
+      manifest.json     what was built, from what, with what — and the sha256 of every file
 
-The folder is written atomically: everything goes into a temp folder beside the destination,
-which is renamed into place only when complete, so a failed compile never leaves a half-written
-artifact (and never destroys the previous one).
+The folder is written atomically (``optc.fileio``): everything goes into a temp folder beside
+the destination, which is renamed into place only when complete, so a failed compile never
+leaves a half-written artifact and never destroys the previous one. An existing folder is
+replaced only when it is an optc artifact (or empty).
+
+Loading verifies before it trusts: the manifest's types, every file's size and sha256, the
+library path confined to the folder, the TVM versions, the CPU the code needs, and that the
+manifest's signature is the one embedded in the library. Checksums catch corruption and edits;
+they are not a signature against a malicious author — run artifacts you trust.
 """
 
 from __future__ import annotations
@@ -16,35 +21,39 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-from ..ir.errors import OptcError
+from .signature import ArtifactError, Signature
 
-FORMAT = "optc-artifact/1"
+FORMAT = "optc-artifact/2"
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+__all__ = ["Artifact", "ArtifactError", "FORMAT", "LIBRARY", "MANIFEST", "load", "read_manifest", "write_artifact",
+           "file_fingerprint", "check_source_model"]
 
 
-class ArtifactError(OptcError):
-    """A missing, incomplete or incompatible artifact folder."""
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """sha256 and size of a model file (and of its external data files, for ONNX)."""
     path = Path(path)
     files = [path] + sorted(path.parent.glob(path.name + ".data"))
-    out = {"path": str(path.resolve()), "files": {}}
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out["files"][f.name] = {"sha256": h.hexdigest(), "bytes": f.stat().st_size}
-    return out
+    return {"path": str(path.resolve()), "files": {f.name: _digest(f) for f in files}}
 
 
 def versions() -> dict[str, str]:
@@ -52,24 +61,33 @@ def versions() -> dict[str, str]:
 
     from .. import __version__
 
-    return {"optc": __version__, "tvm": tvm.__version__, "python": platform.python_version()}
+    return {"optc": __version__, "tvm": tvm.__version__, "tvm_ffi": _tvm_ffi_version(),
+            "python": platform.python_version()}
+
+
+def _tvm_ffi_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("apache-tvm-ffi")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
                    pipeline: str | None = None, reports: list | None = None) -> Path:
     """Write ``compiled`` (a ``codegen.build.CompiledModule``) as an artifact folder."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    from ..fileio import atomic_path, check_output_dir
+
+    out = check_output_dir(out_dir)
+    with atomic_path(out, folder=True) as tmp:
         compiled.export(tmp / LIBRARY)
         manifest = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **compiled.signature(),
+            **compiled.signature.to_json(),
             "library": LIBRARY,
+            "files": {LIBRARY: _digest(tmp / LIBRARY)},
             "versions": versions(),
             "model": file_fingerprint(model) if model is not None else None,
             "pipeline": pipeline,
@@ -80,10 +98,6 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _usual_permissions(tmp)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -106,50 +120,140 @@ def _usual_permissions(folder: Path) -> None:
         os.chmod(f, (0o777 if f.suffix == ".so" else 0o666) & ~umask)
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old.{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
+# -- reading and verifying ----------------------------------------------------------------------
 def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of an artifact folder, with its structure checked (types, file names)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise ArtifactError(f"{folder}: no such artifact folder")
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: not an artifact folder (a file)")
     path = folder / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{folder}: not an optc artifact ({MANIFEST} is missing)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except ValueError as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{folder}: artifact format {manifest.get('format')!r} is not {FORMAT!r}")
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: not a manifest (a JSON object is expected)")
+    fmt = manifest.get("format")
+    if fmt != FORMAT:
+        raise ArtifactError(f"{folder}: artifact format {fmt!r} is not {FORMAT!r}: recompile it with this optc")
+    _check_manifest(manifest, path)
     return manifest
+
+
+def _check_manifest(m: dict, path: Path) -> None:
+    def expect(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ArtifactError(f"{path}: {msg}")
+
+    library = m.get("library")
+    expect(isinstance(library, str) and _plain_name(library), f"'library' must be a file name inside the folder, got {library!r}")
+    files = m.get("files")
+    expect(isinstance(files, dict) and files, "'files' must map file names to their sha256 and size")
+    for name, d in files.items():
+        expect(_plain_name(name), f"'files' names {name!r}, which is not a file name inside the folder")
+        expect(isinstance(d, dict) and isinstance(d.get("sha256"), str) and bool(_SHA256.match(d["sha256"]))
+               and isinstance(d.get("bytes"), int) and not isinstance(d.get("bytes"), bool) and d["bytes"] >= 0,
+               f"'files'[{name!r}] must hold a sha256 hex digest and a byte count")
+    expect(library in files, f"the library {library!r} has no checksum in 'files'")
+    expect(isinstance(m.get("versions"), dict) and isinstance(m["versions"].get("tvm"), str),
+           "'versions' must record the TVM version")
+    model = m.get("model")
+    expect(model is None or (isinstance(model, dict) and isinstance(model.get("path"), str)
+                             and isinstance(model.get("files"), dict)), "'model' must be null or record the source model")
+    for key, kind in (("passes", list), ("build", dict), ("codegen", dict)):
+        expect(m.get(key) is None or isinstance(m.get(key), kind), f"{key!r} must be a {kind.__name__}")
+    expect(m.get("pipeline") is None or isinstance(m.get("pipeline"), str), "'pipeline' must be a string")
+    try:
+        Signature.from_json(m)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+
+
+def _plain_name(name: str) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists inside ``folder`` with its recorded size and sha256."""
+    root = folder.resolve()
+    for name, d in manifest["files"].items():
+        f = folder / name
+        if f.is_symlink() or not f.resolve().is_relative_to(root):
+            raise ArtifactError(f"{folder}: {name} points outside the artifact folder")
+        if not f.is_file():
+            raise ArtifactError(f"{folder}: {name} is missing")
+        size = f.stat().st_size
+        if size != d["bytes"]:
+            raise ArtifactError(f"{folder}: {name} is {size} bytes, the manifest says {d['bytes']} "
+                                "(truncated or replaced): recompile it")
+        if sha256_file(f) != d["sha256"]:
+            raise ArtifactError(f"{folder}: {name} does not match its sha256 in the manifest (corrupt or edited): "
+                                "recompile it")
+
+
+def check_versions(folder: Path, manifest: dict) -> None:
+    import tvm
+
+    built = manifest["versions"]
+    if built.get("tvm") != tvm.__version__:
+        raise ArtifactError(f"{folder} was built with TVM {built.get('tvm')}; this runtime is TVM {tvm.__version__}: "
+                            "recompile it")
+    ffi = built.get("tvm_ffi")
+    if ffi is not None and ffi != _tvm_ffi_version():
+        raise ArtifactError(f"{folder} was built with apache-tvm-ffi {ffi}; this runtime has {_tvm_ffi_version()}: "
+                            "recompile it")
+
+
+def check_source_model(manifest: dict) -> Path:
+    """The source model the artifact was compiled from, verified unchanged (for comparisons)."""
+    model = manifest.get("model")
+    if not model:
+        raise ArtifactError("the manifest records no source model")
+    path = Path(model["path"])
+    if not path.is_file():
+        raise ArtifactError(f"the source model {path} recorded in the manifest is not available")
+    for name, d in model["files"].items():
+        f = path.parent / name
+        if not _plain_name(name) or not isinstance(d, dict) or not f.is_file() or sha256_file(f) != d.get("sha256"):
+            raise ArtifactError(f"the source model {path} changed since the artifact was built ({name} differs): "
+                                "recompile, or compare against the original file")
+    return path
 
 
 class Artifact:
     """A loaded artifact: ``run({name: ndarray}) -> {name: ndarray}`` plus its manifest."""
 
     def __init__(self, folder: str | os.PathLike):
-        from .runtime import CompiledModel
+        from .runtime import CompiledModel, host_problem, read_signature
 
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        built_with = self.manifest.get("versions", {}).get("tvm")
+        verify_files(self.folder, self.manifest)
+        check_versions(self.folder, self.manifest)
+        declared = Signature.from_json(self.manifest)
+        problem = host_problem(declared.target)
+        if problem:
+            raise ArtifactError(f"{self.folder}: {problem}")
         import tvm
 
-        if built_with and built_with != tvm.__version__:
-            raise ArtifactError(f"{self.folder} was built with TVM {built_with}; this runtime is TVM {tvm.__version__}: recompile it")
-        self.model = CompiledModel.load(self.folder / self.manifest.get("library", LIBRARY))
+        lib_path = self.folder / self.manifest["library"]
+        try:
+            lib = tvm.runtime.load_module(str(lib_path))
+        except Exception as e:  # noqa: BLE001
+            raise ArtifactError(f"{lib_path}: cannot load the compiled library ({str(e).strip().splitlines()[-1]})") from None
+        embedded = read_signature(lib, lib_path)
+        if embedded.to_json() != declared.to_json():
+            diff = [k for k, v in embedded.to_json().items() if declared.to_json().get(k) != v]
+            raise ArtifactError(f"{self.folder}: the manifest's {', '.join(diff)} do not match the compiled library "
+                                "(edited?): recompile it")
+        self.model = CompiledModel(lib, embedded)
 
     @property
     def input_names(self) -> list[str]:
@@ -170,6 +274,6 @@ class Artifact:
 
 
 def load(folder: str | os.PathLike) -> Artifact:
-    """Load a compiled artifact folder (``optc.load``)."""
+    """Load a compiled artifact folder (``optc.load``), verified first."""
     return Artifact(folder)
 

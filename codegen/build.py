@@ -4,7 +4,7 @@ compile for the target.
     >>> cm = build(graph, "x86")          # a CompiledModule
     >>> cm.fallback_funcs                 # kernels only the generic fallback scheduled
     >>> model = cm.load()                 # a runtime.CompiledModel: model.run({...})
-    >>> cm.export("out/model.so")         # the library (+ its signature beside it)
+    >>> cm.export("out/model.so")         # the library (its signature embedded)
 
 Scheduling: every fused TIR function first meets the fast rules of
 ``codegen.schedules.schedule_rules(target)`` (dlight style); the ones no rule takes get the
@@ -16,46 +16,24 @@ and logged as a warning.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ir import DType, Graph, TensorType
+from ..ir import Graph
 from ..ir.errors import OptcError
 from ..ir.folding import fold_graph
 from .lower import Assumption, lower
+from .signature import SIGNATURE_FUNC, Signature, TensorSpec  # noqa: F401  (TensorSpec: re-exported)
 
 log = logging.getLogger("optc.codegen")
 
 
 class BuildError(OptcError):
     """TVM failed to build a lowered module (a gap in optc's lowering or schedules)."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a compiled module: name, element type and shape (ints, symbolic
-    dim names such as ``"seq"`` or products ``"batch*seq"``, None for unknown)."""
-
-    name: str
-    dtype: DType
-    shape: tuple | None
-
-    @property
-    def type(self) -> TensorType:
-        return TensorType(self.dtype, self.shape)
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype.value, "shape": None if self.shape is None else list(self.shape)}
-
-    @staticmethod
-    def from_json(d: dict) -> "TensorSpec":
-        return TensorSpec(d["name"], DType.parse(d["dtype"]), None if d["shape"] is None else tuple(d["shape"]))
 
 
 @dataclass
@@ -71,54 +49,49 @@ class CompiledModule:
     unscheduled: list[str] = field(default_factory=list)  # not even that
     timings: dict[str, float] = field(default_factory=dict)  # seconds per build phase
     notes: list[str] = field(default_factory=list)  # kernel choices worth knowing (e.g. a decomposed op)
+    checked: bool = True  # run-time index/divisor/assumption checks compiled in
+    checks: list[str] = field(default_factory=list)  # the message of each run-time check (codegen/checks.py)
 
-    def signature(self) -> dict:
-        return {
-            "inputs": [s.to_json() for s in self.inputs],
-            "outputs": [s.to_json() for s in self.outputs],
-            "assumptions": [a.to_json() for a in self.assumptions],
-            "target": self.target.describe() if self.target is not None else None,
-        }
+    @property
+    def signature(self) -> Signature:
+        """What the module takes, returns and assumes (also embedded in the library)."""
+        return Signature(list(self.inputs), list(self.outputs), list(self.assumptions),
+                         self.target.describe() if self.target is not None else None,
+                         bool(getattr(self, "checked", True)))
 
     def load(self, device: str = "cpu"):
         """A ``CompiledModel`` running this module in-process."""
         from .runtime import CompiledModel
 
-        return CompiledModel(self.executable, self.inputs, self.outputs, self.assumptions, target=self.target)
+        return CompiledModel(self.executable, self.signature)
 
     def export(self, path: str | os.PathLike) -> Path:
-        """Write the library to ``path`` (``.so``) and its signature to ``<path>.json``, each
-        atomically (a temp file in the same folder, then a rename)."""
+        """Write the library to ``path`` (``.so``) atomically (a temp file in the same folder,
+        flushed, then renamed); its signature is embedded in it."""
+        from ..fileio import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             cross = getattr(self.target, "cross_compiler", None)
             if cross:
                 from tvm.support import cc
 
-                self.executable.export_library(tmp, fcompile=cc.cross_compiler(cross))
+                self.executable.export_library(str(tmp), fcompile=cc.cross_compiler(cross))
             else:
-                self.executable.export_library(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        sig = signature_path(path)
-        fd, tmp = tempfile.mkstemp(prefix=sig.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.signature(), f, indent=1)
-            os.replace(tmp, sig)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                self.executable.export_library(str(tmp))
         return path
 
 
-def signature_path(lib: Path) -> Path:
-    return lib.with_name(lib.name + ".json")
+def embed_signature(mod, signature: Signature):
+    """Add a Relax function returning ``signature`` as JSON to ``mod``, so the library carries
+    its own signature (see ``codegen/signature.py``)."""
+    from tvm import relax
+    from tvm.relax.expr import String
+
+    bb = relax.BlockBuilder(mod)
+    with bb.function(SIGNATURE_FUNC, []):
+        bb.emit_func_output(String(signature.dumps()))
+    return bb.get()
 
 
 def _specs(values) -> list[TensorSpec]:
@@ -179,11 +152,17 @@ def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list
     return mod, fallback, after
 
 
-def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> CompiledModule:
+def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: bool = True) -> CompiledModule:
     """Compile ``graph`` for ``target`` (a name such as ``"x86"`` or an optc ``Target``).
 
     ``fast_schedules=False`` skips optc's kernel hooks (``relax_passes``/``schedule_rules``) so
     every kernel gets the generic fallback: slow, but a second opinion when a result is wrong.
+
+    ``checked`` (default) compiles the run-time checks in (``LowerContext.check_each``): indices
+    read from data, integer divisors, run-time broadcasts, the assumptions and zero-size dims are
+    verified inside the module, which raises a one-line ``InvalidValueError`` instead of reading
+    or writing out of bounds. ``checked=False`` trusts the inputs: out-of-range values are
+    undefined behaviour (a wrong answer or a crash).
     """
     import tvm
     from tvm import relax
@@ -199,7 +178,7 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> Compile
     t0 = time.perf_counter()
     work = graph.clone()
     fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
-    lowered = lower(work, target)
+    lowered = lower(work, target, checked=checked)
     mod = lowered.mod
     notes = schedules.build_notes(work, target)
     for note in notes:
@@ -223,7 +202,9 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> Compile
             finalize = list(getattr(schedules, "finalize_passes", lambda _t: [])(target))
             mod = tvm.transform.Sequential(cpu_pipeline.dataflow_lower_passes(tvm_target)
                                            + cpu_pipeline.finalize_passes(tvm_target) + finalize)(mod)
-            ex = tvm.compile(mod, tvm_target, relax_pipeline=None)
+            sig = Signature(_specs(graph.inputs), _specs(graph.outputs), list(lowered.assumptions),
+                            target.describe(), checked)
+            ex = tvm.compile(embed_signature(mod, sig), tvm_target, relax_pipeline=None)
             timings["compile"] = time.perf_counter() - t
     except OptcError:
         raise
@@ -233,4 +214,4 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True) -> Compile
                          f"{msg[-1] if msg else e}") from e
     timings["total"] = time.perf_counter() - t0
     return CompiledModule(ex, _specs(graph.inputs), _specs(graph.outputs), target, list(lowered.assumptions),
-                          fallback, unscheduled, timings, notes)
+                          fallback, unscheduled, timings, notes, checked, list(lowered.checks))

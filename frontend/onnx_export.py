@@ -7,19 +7,24 @@ node; the opset is the lowest that covers every op in the graph.
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..ir import DType, Graph, UnsupportedOpError
-from .onnx_import import DTYPE_TO_ONNX
+from .onnx_import import DTYPE_TO_ONNX, quiet_graphsurgeon
 
 BASE_OPSET = 18
 # Ops that first appear (in the semantics the IR uses) after the base opset.
-_OP_MIN_OPSET = {"Gelu": 20, "RMSNormalization": 23, "Attention": 23}
+_OP_MIN_OPSET = {"Gelu": 20, "RMSNormalization": 23, "Attention": 23,
+                 # ONNX loss / image / sequence ops (the IR holds their newest semantics)
+                 "Resize": 19, "GridSample": 20, "AffineGrid": 20, "RotaryEmbedding": 23, "Swish": 24, "CumProd": 26,
+                 "SwiGLU": 28}
 # IR ops with no ONNX counterpart (fusion's composite ops among them); exported through a
 # decomposition into standard ops, so any runtime can read the optimized graph.
 _DECOMPOSED = {"Silu", "Linear", "AddLayerNorm", "FusedConv"}
@@ -31,7 +36,14 @@ _EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     """Build an ONNX model equivalent to ``graph``."""
-    needed = max([BASE_OPSET] + [_min_opset(n) for n in graph.nodes])
+    with quiet_graphsurgeon():
+        return _to_onnx(graph, opset)
+
+
+def _to_onnx(graph: Graph, opset: int | None) -> onnx.ModelProto:
+    needed = max([BASE_OPSET] + [_min_opset(n) for n in graph.nodes]
+                 + [_lowest_opset("Identity", set(), [v.dtype], [v.dtype]) for v in graph.outputs  # routed outputs
+                    if v.dtype.is_low_precision and (v.is_constant or v.is_graph_input)])
     opset = opset or needed
     if opset < needed:
         raise UnsupportedOpError(f"the graph needs opset {needed}; {opset} was asked for")
@@ -42,15 +54,24 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
             return gs.Variable.empty()
         t = tensors.get(id(v))
         if t is None:
-            if v.is_constant:
+            if v.is_constant and v.dtype.is_low_precision:
+                # graphsurgeon writes one byte per element; onnx packs sub-byte types (raw_data)
+                t = gs.Constant(v.name, LazyValues(numpy_helper.from_array(v.const, v.name)))
+            elif v.is_constant:
                 t = gs.Constant(v.name, v.const)  # already C-contiguous; keeps 0-d arrays 0-d
             else:
-                t = gs.Variable(v.name, dtype=v.dtype.numpy, shape=_dims(v.type.shape))
+                t = gs.Variable(v.name, dtype=_gs_dtype(v.dtype), shape=_dims(v.type.shape))
             tensors[id(v)] = t
         return t
 
+    from .onnx_control_flow import export_node as export_special
+
     nodes = []
     for n in graph.nodes:
+        special = export_special(n, tensor)  # If / Loop / Scan bodies; batch-major RNN/GRU/LSTM
+        if special is not None:
+            nodes.extend(special)
+            continue
         if n.op in _DECOMPOSED:
             nodes.extend(_decompose(n, tensor))
             continue
@@ -62,13 +83,14 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
         t = tensor(v)
         if isinstance(t, gs.Constant) or v.is_graph_input:
             # ONNX outputs must be produced by a node: route through Identity.
-            out = gs.Variable(graph.unique_name(v.name + "_out"), dtype=v.dtype.numpy, shape=_dims(v.type.shape))
+            out = gs.Variable(graph.unique_name(v.name + "_out"), dtype=_gs_dtype(v.dtype), shape=_dims(v.type.shape))
             nodes.append(gs.Node("Identity", inputs=[t], outputs=[out]))
             t = out
         outputs.append(t)
     g = gs.Graph(nodes=nodes, inputs=inputs, outputs=outputs, name=graph.name, opset=opset)
     model = gs.export_onnx(g, do_type_check=False)
-    model.ir_version = _IR_VERSION
+    model.ir_version = max(_IR_VERSION, onnx.helper.find_min_ir_version_for(
+        [onnx.helper.make_opsetid("", opset)], ignore_unknown=True))
     del model.opset_import[:]
     model.opset_import.append(onnx.helper.make_opsetid("", opset))
     model.producer_name = "optc"
@@ -76,19 +98,27 @@ def to_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
 
 
 def save_onnx(graph: Graph, path: str | os.PathLike, opset: int | None = None) -> Path:
-    """Write the graph as an ONNX file atomically (temp file, then rename)."""
+    """Write the graph as an ONNX file atomically: the model (and, for weights over 1 GiB, its
+    ``<name>.data`` external-data file) is written in a temp folder beside ``path``, flushed, and
+    renamed into place — data file first, so the model never names missing data."""
+    from ..fileio import clean_stale_temps, fsync_tree, temp_name
+
     path = Path(path)
     model = to_onnx(graph, opset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    clean_stale_temps(path)
+    tmp = temp_name(path)
+    tmp.mkdir()
     try:
         big = sum(v.const.nbytes for v in graph.constants.values()) > _EXTERNAL_DATA_THRESHOLD
-        onnx.save(model, tmp, save_as_external_data=big, location=path.name + ".data" if big else None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        data_name = path.name + ".data"
+        onnx.save(model, str(tmp / path.name), save_as_external_data=big, location=data_name if big else None)
+        fsync_tree(tmp)
+        if big:
+            os.replace(tmp / data_name, path.with_name(data_name))
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -105,10 +135,21 @@ def _trim(inputs):
     return inputs
 
 
+# Attributes newer opsets added, written only when they differ from the value that means what
+# older opsets did (so a plain Cast or QuantizeLinear still exports at the base opset).
+_OMIT_AT_DEFAULT = {
+    "Cast": {"saturate": 1, "round_mode": "up"},
+    "CastLike": {"saturate": 1, "round_mode": "up"},
+    "QuantizeLinear": {"saturate": 1, "block_size": 0},
+    "DequantizeLinear": {"block_size": 0},
+}
+
+
 def _attrs(node) -> dict:
     out = {}
+    omit = _OMIT_AT_DEFAULT.get(node.op, {})
     for key, value in node.attrs.items():
-        if value is None:
+        if value is None or (key in omit and value == omit[key]):
             continue
         if isinstance(value, DType):
             value = DTYPE_TO_ONNX[value]
@@ -123,7 +164,60 @@ def _attrs(node) -> dict:
 def _min_opset(node) -> int:
     if node.op in ("Linear", "FusedConv") and node.attrs["activation"] in ("gelu", "gelu_tanh"):
         return _GELU_OPSET
+    if node.op in _SCHEMA_CHECKED or any(v is not None and v.dtype.is_low_precision
+                                         for v in list(node.inputs) + list(node.outputs)):
+        return _schema_opset(node)
     return _OP_MIN_OPSET.get(node.op, 0)
+
+
+# Ops whose attributes and element types grew over recent opsets: their opset is the lowest whose
+# ONNX schema takes the node as it is (as is that of any node on a low-precision type).
+_SCHEMA_CHECKED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "MatMulInteger",
+                   "ConvInteger", "QLinearConv", "BitCast"}
+
+
+def _gs_dtype(dtype: DType):
+    """What graphsurgeon takes for an element type: numpy's dtype, or the ONNX code for the
+    low-precision types it cannot map itself."""
+    return DTYPE_TO_ONNX[dtype] if dtype.is_low_precision else dtype.numpy
+
+
+def _schema_opset(node) -> int:
+    """The lowest opset >= BASE_OPSET whose schema of ``node.op`` has every attribute the node
+    sets and allows each of its inputs' and outputs' element types."""
+    import onnx.defs
+
+    dts = [[None if v is None else v.dtype for v in vs] for vs in (node.inputs, node.outputs)]
+    opset = _lowest_opset(node.op, set(_attrs(node)), *dts)
+    if opset is None:
+        raise UnsupportedOpError(f"node {node.name} ({node.op}): no ONNX opset has this op with these attributes and types")
+    return opset
+
+
+def _lowest_opset(op: str, attrs: set, inputs: list, outputs: list) -> int | None:
+    import onnx.defs
+
+    for opset in range(BASE_OPSET, onnx.defs.onnx_opset_version() + 1):
+        try:
+            schema = onnx.defs.get_schema(op, opset)
+        except onnx.defs.SchemaError:
+            continue
+        if attrs <= set(schema.attributes) and _types_allowed(schema, inputs, outputs):
+            return opset
+    return None
+
+
+def _types_allowed(schema, inputs: list, outputs: list) -> bool:
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for formals, dtypes in ((schema.inputs, inputs), (schema.outputs, outputs)):
+        for i, dt in enumerate(dtypes):
+            if dt is None or not formals:
+                continue
+            f = formals[min(i, len(formals) - 1)]
+            name = f"tensor({onnx.TensorProto.DataType.Name(DTYPE_TO_ONNX[dt]).lower()})"
+            if name not in allowed.get(f.type_str, {f.type_str}):
+                return False
+    return True
 
 
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")

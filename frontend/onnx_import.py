@@ -8,6 +8,8 @@ the IR's single canonical form. Shape-computation chains are folded afterwards.
 
 from __future__ import annotations
 
+import logging
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from ..ir.folding import fold_graph
 from ..ir.verifier import verify
 
 MIN_OPSET = 13
+log = logging.getLogger("optc.frontend")
 
 _ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: DType.FLOAT32,
@@ -37,13 +40,23 @@ _ONNX_TO_DTYPE = {
     onnx.TensorProto.UINT32: DType.UINT32,
     onnx.TensorProto.UINT64: DType.UINT64,
     onnx.TensorProto.BOOL: DType.BOOL,
+    onnx.TensorProto.FLOAT8E4M3FN: DType.FLOAT8E4M3FN,
+    onnx.TensorProto.FLOAT8E4M3FNUZ: DType.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2: DType.FLOAT8E5M2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ: DType.FLOAT8E5M2FNUZ,
+    onnx.TensorProto.FLOAT8E8M0: DType.FLOAT8E8M0,
+    onnx.TensorProto.FLOAT4E2M1: DType.FLOAT4E2M1,
+    onnx.TensorProto.INT4: DType.INT4,
+    onnx.TensorProto.UINT4: DType.UINT4,
+    onnx.TensorProto.INT2: DType.INT2,
+    onnx.TensorProto.UINT2: DType.UINT2,
 }
 DTYPE_TO_ONNX = {v: k for k, v in _ONNX_TO_DTYPE.items()}
+# Attributes that hold an ONNX element type code (0 = unset, for the optional ones).
+_DTYPE_ATTRS = ("to", "dtype", "output_dtype", "precision", "output_datatype")
 
 # Attributes the IR does not model, accepted only at the value that means "no change".
 _IGNORED_ATTRS: dict[str, dict[str, Any]] = {
-    "Cast": {"saturate": 1, "round_mode": "up"},
-    "CastLike": {"saturate": 1, "round_mode": "up"},
     "BatchNormalization": {"spatial": 1},
     "Dropout": {"seed": None},
     "Attention": {"softcap": 0.0, "qk_matmul_output_mode": 0, "softmax_precision": None},
@@ -92,15 +105,30 @@ def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
             raise ModelFileError(f"{path}: external data of tensor {tensor.name!r} points outside the model's folder ({location})")
         if not target.is_file():
             raise ModelFileError(f"{path}: external data file {location} of tensor {tensor.name!r} is missing")
-        offset, length = int(info.get("offset", 0)), info.get("length")
+        size = target.stat().st_size
+        offset = _extent(info.get("offset", "0"), "offset", tensor.name, path)
+        length = _extent(info["length"], "length", tensor.name, path) if "length" in info else size - offset
+        if offset + length > size or length < 0:
+            raise ModelFileError(f"{path}: external data of tensor {tensor.name!r} (offset {offset}, length {length}) "
+                                 f"lies beyond the end of {location} ({size} bytes; truncated?)")
         with open(target, "rb") as f:
             f.seek(offset)
-            data = f.read(int(length)) if length is not None else f.read()
-        if length is not None and len(data) != int(length):
+            data = f.read(length)
+        if len(data) != length:
             raise ModelFileError(f"{path}: external data file {location} is truncated (tensor {tensor.name!r})")
         tensor.raw_data = data
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
+
+
+def _extent(text: str, what: str, tensor: str, path: Path) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelFileError(f"{path}: external data {what} of tensor {tensor!r} is {text!r}, not a byte count")
+    return value
 
 
 def import_onnx(model: onnx.ModelProto | str | os.PathLike, *, fold: bool = True) -> Graph:
@@ -108,15 +136,36 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike, *, fold: bool = True
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx_model(model)
     source_opset = opset = _default_opset(model)
+    _check_opset(source_opset)
     _check_value_kinds(model)
+    _check_graph_io(model)
+    if opset < 9:
+        from .onnx_control_flow import rewrite_scan8
+
+        model = rewrite_scan8(model)  # the version converter's Scan 8->9 adapter changes its meaning
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
         opset = MIN_OPSET
     try:
-        g = gs.import_onnx(model)
+        with quiet_graphsurgeon():
+            g = gs.import_onnx(model)
     except Exception as e:  # graphsurgeon raises plain exceptions for malformed graphs
         raise ModelFileError(f"malformed ONNX graph: {_first_line(e)}") from None
     return _Importer(opset, source_opset).run(g, fold)
+
+
+@contextlib.contextmanager
+def quiet_graphsurgeon():
+    """Silence graphsurgeon's warnings (one per fp8 value: it has no numpy name for them; optc
+    maps ONNX element types itself) while the block runs."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = severity
 
 
 def _check_value_kinds(model: onnx.ModelProto) -> None:
@@ -127,6 +176,37 @@ def _check_value_kinds(model: onnx.ModelProto) -> None:
             raise UnsupportedOpError(f"value {vi.name!r} has a {kind.replace('_type', '')} type; only tensors are supported")
         if kind == "tensor_type" and vi.type.tensor_type.elem_type:
             dtype_from_onnx(vi.type.tensor_type.elem_type, f"value {vi.name!r}: ")
+
+
+def _check_opset(opset: int) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if not 1 <= opset <= newest:
+        raise ModelFileError(f"the model imports opset {opset} of the default ONNX domain; this optc reads "
+                             f"opsets 1 to {newest} (onnx {onnx.__version__})")
+
+
+def _check_graph_io(model: onnx.ModelProto) -> None:
+    """Duplicate graph outputs are refused; an initializer that shadows a graph input (the
+    input's default value — older exporters list every weight so) is folded as a constant, which
+    is said, after checking that the declared input agrees with it."""
+    seen: set[str] = set()
+    for o in model.graph.output:
+        if o.name in seen:
+            raise ModelFileError(f"graph output {o.name!r} is listed twice")
+        seen.add(o.name)
+    inits = {t.name: t for t in model.graph.initializer}
+    for vi in model.graph.input:
+        t = inits.get(vi.name)
+        if t is None:
+            continue
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] \
+            if vi.type.tensor_type.HasField("shape") else None
+        if declared is not None and (len(declared) != len(t.dims) or any(
+                d is not None and d != c for d, c in zip(declared, t.dims))):
+            raise ModelFileError(f"input {vi.name!r} is declared {declared} but its initializer (default value) "
+                                 f"has shape {list(t.dims)}")
+        log.warning("input %r has an initializer of the same name (a default value): optc treats it as a constant; "
+                    "the compiled model does not take it as an input", vi.name)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -162,7 +242,7 @@ class _Importer:
         constants = {name: t for name, t in g.tensors().items() if isinstance(t, gs.Constant)}
         for t in g.inputs:
             if t.name in constants:
-                continue  # an initializer listed as input: a constant with a default value
+                continue  # an initializer listed as input: a constant (see _check_graph_io)
             self.values[t.name] = graph.add_input(t.name, self._type_of(t, f"input {t.name!r}"))
         for name, t in constants.items():
             self.values[name] = graph.add_constant(self._array(t), name)
@@ -172,6 +252,7 @@ class _Importer:
         for t in g.outputs:
             if t.name not in self.values:
                 raise ModelFileError(f"graph output {t.name!r} is not produced by any node")
+            self._check_declared_output(t, self.values[t.name])
             outputs.append(self.values[t.name])
         graph.set_outputs(outputs)
         if fold:
@@ -180,6 +261,22 @@ class _Importer:
         return graph
 
     # -- tensors -----------------------------------------------------------------------
+    def _check_declared_output(self, t: gs.Variable, value) -> None:
+        """A graph output's declared element type and static dims must be what the graph
+        computes: a model that says otherwise is invalid (ONNX Runtime refuses it too)."""
+        if t.dtype is None or (isinstance(t.dtype, int) and t.dtype == onnx.TensorProto.UNDEFINED):
+            return  # no declared type: nothing to contradict
+        declared = self._type_of(t, f"graph output {t.name!r}")
+        if declared.dtype != value.dtype:
+            raise ModelFileError(f"graph output {t.name!r} is declared {declared.dtype.value} but the graph computes "
+                                 f"{value.dtype.value}")
+        if declared.shape is not None and value.shape is not None:
+            clash = len(declared.shape) != len(value.shape) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(declared.shape, value.shape))
+            if clash:
+                raise ModelFileError(f"graph output {t.name!r} is declared {declared} but the graph computes "
+                                     f"{value.type}")
+
     def _type_of(self, t: gs.Variable, where: str) -> TensorType:
         if t.dtype is None:
             raise ModelFileError(f"{where} has no element type")
@@ -191,7 +288,9 @@ class _Importer:
             return TensorType(dtype, None)
         dims = []
         for i, d in enumerate(t.shape):
-            if isinstance(d, int) and d >= 0:
+            if isinstance(d, int) and d < 0:
+                raise ModelFileError(f"{where} has a negative dim {d} in its shape {list(t.shape)}")
+            if isinstance(d, int):
                 dims.append(d)
             elif isinstance(d, str) and d:
                 dims.append(_symbol(d))
@@ -201,14 +300,22 @@ class _Importer:
 
     def _array(self, t: gs.Constant) -> np.ndarray:
         try:
-            values = t.values
+            lazy = getattr(t, "_values", None)
+            if isinstance(lazy, gs.ir.tensor.LazyValues):
+                # read the TensorProto with onnx itself: graphsurgeon would log a warning for
+                # every fp8 initializer (it has no numpy name for them), then do the same
+                values = onnx.numpy_helper.to_array(lazy.tensor)
+            else:
+                values = t.values
         except (ValueError, TypeError, KeyError) as e:
             if "type" in str(e).lower():
                 raise UnsupportedOpError(f"initializer {t.name!r} has an unsupported element type ({_first_line(e)})") from None
             raise ModelFileError(f"initializer {t.name!r} cannot be read: {_first_line(e)}") from None
-        arr = np.asarray(values)
-        if arr.dtype.kind not in "biuf":
-            raise UnsupportedOpError(f"initializer {t.name!r} has unsupported element type {arr.dtype}")
+        arr = np.asarray(values)  # sub-byte types arrive unpacked (onnx.numpy_helper), one per byte
+        try:
+            DType.from_numpy(arr.dtype)
+        except TypeError:
+            raise UnsupportedOpError(f"initializer {t.name!r} has unsupported element type {arr.dtype}") from None
         return arr
 
     def _input(self, t: gs.Tensor | None):
@@ -232,6 +339,11 @@ class _Importer:
         schema = get_schema(node.op)
         if schema is None:
             raise UnsupportedOpError(f"unsupported op {node.op} at {where}")
+        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            from .onnx_control_flow import import_subgraph_node
+
+            import_subgraph_node(self, node, schema, where)  # If / Loop / Scan: bodies with captures
+            return
         inputs = [self._input(t) for t in node.inputs]
         attrs = self._attrs(node, schema, where)
         inputs = self._normalize(node, inputs, attrs, where)
@@ -297,8 +409,8 @@ class _Importer:
             elif isinstance(value, gs.Graph):
                 raise UnsupportedOpError(f"unsupported op {node.op} with a subgraph attribute at {where}")
             if key in schema.attrs:
-                if key in ("to", "dtype") and isinstance(value, (int, np.integer)):
-                    value = dtype_from_onnx(int(value), f"{where}: ")
+                if key in _DTYPE_ATTRS and isinstance(value, (int, np.integer)):
+                    value = None if int(value) == 0 and key != "to" else dtype_from_onnx(int(value), f"{where}: ")
                 attrs[key] = value
             elif key in ignorable and (ignorable[key] is None or value == ignorable[key]):
                 continue
@@ -323,6 +435,8 @@ class _Importer:
             mode = inputs[2].const
             if mode is None or bool(mode):
                 raise UnsupportedOpError(f"training-mode Dropout is not supported (inference only) at {where}")
+        if node.op == "GridSample" and attrs.get("mode") in ("bilinear", "bicubic"):
+            attrs["mode"] = {"bilinear": "linear", "bicubic": "cubic"}[attrs["mode"]]  # opset 16 spelling
         if node.op == "PRelu" and self.source_opset < 7 and inputs[1].is_constant:
             inputs = self._legacy_prelu_slope(inputs)
         if "__split__" in attrs:

@@ -16,3 +16,14 @@ class UnsupportedOpError(IRError):
 
 class ModelFileError(OptcError):
     """A model file that is missing, truncated, corrupt or unsafe to load."""
+
+
+class ResourceError(OptcError):
+    """The request needs more than the machine has (memory, disk) or allows (threads)."""
+
+
+class InvalidValueError(IRError):
+    """A run-time value an op cannot take: an index out of range, an integer division by zero,
+    shapes that do not broadcast, a dim the compiled module was not built for. The reference
+    interpreter and a compiled module's own checks raise it alike, with the same one-line
+    message naming the node (``ir/checks.py``), so both backends refuse the same inputs."""

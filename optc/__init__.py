@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .api import (compile, load, load_inputs, load_model, optimize, run_reference, save_model,  # noqa: E402
                   save_outputs)
+from .errors import OptcError  # noqa: E402  (every user-facing error; the CLI exits 2 with its one line)
 
-__all__ = ["__version__", "compile", "load", "load_inputs", "load_model", "optimize", "run_reference", "save_model",
-           "save_outputs"]
+__all__ = ["__version__", "OptcError", "compile", "load", "load_inputs", "load_model", "optimize", "run_reference",
+           "save_model", "save_outputs"]

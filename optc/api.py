@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import user_errors
+from .fileio import atomic_write_bytes, check_output_dir, check_output_file
 from .ir import Graph, OptcError
 
 
@@ -19,6 +19,7 @@ IR_SUFFIXES = (".optc-ir", ".ir")
 MODEL_SUFFIXES = (".onnx", ".pt2") + IR_SUFFIXES
 
 
+@user_errors
 def load_model(path: str | os.PathLike) -> Graph:
     """Import an ``.onnx`` or ``.pt2`` model file, or read an IR text file (``.optc-ir``, as
     ``save_model`` writes it), into the IR."""
@@ -46,11 +47,12 @@ def _read_ir(path: Path) -> Graph:
         raise ModelFileError(f"{path}: {' '.join(str(e).split())}") from None
 
 
+@user_errors
 def save_model(graph: Graph, path: str | os.PathLike) -> Path:
     """Write ``graph`` as a model file chosen by suffix, atomically (temp file, then rename):
     ``.onnx`` (IR -> ONNX export) or ``.optc-ir`` (the IR text with its weights inline; exact
     for every op, including optc's composite ones)."""
-    path = Path(path)
+    path = check_output_file(path, (".onnx",) + IR_SUFFIXES)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         from .frontend.onnx_export import save_onnx
@@ -61,22 +63,11 @@ def save_model(graph: Graph, path: str | os.PathLike) -> Path:
     from .ir.text import print_graph
 
     text = print_graph(graph, weights="inline")
-    _atomic_write(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+@user_errors
 def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a graph through the reference interpreter (the numeric ground truth)."""
     from .ir.interpreter import run
@@ -106,6 +97,7 @@ def instruments(*, print_ir_after: str | None = None, time_passes: bool = False,
     return out
 
 
+@user_errors
 def optimize(graph: Graph, passes: str = "default", *, target=None, calibration=None, budgets=None,
              instruments: list | None = None, dims: dict[str, int] | None = None):
     """Run a pass pipeline on ``graph`` in place. Returns the ``PipelineResult`` (the expanded
@@ -155,18 +147,22 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+@user_errors
 def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "x86",
             passes: str = "default", instruments: list | None = None, progress: bool = False,
-            calibration=None, budgets: dict[str, float] | None = None) -> Path:
+            calibration=None, budgets: dict[str, float] | None = None, checked: bool = True) -> Path:
     """Import ``model`` (.onnx, .pt2 or .optc-ir), run the pass pipeline ``passes`` on it (the
     lossy passes on ``calibration``: input sets or an ``InputsFile``, see ``optimize``), build
-    it for ``target`` and write the artifact folder ``out`` (atomically); the manifest records
-    the pipeline and each pass's report. Returns the folder."""
+    it for ``target`` and write the artifact folder ``out`` (atomically; an existing ``out`` is
+    replaced only when it is an optc artifact); the manifest records the pipeline and each
+    pass's report. ``checked=False`` drops the module's run-time index/divisor checks.
+    Returns the folder."""
     from .codegen.artifact import write_artifact
     from .codegen.build import build
     from .passes import PassManager
     from .targets import get_target
 
+    check_output_dir(out)  # refuse before the (slow) work, not after
     tgt = get_target(target)
     PassManager.parse(passes)  # a bad pipeline fails before the (slow) import
     from .calibration import InputsFile
@@ -180,43 +176,32 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "
         from .progress import Progress
 
         with Progress(f"compiling {Path(model).name} for {tgt.name}"):
-            compiled = build(graph, tgt)
+            compiled = build(graph, tgt, checked=checked)
     else:
-        compiled = build(graph, tgt)
+        compiled = build(graph, tgt, checked=checked)
     return write_artifact(compiled, out, model=model, pipeline=result.pipeline, reports=result.reports)
 
 
+@user_errors
 def load(folder: str | os.PathLike):
-    """Load a compiled artifact folder; ``.run({name: ndarray}) -> {name: ndarray}``."""
+    """Load a compiled artifact folder, verified (checksums, versions, CPU, signature);
+    ``.run({name: ndarray}) -> {name: ndarray}``."""
     from .codegen.artifact import load as _load
 
     return _load(folder)
 
 
+@user_errors
 def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` of named input arrays."""
-    path = Path(path)
-    if not path.is_file():
-        raise OptcError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise OptcError(f"{path}: not a readable .npz file ({e})") from None
+    """Read an ``.npz`` of named input arrays (checked before anything is allocated)."""
+    from .npz import read_npz
+
+    return read_npz(path)
 
 
+@user_errors
 def save_outputs(path: str | os.PathLike, outputs: dict[str, np.ndarray]) -> Path:
     """Write named arrays as ``.npz`` atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise OptcError(f"{path}: output file must end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **outputs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .npz import write_npz
+
+    return write_npz(path, outputs)

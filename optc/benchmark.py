@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .ir.errors import OptcError
+from .ir.signature import check_generated_size
 
 COMPARATORS = ("onnxruntime", "torch")
 
@@ -80,6 +81,7 @@ def random_inputs(specs, dims: Mapping[str, int], seed: int = 0) -> dict[str, np
                 shape.append(dims[d])
             else:
                 raise OptcError(f"input {s.name}: give a size for dim {d!r} with --dim {d}=N, or pass --inputs")
+        check_generated_size(s.name, shape, s.dtype, "random benchmark inputs")
         dt = s.dtype.numpy
         if s.dtype.is_float:
             out[s.name] = rng.standard_normal(shape).astype(dt)

@@ -51,7 +51,7 @@ def input_specs(model: Any) -> list:
 
 def check_input_sets(sets: Sequence[Mapping[str, np.ndarray]], model: Any, where: str) -> InputSets:
     """Check every input set against the model's inputs; ``where`` names the source in errors."""
-    from .ir.interpreter.engine import check_inputs, numpy_dtype
+    from .ir.signature import check_inputs, numpy_dtype
 
     specs = input_specs(model)
     if not sets:

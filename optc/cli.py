@@ -8,28 +8,69 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from . import __version__
 
+MAX_REPEAT = 1_000_000
+MAX_DIM = 1 << 31
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"{e.prog}: error: {_one_line(str(e))} (see {e.prog} --help)", file=sys.stderr)
+        return 2
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    from .ir.errors import OptcError
+    _log_to_stderr()
+    from .errors import OptcError, translate
 
     try:
         return args.func(args) or 0
-    except OptcError as e:
-        print(f"optc: error: {_one_line(str(e))}", file=sys.stderr)
+    except (OptcError, OSError, MemoryError) as e:
+        print(f"optc: error: {_one_line(str(translate(e)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("optc: interrupted", file=sys.stderr)
         return 130
+
+
+class _WarningFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "warning" if record.levelno >= logging.WARNING else "note"
+        return f"optc: {level}: {_one_line(record.getMessage())}"
+
+
+def _log_to_stderr() -> None:
+    """optc's warnings (``logging.getLogger("optc...")``) go to stderr as ``optc: warning: ...``
+    lines, one each, whoever configured logging before."""
+    log = logging.getLogger("optc")
+    for h in [h for h in log.handlers if getattr(h, "_optc_cli", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._optc_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_WarningFormat())
+    handler.setLevel(logging.WARNING)
+    log.addHandler(handler)
+
+
+class _UsageError(Exception):
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``optc compile: error: ...``), raised for ``main`` to print."""
+
+    def error(self, message: str):
+        raise _UsageError(self.prog, message)
 
 
 def _one_line(msg: str) -> str:
@@ -37,9 +78,9 @@ def _one_line(msg: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="optc", description="A compiler-style graph optimizer for neural networks.")
+    p = _Parser(prog="optc", description="A compiler-style graph optimizer for neural networks.")
     p.add_argument("--version", action="version", version=f"optc {__version__}")
-    sub = p.add_subparsers(metavar="COMMAND")
+    sub = p.add_subparsers(metavar="COMMAND", parser_class=_Parser)
 
     insp = sub.add_parser("inspect", help="summarize a model: inputs, outputs, ops, parameters, FLOPs")
     insp.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
@@ -59,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
     comp.add_argument("--passes", default="default", metavar="PIPELINE",
                       help="pass pipeline, e.g. 'default,prune-heads{ratio=0.25}' (default: default, exact passes only; see optc passes)")
+    comp.add_argument("--unchecked", action="store_true",
+                      help="leave out the run-time checks of data-dependent indices and integer divisors "
+                           "(out-of-range values then give undefined results)")
     _calib_flags(comp)
     _debug_flags(comp)
     comp.set_defaults(func=_cmd_compile)
@@ -102,8 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--inputs", help=".npz of inputs (default: random inputs; see --dim)")
     bench.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                        help="size of a symbolic dim for random inputs (repeatable)")
-    bench.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
-    bench.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    bench.add_argument("--repeat", type=int, default=50, help=f"timed runs, 1 to {MAX_REPEAT:,} (default 50)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="threads for every runtime, 1 to the CPUs this process may use (default: all of them)")
     bench.add_argument("--compare", default="", help="comma list of: onnxruntime, torch (same model, same run)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=_cmd_bench)
@@ -185,8 +230,11 @@ def _parse_dims(items: list[str]) -> dict[str, int]:
     dims = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise OptcError(f"--dim expects NAME=SIZE, got {item!r}")
+        value = value.strip()
+        if not sep or not name.strip() or not value.isascii() or not value.isdigit():
+            raise OptcError(f"--dim expects NAME=SIZE with SIZE a whole number, got {item!r}")
+        if int(value) > MAX_DIM:
+            raise OptcError(f"--dim {item}: at most {MAX_DIM:,}")
         dims[name.strip()] = int(value)
     return dims
 
@@ -241,13 +289,16 @@ def _cmd_inspect(args) -> int:
 
 def _cmd_compile(args) -> int:
     from .api import compile as compile_model
+    from .fileio import check_output_dir
     from .passes import PassManager
 
+    check_output_dir(args.output)
     PassManager.parse(args.passes)
     calibration = _calibration(args)
     _warn_uncalibrated(args.passes, calibration)
     out = compile_model(args.model, args.output, target=args.target, passes=args.passes,
-                        instruments=_instruments(args), progress=True, calibration=calibration)
+                        instruments=_instruments(args), progress=True, calibration=calibration,
+                        checked=not args.unchecked)
     from .codegen.artifact import read_manifest
 
     _print_lossy_reports(read_manifest(out).get("passes") or [])
@@ -257,14 +308,10 @@ def _cmd_compile(args) -> int:
 
 def _cmd_optimize(args) -> int:
     from .api import IR_SUFFIXES, load_model, optimize, save_model
-    from .ir.errors import OptcError
-
-    out = Path(args.output)
-    if out.suffix.lower() not in (".onnx",) + IR_SUFFIXES:
-        raise OptcError(f"-o {out}: write an .onnx or .optc-ir file")
-    if out.is_dir():
-        raise OptcError(f"-o {out}: is a folder")
+    from .fileio import check_output_file
     from .passes import PassManager
+
+    out = check_output_file(args.output, (".onnx",) + IR_SUFFIXES)
 
     PassManager.parse(args.passes)
     calibration = _calibration(args)
@@ -414,7 +461,9 @@ def _value(v, limit: int = 12) -> str:
 
 def _cmd_run(args) -> int:
     from .api import load, load_inputs, load_model, run_reference, save_outputs
+    from .fileio import check_output_file
 
+    check_output_file(args.output, (".npz",))
     if Path(args.model).is_dir():
         if args.reference:
             from .ir.errors import OptcError
@@ -435,23 +484,28 @@ def _cmd_bench(args) -> int:
     from . import benchmark as bm
     from .ir.errors import OptcError
 
-    threads = args.threads or _cores()
-    bm.pin_threads(threads)  # before any runtime starts its thread pool
-    from .api import load, load_inputs
-
+    cores = _cores()
+    threads = cores if args.threads is None else args.threads
+    if not 1 <= threads <= cores:
+        raise OptcError(f"--threads must be between 1 and {cores} (the CPUs this process may use), got {threads}")
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise OptcError(f"--repeat must be between 1 and {MAX_REPEAT:,}, got {args.repeat}")
     comparisons = [c.strip() for c in args.compare.split(",") if c.strip()]
     for c in comparisons:
         if c not in bm.COMPARATORS:
             raise OptcError(f"--compare: unknown runtime {c!r}; choose from {', '.join(bm.COMPARATORS)}")
+    dims = _parse_dims(args.dim)
+    bm.pin_threads(threads)  # before any runtime starts its thread pool
+    from .api import load, load_inputs
+    from .codegen.artifact import check_source_model
+
     art = load(args.artifact)
-    inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(art.model.inputs, _parse_dims(args.dim))
+    source = check_source_model(art.manifest) if comparisons else None
+    inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(art.model.inputs, dims)
     art.model.check(inputs)
     timings = [bm.measure("optc", lambda: art.run(inputs), args.repeat)]
-    source = (art.manifest.get("model") or {}).get("path")
     for c in comparisons:
-        if source is None or not Path(source).is_file():
-            raise OptcError(f"--compare {c}: the source model {source!r} recorded in the manifest is not available")
-        fn = bm.onnxruntime_runner(Path(source), inputs, threads) if c == "onnxruntime" else bm.torch_runner(Path(source), inputs)
+        fn = bm.onnxruntime_runner(source, inputs, threads) if c == "onnxruntime" else bm.torch_runner(source, inputs)
         timings.append(bm.measure(c, fn, args.repeat))
     base = timings[0].median
     result = {"artifact": str(args.artifact), "threads": threads, "inputs": {k: list(v.shape) for k, v in inputs.items()},

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.signature import check_generated_size
 from .analysis import AnalysisManager
 
 
@@ -48,6 +49,7 @@ def random_inputs(graph: Graph, dims: Mapping[str, int] | None = None, seed: int
         shape = tuple(d if isinstance(d, int) else dims.get(d, 2) if isinstance(d, str) else 2
                       for d in (v.type.shape or ()))
         dt = v.dtype
+        check_generated_size(v.name, shape, dt, "random inputs")
         if "mask" in v.name.lower() and not dt.is_float:
             arr = np.ones(shape, dtype=dt.numpy)
         elif dt.is_float:

@@ -76,3 +76,30 @@ def known_targets() -> list[str]:
     from . import x86
 
     return list(x86.VARIANTS)
+
+
+def host_problem(description: dict[str, Any]) -> str | None:
+    """Why code built for a target (as ``Target.describe()`` records it) cannot run on this
+    machine — another architecture, or CPU features this CPU lacks — or None when it can."""
+    import platform
+
+    tvm_target = description.get("tvm") or {}
+    name = description.get("name", "?")
+    triple = str(tvm_target.get("mtriple", "")) if isinstance(tvm_target, dict) else ""
+    arch = triple.split("-", 1)[0]
+    host = platform.machine().lower()
+    if arch and host and _arch_family(arch) != _arch_family(host):
+        return f"compiled for {name} ({arch}); this machine is {host}"
+    features = description.get("features") or []
+    if features and _arch_family(host) == "x86_64":
+        from .x86 import host_cpu_flags
+
+        flags = host_cpu_flags()
+        missing = [f for f in features if flags and f not in flags]
+        if missing:
+            return f"compiled for {name}, which needs CPU features {', '.join(missing)} that this CPU lacks"
+    return None
+
+
+def _arch_family(arch: str) -> str:
+    return {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}.get(arch, arch)

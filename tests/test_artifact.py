@@ -42,12 +42,14 @@ def _cli(*args):
 
 def test_artifact_layout_and_manifest(mlp):
     model, out = mlp
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "model.so.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["inputs"] == [{"name": "x", "dtype": "f32", "shape": ["batch", 16]}]
     assert man["outputs"] == [{"name": "y", "dtype": "f32", "shape": ["batch", 8]}]
     assert man["target"]["name"] == "x86" and man["versions"]["tvm"]
     assert man["model"]["files"]["mlp.onnx"]["sha256"]
+    assert set(man["files"]) == {"model.so"} and man["files"]["model.so"]["bytes"] == (out / "model.so").stat().st_size
+    assert man["checked"] is True
     assert "DenseRule" in man["codegen"]["schedule_rules"]
 
 
@@ -80,7 +82,7 @@ def test_artifact_for_another_cpu_is_refused(mlp, tmp_path):
 
     other = tmp_path / "other"
     shutil.copytree(mlp[1], other)
-    sig = other / "model.so.json"
+    sig = other / "manifest.json"
     meta = json.loads(sig.read_text())
     meta["target"]["features"] = meta["target"]["features"] + ["amx_tile_from_the_future"]
     sig.write_text(json.dumps(meta))

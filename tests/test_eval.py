@@ -242,7 +242,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     ("eval_other_inputs", "the models take different inputs"),
     ("compile_text_without_tokenizer", "--calib .*: a text file needs --tokenizer"),
     ("tokenizer_without_calib", "--tokenizer needs --calib"),
-    ("optimize_bad_suffix", "write an .onnx or .optc-ir file"),
+    ("optimize_bad_suffix", "ending in .onnx or .optc-ir"),
     ("optimize_bad_calib", "--calib .*nope.npz: no such file"),
     ("inspect_calib_without_passes", "--calib needs --passes"),
 ])

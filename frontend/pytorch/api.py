@@ -15,6 +15,7 @@ import torch
 
 from ...ir import Graph, ModelFileError, UnsupportedOpError
 from ...ir.verifier import verify
+from .archive import allowed_module, untrusted_archive
 from .decomposition import Refused, decompose, unmapped_nodes
 from .importer import Importer
 from .naming import names_from_spec, recover_dim_names
@@ -41,7 +42,11 @@ def load_pt2(path: str | os.PathLike, *, dim_names: dict[str, str] | None = None
         ep = _load_archive(path)
     except _UnregisteredType as e:
         # The outputs are a registered pytree class (e.g. a transformers ModelOutput): its
-        # module registers it on import. Import it (an installed package) and try again.
+        # module registers it on import. Import it — only from the allow-list of installed
+        # packages (archive.py): a module named by the file is never imported blindly.
+        if not allowed_module(e.module):
+            raise ModelFileError(f"{path}: its outputs use {e.type_name}; optc does not import module "
+                                 f"{e.module!r} named by a model file") from None
         try:
             importlib.import_module(e.module)
         except ImportError:
@@ -116,7 +121,10 @@ def _load_archive(path: str):
     export_log.handlers = [capture]  # torch logs its own traceback before raising: keep it
     export_log.propagate = False
     try:
-        return torch.export.load(path)
+        with untrusted_archive(path):
+            return torch.export.load(path)
+    except ModelFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - any loader failure is a bad file for the user
         cause = capture.errors[-1] if capture.errors else e
         m = re.search(r"Deserializing (\S+) in pytree is not registered", str(cause))

@@ -13,7 +13,13 @@ tensors in the *compute representation* of their IR type:
   bitwise ops and shifts are exact, and the ordering ops (comparisons, Max/Min, Clip, ReduceMax/
   Min, ArgMax/ArgMin, TopK) and Cast to float handle values >= 2**63; Div, Mod and the
   float-based reductions (ReduceMean, ReduceL2, ...) of such values, and Cast of floats >= 2**63
-  to u64, are not exact.
+  to u64, are not exact;
+* the low-precision types (fp8, ``f4e2m1``, ``f8e8m0``, sub-byte integers) are held widened —
+  floats as ``float32``, ``i4``/``i2`` as ``int8``, ``u4``/``u2`` as ``uint8`` — and the engine
+  rounds (or wraps) such outputs into the type after every node (``interpreter/lowp.py``).
+  ``run_torch`` takes and returns torch's own fp8 dtypes; torch has no usable sub-byte or fp4
+  dtype, so those inputs are refused there (use ``run`` with ml_dtypes arrays) and those outputs
+  come back in their compute representation.
 
 Kernels must never write into their inputs: constants are shared with the graph (zero-copy
 ``torch.from_numpy``) and inputs are shared with the caller.
@@ -32,6 +38,7 @@ from ..graph import Graph, Node, Value
 from ..schema import get_schema
 from ..symbolic import Monomial
 from ..types import DType
+from . import lowp
 
 KernelFn = Callable[..., Any]
 
@@ -82,14 +89,21 @@ TORCH_DTYPE: dict[DType, torch.dtype] = {
     DType.UINT32: torch.uint32,
     DType.UINT64: torch.uint64,
     DType.BOOL: torch.bool,
+    DType.FLOAT8E4M3FN: torch.float8_e4m3fn,
+    DType.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    DType.FLOAT8E5M2: torch.float8_e5m2,
+    DType.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
+    DType.FLOAT8E8M0: torch.float8_e8m0fnu,
 }
-"""The torch dtype with the same meaning as an IR dtype (what ``run_torch`` takes and returns)."""
+"""The torch dtype with the same meaning as an IR dtype (what ``run_torch`` takes and returns;
+the sub-byte types and ``f4e2m1`` have none)."""
 
 COMPUTE_DTYPE: dict[DType, torch.dtype] = {
     **TORCH_DTYPE,
     DType.UINT16: torch.int32,
     DType.UINT32: torch.int64,
     DType.UINT64: torch.int64,
+    **lowp.COMPUTE,
 }
 """The torch dtype kernels see for an IR dtype (see the module docstring)."""
 
@@ -106,7 +120,9 @@ def numpy_to_compute(array: np.ndarray, dtype: DType | None = None) -> torch.Ten
     """A numpy array as a tensor in compute representation (zero-copy where the dtype allows)."""
     array = np.asarray(array)
     dtype = dtype or DType.from_numpy(array.dtype)
-    if dtype is DType.BFLOAT16:
+    if dtype.is_low_precision:
+        array = lowp.to_compute(array, dtype)
+    elif dtype is DType.BFLOAT16:
         array = array.view(np.int16)
     elif dtype is DType.UINT16:
         array = array.astype(np.int32)
@@ -132,6 +148,8 @@ def compute_to_numpy(t: torch.Tensor, dtype: DType) -> np.ndarray:
         t = t.cpu()
     if dtype is DType.BFLOAT16:
         return t.contiguous().view(torch.int16).numpy().view(dtype.numpy)
+    if dtype.is_low_precision:
+        return lowp.from_compute(t, dtype)
     a = t.numpy()
     if dtype in (DType.UINT16, DType.UINT32):
         return a.astype(dtype.numpy)
@@ -144,6 +162,9 @@ def torch_to_compute(t: torch.Tensor, dtype: DType) -> torch.Tensor:
     """A tensor of ``TORCH_DTYPE[dtype]`` in compute representation."""
     if dtype is DType.UINT64:
         return t.contiguous().view(torch.int64)
+    if dtype not in TORCH_DTYPE:
+        raise IRError(f"element type {dtype.value} has no torch dtype: run such a graph with numpy "
+                      f"(ml_dtypes) arrays through Interpreter.run")
     want = COMPUTE_DTYPE[dtype]
     return t if t.dtype == want else t.to(want)
 
@@ -152,86 +173,14 @@ def compute_to_torch(t: torch.Tensor, dtype: DType) -> torch.Tensor:
     """A compute-representation tensor as a tensor of ``TORCH_DTYPE[dtype]``."""
     if dtype is DType.UINT64:
         return t.contiguous().view(torch.uint64)
-    want = TORCH_DTYPE[dtype]
+    want = TORCH_DTYPE.get(dtype, COMPUTE_DTYPE[dtype])  # no torch dtype: the compute one
     return t if t.dtype == want else t.to(want)
 
 
-# -- input checking ----------------------------------------------------------------------------
-def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: str,
-                 dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple]) -> dict[str, int]:
-    """Validate names, dtypes, ranks and dims of the given inputs; return the symbol bindings.
-
-    ``graph_inputs`` are the declared inputs: graph input ``Value``s, or anything with the same
-    ``name``, ``dtype``, ``shape`` and ``type`` (the compiled runtime passes its signature's
-    ``TensorSpec``s), so the interpreter and compiled modules check inputs the same way.
-    ``dtype_of``/``shape_of`` read a given array's IR element type (None if it has none) and
-    shape. Raises ``IRError`` naming the input."""
-    names = [v.name for v in graph_inputs]
-    missing = [n for n in names if n not in given]
-    unexpected = sorted(set(given) - set(names))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append("missing input(s) " + ", ".join(map(repr, missing)))
-        if unexpected:
-            parts.append("unexpected input(s) " + ", ".join(map(repr, unexpected)))
-        raise IRError("; ".join(parts) + f" (the graph takes {', '.join(map(repr, names)) or 'no inputs'})")
-    bindings: dict[str, int] = {}
-    bound_by: dict[str, str] = {}
-    composite: list[tuple[str, int, str, int]] = []
-    for v in graph_inputs:
-        x = given[v.name]
-        dt = dtype_of(x)
-        if dt is not v.dtype:
-            got = "an unsupported element type" if dt is None else dt.value
-            raise IRError(f"input {v.name!r}: expected element type {v.dtype.value}, got {got} ({kind})")
-        shape = tuple(int(d) for d in shape_of(x))
-        declared = v.shape
-        if declared is None:
-            continue
-        if len(shape) != len(declared):
-            raise IRError(f"input {v.name!r}: expected rank {len(declared)} {v.type}, got shape {list(shape)}")
-        for axis, (d, n) in enumerate(zip(declared, shape)):
-            if d is None:
-                continue
-            if isinstance(d, int):
-                if d != n:
-                    raise IRError(f"input {v.name!r}: dim {axis} must be {d} ({v.type}), got shape {list(shape)}")
-            elif d.isidentifier():
-                if d in bindings and bindings[d] != n:
-                    raise IRError(f"input {v.name!r}: dim {axis} is {d!r}={n}, but {bound_by[d]} bound {d!r}={bindings[d]}")
-                bindings.setdefault(d, n)
-                bound_by.setdefault(d, f"input {v.name!r}")
-            else:
-                composite.append((v.name, axis, d, n))
-    for name, axis, d, n in composite:
-        want = eval_dim(d, bindings)
-        if want is not None and want != n:
-            raise IRError(f"input {name!r}: dim {axis} is {d!r}={want} by the other inputs, got {n}")
-    return bindings
-
+# -- input checking (torch-free, shared with the compiled runtime: ir/signature.py) -------------
+from ..signature import check_inputs, eval_dim, numpy_dtype  # noqa: E402,F401
 
 _check_inputs = check_inputs  # the name the engine used before the runtime shared it
-
-
-def numpy_dtype(x: Any) -> DType | None:
-    """The IR element type of a numpy-like array, or None."""
-    return _numpy_dtype(x)
-
-
-def eval_dim(dim: Any, bindings: Mapping[str, int]) -> int | None:
-    """The value of a (possibly symbolic) dim under ``bindings``; None if not determined."""
-    if isinstance(dim, int):
-        return dim
-    if dim is None:
-        return None
-    m = Monomial.of(dim)
-    if m is None or any(s not in bindings for s in m.symbols):
-        return None
-    value = m.coef
-    for s, p in m.symbols.items():
-        value *= bindings[s] ** p
-    return value
 
 
 def _numpy_dtype(x: Any) -> DType | None:
@@ -255,7 +204,8 @@ class _Step:
         self.ins = ins
         self.outs = outs
         self.free: list[int] = []
-        self.out_dtypes = [(COMPUTE_DTYPE[v.dtype], UNSIGNED_MASK.get(v.dtype)) for v in node.outputs]
+        self.out_dtypes = [(COMPUTE_DTYPE[v.dtype], UNSIGNED_MASK.get(v.dtype),
+                            v.dtype if v.dtype.is_low_precision else None) for v in node.outputs]
 
 
 class Interpreter:
@@ -324,6 +274,10 @@ class Interpreter:
         for name, t in inputs.items():
             if not isinstance(t, torch.Tensor):
                 raise IRError(f"input {name!r}: expected a torch.Tensor, got {type(t).__name__}")
+        for v in self.graph.inputs:
+            if v.dtype not in TORCH_DTYPE:
+                raise IRError(f"input {v.name!r}: element type {v.dtype.value} has no torch dtype; run the graph "
+                              f"with numpy (ml_dtypes) arrays through Interpreter.run")
         bindings = _check_inputs(self.graph.inputs, inputs, "run_torch", _torch_dtype, lambda t: tuple(t.shape))
         overrides: dict[str, torch.Tensor] = {}
         for name, t in (constants or {}).items():
@@ -416,8 +370,10 @@ def _call_kernel(step: _Step, args: list) -> Sequence[torch.Tensor]:
 
 def _coerce_output(step: _Step, k: int, t: torch.Tensor) -> torch.Tensor:
     """Narrow a kernel result to the compute dtype of the declared output type (and mask the
-    unsigned types held in wider integers)."""
-    want, mask = step.out_dtypes[k]
+    unsigned types held in wider integers, round the low-precision ones into their type)."""
+    want, mask, low = step.out_dtypes[k]
+    if low is not None:
+        return lowp.round_to(t, low)
     if t.dtype != want:
         t = t.to(want)
     if mask is not None:

@@ -1,0 +1,115 @@
+"""The run-time signature of a graph or compiled module, without torch: checking the inputs a
+caller gives against the declared ones, and evaluating symbolic dims. The reference interpreter
+and the compiled runtime share it, so both accept and refuse exactly the same inputs (and
+running an artifact never needs torch)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import InvalidValueError, IRError
+from .symbolic import Monomial
+from .types import DType
+
+
+def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: str,
+                 dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple]) -> dict[str, int]:
+    """Validate names, dtypes, ranks and dims of the given inputs; return the symbol bindings.
+
+    ``graph_inputs`` are the declared inputs: graph input ``Value``s, or anything with the same
+    ``name``, ``dtype``, ``shape`` and ``type`` (the compiled runtime passes its signature's
+    ``TensorSpec``s), so the interpreter and compiled modules check inputs the same way.
+    ``dtype_of``/``shape_of`` read a given array's IR element type (None if it has none) and
+    shape. Raises ``IRError`` naming the input."""
+    names = [v.name for v in graph_inputs]
+    missing = [n for n in names if n not in given]
+    unexpected = sorted(set(given) - set(names))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append("missing input(s) " + ", ".join(map(repr, missing)))
+        if unexpected:
+            parts.append("unexpected input(s) " + ", ".join(map(repr, unexpected)))
+        raise IRError("; ".join(parts) + f" (the graph takes {', '.join(map(repr, names)) or 'no inputs'})")
+    bindings: dict[str, int] = {}
+    bound_by: dict[str, str] = {}
+    composite: list[tuple[str, int, str, int]] = []
+    for v in graph_inputs:
+        x = given[v.name]
+        dt = dtype_of(x)
+        if dt is not v.dtype:
+            got = "an unsupported element type" if dt is None else dt.value
+            raise IRError(f"input {v.name!r}: expected element type {v.dtype.value}, got {got} ({kind})")
+        shape = tuple(int(d) for d in shape_of(x))
+        declared = v.shape
+        if declared is None:
+            continue
+        if len(shape) != len(declared):
+            raise IRError(f"input {v.name!r}: expected rank {len(declared)} {v.type}, got shape {list(shape)}")
+        for axis, (d, n) in enumerate(zip(declared, shape)):
+            if n == 0 and not isinstance(d, int):
+                # ir/checks.py: both backends refuse zero-size values of dims not fixed at compile
+                # time (compiled kernels index with them; checked modules refuse them too).
+                raise InvalidValueError(f"input {v.name!r}: dim {axis} ({'?' if d is None else d}) is 0; a dim not "
+                                        f"fixed at compile time must be >= 1 (zero-size inputs are not supported)")
+            if d is None:
+                continue
+            if isinstance(d, int):
+                if d != n:
+                    raise IRError(f"input {v.name!r}: dim {axis} must be {d} ({v.type}), got shape {list(shape)}")
+            elif d.isidentifier():
+                if d in bindings and bindings[d] != n:
+                    raise IRError(f"input {v.name!r}: dim {axis} is {d!r}={n}, but {bound_by[d]} bound {d!r}={bindings[d]}")
+                bindings.setdefault(d, n)
+                bound_by.setdefault(d, f"input {v.name!r}")
+            else:
+                composite.append((v.name, axis, d, n))
+    for name, axis, d, n in composite:
+        want = eval_dim(d, bindings)
+        if want is not None and want != n:
+            raise IRError(f"input {name!r}: dim {axis} is {d!r}={want} by the other inputs, got {n}")
+    return bindings
+
+
+def numpy_dtype(x: Any) -> DType | None:
+    """The IR element type of a numpy-like array, or None."""
+    try:
+        return DType.from_numpy(np.asarray(x).dtype)
+    except TypeError:
+        return None
+
+
+def eval_dim(dim: Any, bindings: Mapping[str, int]) -> int | None:
+    """The value of a (possibly symbolic) dim under ``bindings``; None if not determined."""
+    if isinstance(dim, int):
+        return dim
+    if dim is None:
+        return None
+    m = Monomial.of(dim)
+    if m is None or any(s not in bindings for s in m.symbols):
+        return None
+    value = m.coef
+    for s, p in m.symbols.items():
+        value *= bindings[s] ** p
+    return value
+
+
+GENERATED_INPUT_LIMIT = 1 << 30
+"""Bytes optc will allocate for inputs it generates itself (random inputs for ``--check-numerics``,
+``optc bench`` without ``--inputs``): a model declaring a [100000, 100000] input must get an
+error, not an out-of-memory kill."""
+
+
+def check_generated_size(name: str, shape, dtype: DType, what: str) -> None:
+    """Refuse to generate an input of ``shape`` when it exceeds ``GENERATED_INPUT_LIMIT``."""
+    from .errors import ResourceError
+
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * dtype.itemsize
+    if nbytes > GENERATED_INPUT_LIMIT:
+        raise ResourceError(f"input {name!r} of shape {list(shape)} would take {nbytes:,} bytes for {what} "
+                            f"(limit {GENERATED_INPUT_LIMIT:,}): give smaller dims or your own inputs")
