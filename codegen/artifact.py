@@ -3,6 +3,8 @@
     out/
       model.so          the compiled module (TVM Relax VM executable; its signature embedded)
       manifest.json     what was built, from what, with what — and the sha256 of every file
+      optc-run          arm64 targets: the native runner (``optc/native``), with the TVM
+      libtvm_*.so       runtime libraries it links, so the folder runs on a board without Python
 
 The folder is written atomically (``optc.fileio``): everything goes into a temp folder beside
 the destination, which is renamed into place only when complete, so a failed compile never
@@ -31,6 +33,7 @@ from .signature import ArtifactError, Signature
 FORMAT = "optc-artifact/2"
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
+RUNNER = "optc-run"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 __all__ = ["Artifact", "ArtifactError", "FORMAT", "LIBRARY", "MANIFEST", "load", "read_manifest", "write_artifact",
@@ -82,12 +85,22 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
     out = check_output_dir(out_dir)
     with atomic_path(out, folder=True) as tmp:
         compiled.export(tmp / LIBRARY)
+        files = {LIBRARY: _digest(tmp / LIBRARY)}
+        runner = None
+        runner_arch = compiled.target.extra.get("native_runner") if compiled.target is not None else None
+        if runner_arch:
+            from ..native import ship_runtime
+
+            shipped = ship_runtime(runner_arch, tmp)
+            files.update({name: _digest(tmp / name) for name in shipped})
+            runner = {"program": shipped[0], "libs": shipped[1:], "arch": runner_arch}
         manifest = {
             "format": FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **compiled.signature.to_json(),
             "library": LIBRARY,
-            "files": {LIBRARY: _digest(tmp / LIBRARY)},
+            "files": files,
+            "runner": runner,
             "versions": versions(),
             "model": file_fingerprint(model) if model is not None else None,
             "pipeline": pipeline,
@@ -103,12 +116,12 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
 
 def _codegen_pipeline(target) -> dict:
     """The kernel choices that ran: optc's Relax passes and schedule rules for this target."""
-    from . import schedules
 
     def names(items):
         return [type(x).__name__ if not hasattr(x, "info") else str(x.info.name) for x in items]
 
-    return {"relax_passes": names(schedules.relax_passes(target)), "schedule_rules": names(schedules.schedule_rules(target))}
+    return {"relax_passes": names(target.relax_passes()), "schedule_rules": names(target.schedule_rules()),
+            "fallback": type(target.fallback_rule()).__name__}
 
 
 def _usual_permissions(folder: Path) -> None:
@@ -117,7 +130,8 @@ def _usual_permissions(folder: Path) -> None:
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)
     for f in folder.iterdir():
-        os.chmod(f, (0o777 if f.suffix == ".so" else 0o666) & ~umask)
+        executable = f.suffix == ".so" or f.name == RUNNER
+        os.chmod(f, (0o777 if executable else 0o666) & ~umask)
 
 
 # -- reading and verifying ----------------------------------------------------------------------
@@ -161,6 +175,11 @@ def _check_manifest(m: dict, path: Path) -> None:
                and isinstance(d.get("bytes"), int) and not isinstance(d.get("bytes"), bool) and d["bytes"] >= 0,
                f"'files'[{name!r}] must hold a sha256 hex digest and a byte count")
     expect(library in files, f"the library {library!r} has no checksum in 'files'")
+    runner = m.get("runner")
+    expect(runner is None or (isinstance(runner, dict) and runner.get("program") in files
+                              and isinstance(runner.get("libs"), list) and all(lib in files for lib in runner["libs"])
+                              and isinstance(runner.get("arch"), str)),
+           "'runner' must be null or name its program and libraries, each listed in 'files'")
     expect(isinstance(m.get("versions"), dict) and isinstance(m["versions"].get("tvm"), str),
            "'versions' must record the TVM version")
     model = m.get("model")
@@ -231,7 +250,7 @@ class Artifact:
     """A loaded artifact: ``run({name: ndarray}) -> {name: ndarray}`` plus its manifest."""
 
     def __init__(self, folder: str | os.PathLike):
-        from .runtime import CompiledModel, host_problem, read_signature
+        from .runtime import CompiledModel, host_problem, open_vm, read_signature
 
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
@@ -248,20 +267,26 @@ class Artifact:
             lib = tvm.runtime.load_module(str(lib_path))
         except Exception as e:  # noqa: BLE001
             raise ArtifactError(f"{lib_path}: cannot load the compiled library ({str(e).strip().splitlines()[-1]})") from None
-        embedded = read_signature(lib, lib_path)
+        vm = open_vm(lib, declared.target, lib_path)
+        embedded = read_signature(vm, lib_path)
         if embedded.to_json() != declared.to_json():
             diff = [k for k, v in embedded.to_json().items() if declared.to_json().get(k) != v]
             raise ArtifactError(f"{self.folder}: the manifest's {', '.join(diff)} do not match the compiled library "
                                 "(edited?): recompile it")
-        self.model = CompiledModel(lib, embedded)
+        self.model = CompiledModel(lib, embedded, vm)
 
-    @property
+        self.signature = embedded
+        self.inputs, self.outputs = self.model.inputs, self.model.outputs
+
     def input_names(self) -> list[str]:
         return self.model.input_names()
 
-    @property
     def output_names(self) -> list[str]:
         return self.model.output_names()
+
+    def check(self, inputs) -> dict[str, int]:
+        """Validate ``inputs``; returns the symbolic dim bindings."""
+        return self.model.check(inputs)
 
     def run(self, inputs):
         return self.model.run(inputs)
@@ -270,10 +295,23 @@ class Artifact:
 
     def __repr__(self) -> str:
         t = self.manifest.get("target") or {}
-        return f"<optc artifact {self.folder} for {t.get('name')}: {', '.join(self.input_names)} -> {', '.join(self.output_names)}>"
+        return (f"<optc artifact {self.folder} for {t.get('name')}: {', '.join(self.input_names())} -> "
+                f"{', '.join(self.output_names())}>")
 
 
-def load(folder: str | os.PathLike) -> Artifact:
-    """Load a compiled artifact folder (``optc.load``), verified first."""
+def load(folder: str | os.PathLike):
+    """Load a compiled artifact folder (``optc.load``), verified first: in this process when the
+    machine can run its code, else — for another architecture whose artifact ships its native
+    runner — through that runner (under qemu-user here), with the same ``run`` interface."""
+    from ..targets.base import foreign_arch
+
+    manifest = read_manifest(folder)
+    runner = manifest.get("runner")
+    target = Signature.from_json(manifest).target or {}
+    if runner and foreign_arch(target):
+        from .native_artifact import NativeArtifact
+
+        return NativeArtifact(folder, manifest)
     return Artifact(folder)
+
 

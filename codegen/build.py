@@ -6,9 +6,12 @@ compile for the target.
     >>> model = cm.load()                 # a runtime.CompiledModel: model.run({...})
     >>> cm.export("out/model.so")         # the library (its signature embedded)
 
-Scheduling: every fused TIR function first meets the fast rules of
-``codegen.schedules.schedule_rules(target)`` (dlight style); the ones no rule takes get the
-generic parallel + vectorized fallback of ``codegen/schedules/fallback.py`` and are listed in
+Everything that differs per target — the Relax pipeline, schedule rules, fallback, toolchain —
+comes from the target object (``targets/``); this driver runs the same steps for every target.
+
+Scheduling: every fused TIR function first meets the fast rules of ``target.schedule_rules()``
+(dlight style); the ones no rule takes get the target's fallback (on CPUs the generic parallel +
+vectorized schedule of ``codegen/schedules/fallback.py``) and are listed in
 ``fallback_funcs`` (and logged): un-scheduled TIR is ~100x slower than ONNX Runtime and must
 never ship silently. A function even the fallback cannot schedule is listed in ``unscheduled``
 and logged as a warning.
@@ -59,10 +62,18 @@ class CompiledModule:
                          self.target.describe() if self.target is not None else None,
                          bool(getattr(self, "checked", True)))
 
-    def load(self, device: str = "cpu"):
-        """A ``CompiledModel`` running this module in-process."""
+    def load(self):
+        """The module ready to run: a ``CompiledModel`` in this process, or — built for another
+        architecture whose artifacts ship the native runner (arm64) — a ``NativeArtifact`` that
+        runs it through that runner (under qemu-user here)."""
+        from ..targets.base import foreign_arch
         from .runtime import CompiledModel
 
+        runner_arch = self.target.extra.get("native_runner") if self.target is not None else None
+        if runner_arch and foreign_arch(self.target.describe()):
+            from .native_artifact import NativeArtifact
+
+            return NativeArtifact.scratch(self, runner_arch)
         return CompiledModel(self.executable, self.signature)
 
     def export(self, path: str | os.PathLike) -> Path:
@@ -72,13 +83,7 @@ class CompiledModule:
 
         path = Path(path)
         with atomic_path(path) as tmp:
-            cross = getattr(self.target, "cross_compiler", None)
-            if cross:
-                from tvm.support import cc
-
-                self.executable.export_library(str(tmp), fcompile=cc.cross_compiler(cross))
-            else:
-                self.executable.export_library(str(tmp))
+            self.target.export(self.executable, str(tmp))
         return path
 
 
@@ -120,15 +125,12 @@ class _Guarded:
 
 
 def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list[str], list[str]]:
-    """Apply optc's schedule rules, then the fallback to what they left; returns
+    """Apply the target's schedule rules, then its fallback to what they left; returns
     ``(mod, fallback_funcs, unscheduled)``."""
     from tvm import tirx
     from tvm.s_tir import dlight as dl
 
-    from . import schedules
-    from .schedules.fallback import fallback_rule
-
-    rules = [_Guarded(r) for r in schedules.schedule_rules(target)] if fast_schedules else []
+    rules = [_Guarded(r) for r in target.schedule_rules()] if fast_schedules else []
     if rules:
         mod = dl.ApplyDefaultSchedule(*rules)(mod)
 
@@ -142,7 +144,7 @@ def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list
 
     before = pending(mod)
     if before:
-        mod = dl.ApplyDefaultSchedule(fallback_rule(target))(mod)
+        mod = dl.ApplyDefaultSchedule(target.fallback_rule())(mod)
     after = pending(mod)
     fallback = [n for n in before if n not in after]
     if fallback:
@@ -165,14 +167,11 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     undefined behaviour (a wrong answer or a crash).
     """
     import tvm
-    from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
     from ..targets import get_target
-    from . import schedules
 
-    if isinstance(target, str):
-        target = get_target(target)
+    target = get_target(target)
+    target.check_toolchain()
     tvm_target = target.tvm()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -180,31 +179,29 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
     lowered = lower(work, target, checked=checked)
     mod = lowered.mod
-    notes = schedules.build_notes(work, target)
+    notes = target.build_notes(work)
     for note in notes:
         log.warning("%s", note)
     timings["lower"] = time.perf_counter() - t0
     try:
         with tvm_target, tvm.transform.PassContext(opt_level=3):
             t = time.perf_counter()
-            passes = list(schedules.relax_passes(target)) if fast_schedules else []
-            mod = tvm.transform.Sequential(
-                passes
-                + cpu_pipeline.library_dispatch_passes(tvm_target)
-                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
-            )(mod)
+            passes = list(target.relax_passes()) if fast_schedules else []
+            mod = tvm.transform.Sequential(passes + target.legalize_passes(tvm_target))(mod)
             timings["legalize_fuse"] = time.perf_counter() - t
             t = time.perf_counter()
             mod, fallback, unscheduled = schedule_module(mod, target, fast_schedules)
             timings["schedule"] = time.perf_counter() - t
+            bad = target.check_scheduled(mod)
+            if bad:
+                raise BuildError(f"{len(bad)} kernel(s) of graph {graph.name!r} cannot run on {target.name} as "
+                                 f"scheduled (no thread binding): {', '.join(bad)}")
             t = time.perf_counter()
-            finalize = list(getattr(schedules, "finalize_passes", lambda _t: [])(target))
-            mod = tvm.transform.Sequential(cpu_pipeline.dataflow_lower_passes(tvm_target)
-                                           + cpu_pipeline.finalize_passes(tvm_target) + finalize)(mod)
+            mod = tvm.transform.Sequential(target.lower_passes(tvm_target) + target.finalize_passes())(mod)
             sig = Signature(_specs(graph.inputs), _specs(graph.outputs), list(lowered.assumptions),
                             target.describe(), checked)
             ex = tvm.compile(embed_signature(mod, sig), tvm_target, relax_pipeline=None)
+            target.check_executable(ex)
             timings["compile"] = time.perf_counter() - t
     except OptcError:
         raise

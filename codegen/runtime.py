@@ -1,4 +1,5 @@
-"""Run a built module: ``CompiledModel`` wraps a Relax VM on the host CPU.
+"""Run a built module: ``CompiledModel`` wraps a Relax VM on the device its target names (the
+host CPU, or a CUDA GPU).
 
     >>> model = CompiledModel.load("out/model.so")     # the library; its signature is inside it
     >>> outs = model.run({"input_ids": ids, "attention_mask": mask})
@@ -15,17 +16,44 @@ compiler: running an artifact needs TVM's runtime and numpy only.
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..ir.errors import InvalidValueError, OptcError
-from ..ir.signature import check_inputs, numpy_dtype
-from .checks import register_error_kind
-from .signature import SIGNATURE_FUNC, ArtifactError, Signature, TensorSpec
-from .storage import from_storage, to_storage  # fp8 / sub-byte arrays <-> what the module holds
+
+def _import_tvm_without_torch() -> None:
+    """Import TVM's runtime without torch. ``tvm_ffi`` imports torch eagerly whenever it is
+    installed (a workaround for a symbol clash on Windows) and optional torch interop follows
+    suit: seconds of start-up and a GiB of address space for a process that only runs a model
+    on numpy arrays. Skipped when torch is already loaded (the compiler's process)."""
+    if "tvm" in sys.modules or "torch" in sys.modules:
+        return
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".", 1)[0] in ("torch", "torch_c_dlpack_ext"):
+                raise ImportError(f"{name} is not imported by optc's runtime")
+            return None
+
+    finder = NoTorch()
+    sys.meta_path.insert(0, finder)
+    try:
+        import tvm  # noqa: F401
+        import tvm.relax  # noqa: F401
+    finally:
+        sys.meta_path.remove(finder)
+
+
+_import_tvm_without_torch()
+
+from ..ir.errors import InvalidValueError, OptcError  # noqa: E402
+from .checks import register_error_kind  # noqa: E402
+from .signature import SIGNATURE_FUNC, ArtifactError, Signature, TensorSpec  # noqa: E402
+from .storage import from_storage, to_storage  # noqa: E402   # fp8 / sub-byte arrays <-> what the module holds
 
 register_error_kind(InvalidValueError)  # a failing run-time check of the module raises it
 
@@ -35,10 +63,6 @@ class RunError(OptcError):
 
 
 RuntimeError_ = RunError  # the earlier name
-
-
-def _fmt_bindings(b: Mapping[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(b.items())) or "no symbolic dims"
 
 
 def _last_line(e: BaseException) -> str:
@@ -56,11 +80,13 @@ def host_problem(target: Mapping[str, Any] | None) -> str | None:
 
 
 class CompiledModel:
-    """A compiled module ready to run on the host CPU."""
+    """A compiled module ready to run in this process."""
 
-    def __init__(self, module: Any, signature: Signature):
+    def __init__(self, module: Any, signature: Signature, vm: Any = None):
         import tvm
         from tvm import relax
+
+        from ..targets import device_for
 
         self._tvm = tvm
         self.signature = signature
@@ -71,8 +97,8 @@ class CompiledModel:
         problem = host_problem(self.target)
         if problem:
             raise ArtifactError(problem)
-        self.device = tvm.cpu()
-        self.vm = relax.VirtualMachine(module, self.device)
+        self.device = device_for(self.target)
+        self.vm = vm if vm is not None else relax.VirtualMachine(module, self.device)
         self._main = self.vm["main"]
 
     @classmethod
@@ -89,7 +115,8 @@ class CompiledModel:
             lib = tvm.runtime.load_module(str(path))
         except Exception as e:  # noqa: BLE001
             raise ArtifactError(f"{path}: cannot load the compiled library ({_last_line(e)})") from None
-        return cls(lib, read_signature(lib, path))
+        vm = open_vm(lib, None, path)
+        return cls(lib, read_signature(vm, path), vm)
 
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
@@ -99,13 +126,7 @@ class CompiledModel:
 
     def check(self, inputs: Mapping[str, Any]) -> dict[str, int]:
         """Validate ``inputs``; returns the symbolic dim bindings."""
-        if not isinstance(inputs, Mapping):
-            raise OptcError(f"inputs must be a mapping of input name to array, got {type(inputs).__name__}")
-        bindings = check_inputs(self.inputs, inputs, "run", numpy_dtype, lambda a: np.shape(a))
-        for a in self.assumptions:
-            if a.holds(bindings) is False:
-                raise OptcError(f"inputs bind {_fmt_bindings(bindings)}, but the compiled model needs {a.describe()}")
-        return bindings
+        return self.signature.check(inputs)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on numpy arrays keyed by input name; numpy outputs keyed by output name."""
@@ -139,12 +160,21 @@ def _native(a) -> np.ndarray:
     return np.require(a, requirements="C")  # not ascontiguousarray: it makes a 0-d array 1-d
 
 
-def read_signature(lib: Any, path: Path | str = "library") -> Signature:
-    """The signature embedded in a loaded library (``codegen.build.embed_signature``)."""
+def open_vm(lib: Any, target: Mapping[str, Any] | None, path: Path | str = "library") -> Any:
+    """A Relax VM for a loaded library on the device ``target`` (a description) runs on."""
     from tvm import relax
 
+    from ..targets import device_for
+
     try:
-        vm = relax.VirtualMachine(lib, __import__("tvm").cpu())
+        return relax.VirtualMachine(lib, device_for(target))
+    except Exception as e:  # noqa: BLE001
+        raise ArtifactError(f"{path}: not a compiled optc module ({_last_line(e)})") from None
+
+
+def read_signature(vm: Any, path: Path | str = "library") -> Signature:
+    """The signature embedded in a library (``codegen.build.embed_signature``), read through its VM."""
+    try:
         fn = vm[SIGNATURE_FUNC]
     except Exception:  # noqa: BLE001
         raise ArtifactError(f"{path}: the library carries no optc signature (built by an older optc, or not by "

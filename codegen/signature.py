@@ -76,6 +76,22 @@ class Signature:
                 "assumptions": [a.to_json() for a in self.assumptions], "target": self.target,
                 "checked": self.checked}
 
+    def check(self, inputs: Any) -> dict[str, int]:
+        """Validate ``inputs`` (name -> array) as the reference interpreter does, plus the
+        assumptions; returns the symbolic dim bindings. Every problem is a one-line ``OptcError``."""
+        import numpy as np
+
+        from ..ir.signature import check_inputs, numpy_dtype
+
+        if not isinstance(inputs, dict) and not hasattr(inputs, "keys"):
+            raise OptcError(f"inputs must be a mapping of input name to array, got {type(inputs).__name__}")
+        bindings = check_inputs(self.inputs, inputs, "run", numpy_dtype, lambda a: np.shape(a))
+        for a in self.assumptions:
+            if a.holds(bindings) is False:
+                given = ", ".join(f"{k}={v}" for k, v in sorted(bindings.items())) or "no symbolic dims"
+                raise OptcError(f"inputs bind {given}, but the compiled model needs {a.describe()}")
+        return bindings
+
     def dumps(self) -> str:
         return json.dumps(self.to_json(), sort_keys=True)
 

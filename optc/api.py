@@ -148,12 +148,13 @@ def jsonable(value: Any) -> Any:
 
 
 @user_errors
-def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "x86",
+def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
             passes: str = "default", instruments: list | None = None, progress: bool = False,
             calibration=None, budgets: dict[str, float] | None = None, checked: bool = True) -> Path:
     """Import ``model`` (.onnx, .pt2 or .optc-ir), run the pass pipeline ``passes`` on it (the
     lossy passes on ``calibration``: input sets or an ``InputsFile``, see ``optimize``), build
-    it for ``target`` and write the artifact folder ``out`` (atomically; an existing ``out`` is
+    it for ``target`` (a preset name — see ``optc targets`` —, a TVM target JSON, or a
+    ``targets.Target``) and write the artifact folder ``out`` (atomically; an existing ``out`` is
     replaced only when it is an optc artifact); the manifest records the pipeline and each
     pass's report. ``checked=False`` drops the module's run-time index/divisor checks.
     Returns the folder."""
@@ -164,13 +165,14 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target: str = "
 
     check_output_dir(out)  # refuse before the (slow) work, not after
     tgt = get_target(target)
+    tgt.check_toolchain()  # a missing cross compiler or nvcc fails before the (slow) work
     PassManager.parse(passes)  # a bad pipeline fails before the (slow) import
     from .calibration import InputsFile
 
     if isinstance(calibration, InputsFile):
         calibration.check()
     graph = load_model(model)
-    result = optimize(graph, passes, target=tgt.name, instruments=instruments, calibration=calibration,
+    result = optimize(graph, passes, target=tgt, instruments=instruments, calibration=calibration,
                       budgets=budgets)
     if progress:
         from .progress import Progress

@@ -1,6 +1,10 @@
 """Latency measurement of a compiled artifact, and of the same model in ONNX Runtime and PyTorch
 in the same process, so the ratios compare like with like.
 
+An artifact built for another architecture is timed by its own runner under qemu-user
+(``emulated_timing``: the numbers say nothing about the board) or on the board itself over TVM's
+RPC (``remote_timing``, with ``optc.native.remote``).
+
 Thread counts must be fixed before the runtimes start their pools: ``pin_threads`` sets the
 environment for TVM and OpenMP and the torch setting; ONNX Runtime gets it per session.
 """
@@ -119,3 +123,52 @@ def torch_runner(model: Path, inputs: Mapping[str, np.ndarray]) -> Callable[[], 
             return module(**feed)
 
     return run
+
+
+# -- artifacts that do not run in this process: emulated (qemu-user) and remote (TVM RPC) ----------
+def artifact_signature(folder: str | os.PathLike, verify: bool = True):
+    """The manifest (its files' checksums verified when ``verify``) and signature of an artifact
+    folder, without loading its library (which may be built for another machine)."""
+    from .codegen.artifact import read_manifest, verify_files
+    from .codegen.signature import Signature
+
+    manifest = read_manifest(folder)
+    if verify:
+        verify_files(Path(folder), manifest)
+    return manifest, Signature.from_json(manifest)
+
+
+def foreign_arch(signature) -> str | None:
+    """The architecture the artifact's code needs when it is not this machine's (else None)."""
+    from .targets.base import foreign_arch as _foreign
+
+    return _foreign(signature.target or {})
+
+
+def emulated_timing(folder: str | os.PathLike, signature, inputs: Mapping[str, np.ndarray], repeat: int,
+                    threads: int, warmup: int = 3) -> Timing:
+    """``repeat`` runs timed by the artifact's own runner (``optc-run --repeat --json``), under
+    qemu-user when it is built for another architecture: correct outputs, meaningless times."""
+    import json
+    import tempfile
+
+    from .codegen.storage import to_storage
+    from .native import NativeError, run_native
+
+    signature.check(inputs)
+    with tempfile.TemporaryDirectory(prefix="optc-bench-") as tmp:
+        src = Path(tmp, "inputs.npz")
+        np.savez(src, **{s.name: to_storage(np.asarray(inputs[s.name]), s.dtype) for s in signature.inputs})
+        res = run_native(folder, src, None, ["--repeat", str(repeat), "--warmup", str(warmup),
+                                             "--threads", str(threads), "--json"])
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    try:
+        runs = json.loads(lines[-1])["runs_ms"]
+    except (IndexError, KeyError, ValueError):
+        raise NativeError(f"{folder}: its runner printed no timings (an older optc-run? recompile the artifact)") from None
+    return Timing("optc", [float(x) for x in runs])
+
+
+def remote_timing(model, inputs: Mapping[str, np.ndarray], repeat: int, warmup: int = 3) -> Timing:
+    """``repeat`` runs of a ``native.remote.RemoteModel`` timed on its board."""
+    return Timing("optc", model.time(inputs, repeat, warmup))

@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="compile a model into an artifact folder")
     comp.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
-    comp.add_argument("--target", default="x86", help="x86 (the host), x86-avx2, x86-avx512")
+    comp.add_argument("--target", default="x86",
+                      help="a preset (x86 = this machine, x86-avx2, arm64, arm64-dotprod, cuda-sm90, ...: see "
+                           "optc targets) or a TVM target as JSON")
     comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
     comp.add_argument("--passes", default="default", metavar="PIPELINE",
                       help="pass pipeline, e.g. 'default,prune-heads{ratio=0.25}' (default: default, exact passes only; see optc passes)")
@@ -129,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=_cmd_eval)
 
+    tg = sub.add_parser("targets", help="list the target presets and what each assumes about the machine")
+    tg.add_argument("--json", action="store_true", help="print the presets' TVM targets as JSON")
+    tg.set_defaults(func=_cmd_targets)
+
     ps = sub.add_parser("passes", help="list every pass with its options and the default pipeline")
     ps.add_argument("--json", action="store_true", help="print one JSON object")
     ps.set_defaults(func=_cmd_passes)
@@ -151,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="threads for every runtime, 1 to the CPUs this process may use (default: all of them)")
     bench.add_argument("--compare", default="", help="comma list of: onnxruntime, torch (same model, same run)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--remote", metavar="HOST:PORT",
+                       help="time it on another machine over TVM's RPC: an `optc-run --rpc-server` there (or TVM's "
+                            "RPC server), or a TVM RPC tracker (then --rpc-key names the board)")
+    bench.add_argument("--rpc-key", metavar="KEY",
+                       help="with --remote: the board's key at the tracker (or the key its server was started with)")
     bench.set_defaults(func=_cmd_bench)
     return p
 
@@ -287,12 +298,36 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_targets(args) -> int:
+    from .targets import TargetError, get_target, presets
+
+    rows = []
+    for name, summary in presets():
+        try:
+            target = get_target(name)
+            rows.append({"name": name, "assumes": summary, "tvm": target.tvm_target,
+                         "requires": list(target.features), "toolchain": target.cross_compiler})
+        except TargetError as e:  # e.g. "cuda" on a machine without a GPU
+            rows.append({"name": name, "assumes": summary, "unavailable": str(e)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['assumes']}")
+    print("\n--target also takes a TVM target as JSON, e.g. "
+          "'{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\", \"mcpu\": \"cortex-a76\"}'")
+    return 0
+
+
 def _cmd_compile(args) -> int:
     from .api import compile as compile_model
     from .fileio import check_output_dir
     from .passes import PassManager
+    from .targets import get_target
 
     check_output_dir(args.output)
+    get_target(args.target).check_toolchain()
     PassManager.parse(args.passes)
     calibration = _calibration(args)
     _warn_uncalibrated(args.passes, calibration)
@@ -481,13 +516,11 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    """Times the artifact here (in process), on a board over TVM's RPC (``--remote``), or, for an
+    artifact built for another architecture, under qemu-user with a warning (its runner)."""
     from . import benchmark as bm
     from .ir.errors import OptcError
 
-    cores = _cores()
-    threads = cores if args.threads is None else args.threads
-    if not 1 <= threads <= cores:
-        raise OptcError(f"--threads must be between 1 and {cores} (the CPUs this process may use), got {threads}")
     if not 1 <= args.repeat <= MAX_REPEAT:
         raise OptcError(f"--repeat must be between 1 and {MAX_REPEAT:,}, got {args.repeat}")
     comparisons = [c.strip() for c in args.compare.split(",") if c.strip()]
@@ -495,26 +528,89 @@ def _cmd_bench(args) -> int:
         if c not in bm.COMPARATORS:
             raise OptcError(f"--compare: unknown runtime {c!r}; choose from {', '.join(bm.COMPARATORS)}")
     dims = _parse_dims(args.dim)
+    if args.rpc_key is not None and not args.remote:
+        raise OptcError("--rpc-key goes with --remote HOST:PORT (a tracker, or a server started with that key)")
+    if args.remote:
+        return _bench_remote(args, dims, comparisons)
+    cores = _cores()
+    threads = cores if args.threads is None else args.threads
+    if not 1 <= threads <= cores:
+        raise OptcError(f"--threads must be between 1 and {cores} (the CPUs this process may use), got {threads}")
     bm.pin_threads(threads)  # before any runtime starts its thread pool
     from .api import load, load_inputs
     from .codegen.artifact import check_source_model
 
-    art = load(args.artifact)
-    source = check_source_model(art.manifest) if comparisons else None
-    inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(art.model.inputs, dims)
-    art.model.check(inputs)
-    timings = [bm.measure("optc", lambda: art.run(inputs), args.repeat)]
-    for c in comparisons:
-        fn = bm.onnxruntime_runner(source, inputs, threads) if c == "onnxruntime" else bm.torch_runner(source, inputs)
-        timings.append(bm.measure(c, fn, args.repeat))
+    _, signature = bm.artifact_signature(args.artifact, verify=False)  # load() verifies; here only: which machine?
+    foreign = bm.foreign_arch(signature)
+    emulated = None
+    if foreign:
+        from .native import ARCHES, normalize_arch
+
+        bm.artifact_signature(args.artifact)  # its files' checksums
+
+        emulated = ARCHES[normalize_arch(foreign)][3]
+        if comparisons:
+            raise OptcError(f"--compare: {args.artifact} is built for {foreign} and runs here only under {emulated} "
+                            "emulation, so no comparison would mean anything; time it on the board with --remote HOST:PORT")
+        inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(signature.inputs, dims)
+        signature.check(inputs)
+        logging.getLogger("optc.bench").warning(
+            f"{args.artifact} is built for {foreign} and runs under {emulated} emulation here: these timings say "
+            "nothing about a real board; use --remote HOST:PORT to time it on one")
+        timings = [bm.emulated_timing(args.artifact, signature, inputs, args.repeat, threads)]
+    else:
+        art = load(args.artifact)
+        source = check_source_model(art.manifest) if comparisons else None
+        inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(art.model.inputs, dims)
+        art.model.check(inputs)
+        timings = [bm.measure("optc", lambda: art.run(inputs), args.repeat)]
+        for c in comparisons:
+            fn = bm.onnxruntime_runner(source, inputs, threads) if c == "onnxruntime" else bm.torch_runner(source, inputs)
+            timings.append(bm.measure(c, fn, args.repeat))
+    extra = {"emulated": emulated} if emulated else {}
+    note = f"  (under {emulated} emulation: not the board's speed)" if emulated else None
+    return _print_bench(args, threads, inputs, timings, extra, note)
+
+
+def _bench_remote(args, dims: dict[str, int], comparisons: list[str]) -> int:
+    """``optc bench --remote HOST:PORT``: the model uploaded to the board and timed there."""
+    from . import benchmark as bm
+    from .api import load_inputs
+    from .ir.errors import OptcError
+    from .native import remote as rn
+
+    if comparisons:
+        raise OptcError("--compare runs the other runtimes on this machine, not on the board: leave it out with --remote")
+    if args.threads is not None and args.threads < 1:
+        raise OptcError(f"--threads must be at least 1, got {args.threads}")
+    rn.parse_address(args.remote)  # a bad value fails before any file is read
+    _, signature = bm.artifact_signature(args.artifact)
+    inputs = load_inputs(args.inputs) if args.inputs else bm.random_inputs(signature.inputs, dims)
+    signature.check(inputs)
+    remote = rn.connect(args.remote, args.rpc_key)
+    try:
+        if args.threads is not None:
+            remote.set_threads(args.threads)  # before anything runs there
+        model = remote.load(args.artifact)
+        timings = [bm.remote_timing(model, inputs, args.repeat)]
+        threads = remote.threads()
+    finally:
+        remote.close()
+    return _print_bench(args, threads, inputs, timings, {"remote": remote.to_json()}, f"  on {remote.describe()}")
+
+
+def _print_bench(args, threads, inputs, timings, extra: dict, note: str | None) -> int:
     base = timings[0].median
     result = {"artifact": str(args.artifact), "threads": threads, "inputs": {k: list(v.shape) for k, v in inputs.items()},
               "latency": {t.name: t.to_json() for t in timings},
-              "ratio_vs": {t.name: round(base / t.median, 3) for t in timings[1:]}}
+              "ratio_vs": {t.name: round(base / t.median, 3) for t in timings[1:]}, **extra}
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.artifact}: {threads} threads, inputs " + ", ".join(f"{k}{v}" for k, v in result["inputs"].items()))
+    shown = f"{threads} threads" if threads is not None else "default threads"
+    print(f"{args.artifact}: {shown}, inputs " + ", ".join(f"{k}{v}" for k, v in result["inputs"].items()))
+    if note:
+        print(note)
     for t in timings:
         ratio = "" if t is timings[0] else f"   optc/{t.name} = {base / t.median:.2f}x"
         print(f"  {t.name:<12} median {t.median:8.2f} ms   p90 {t.p90:8.2f} ms{ratio}")

@@ -43,7 +43,7 @@ def open_side(path: str | os.PathLike) -> Side:
         from .api import load
 
         art = load(path)
-        return Side(str(path), "artifact", art.run, list(art.model.inputs), list(art.output_names), manifest=art.manifest)
+        return Side(str(path), "artifact", art.run, list(art.inputs), art.output_names(), manifest=art.manifest)
     from .api import load_model
     from .ir.interpreter import Interpreter
 

@@ -13,12 +13,18 @@ from __future__ import annotations
 import os
 
 from .base import Target, TargetError, register_target
+from .cpu import CPUTarget
 
 # name -> (LLVM mcpu, vector bits); None is the host.
 VARIANTS: dict[str, tuple[str, int] | None] = {
     "x86": None,
     "x86-avx2": ("haswell", 256),
     "x86-avx512": ("skylake-avx512", 512),
+}
+SUMMARIES = {
+    "x86": "this machine's CPU as detected (LLVM's name for it, minus features the kernel hides)",
+    "x86-avx2": "any x86-64 with AVX2 + FMA (Intel Haswell+, AMD Zen+): 256-bit vectors",
+    "x86-avx512": "x86-64 with AVX-512 F/BW/DQ/VL (Intel Skylake-SP+, AMD Zen 4+): 512-bit vectors",
 }
 
 # LLVM feature -> /proc/cpuinfo flag, for the features generated code can use (tuning flags and
@@ -69,7 +75,16 @@ def _bits(llvm_features: set[str]) -> int:
     return 512 if "avx512f" in llvm_features else 256 if "avx2" in llvm_features else 128
 
 
-@register_target("x86", "host")
+def _registers(bits: int) -> int:
+    """Architectural vector registers: 32 zmm with AVX-512, else 16 (ymm/xmm)."""
+    return 32 if bits >= 512 else 16
+
+
+def _presets() -> list[tuple[str, str]]:
+    return [(name, SUMMARIES[name]) for name in VARIANTS]
+
+
+@register_target("x86", "host", presets=_presets)
 def resolve(name: str) -> Target:
     name = "x86" if name == "host" else name
     if name not in VARIANTS:
@@ -95,7 +110,25 @@ def resolve(name: str) -> Target:
     if mattr:
         tvm_target["mattr"] = mattr
     features = tuple(sorted(CODEGEN_FEATURES[f] for f in implied))
-    return Target(name=name, kind="cpu", tvm_target=tvm_target, vector_bits=bits, num_cores=cores, features=features)
+    return CPUTarget(name=name, kind="cpu", tvm_target=tvm_target, vector_bits=bits, vector_registers=_registers(bits),
+                     num_cores=cores,
+                     features=features, arch="x86_64", summary=SUMMARIES[name])
+
+
+def from_spec(spec: dict) -> Target:
+    """An x86 target from an expert's TVM target JSON (kind llvm, an x86-64 triple)."""
+    spec = dict(spec)
+    spec.setdefault("mtriple", "x86_64-linux-gnu")
+    mcpu = str(spec.get("mcpu") or "x86-64")
+    mattr = [str(a) for a in spec.get("mattr") or []]
+    implied = set(implied_features(mcpu)) | {a[1:] for a in mattr if a.startswith("+") and a[1:] in CODEGEN_FEATURES}
+    implied -= {a[1:] for a in mattr if a.startswith("-")}
+    cores = int(spec.get("num-cores") or host_cores())
+    spec["num-cores"] = cores
+    return CPUTarget(name="x86-custom", kind="cpu", tvm_target=spec, vector_bits=_bits(implied),
+                     vector_registers=_registers(_bits(implied)), num_cores=cores,
+                     features=tuple(sorted(CODEGEN_FEATURES[f] for f in implied)), arch="x86_64",
+                     summary=f"TVM target {spec}")
 
 
 def missing_features(target: Target) -> list[str]:

@@ -123,3 +123,23 @@ def test_bench_json_compares_onnxruntime(mlp):
     res = json.loads(r.stdout)
     assert set(res["latency"]) == {"optc", "onnxruntime"} and res["ratio_vs"]["onnxruntime"] > 0
     assert res["inputs"] == {"x": [4, 16]}
+
+
+def test_running_an_artifact_never_imports_torch(mlp, tmp_path):
+    """optc.load(DIR).run(...) and `optc run DIR` need TVM's runtime and numpy only (tvm_ffi would
+    import torch eagerly; the runtime keeps it out) — checked in a fresh process."""
+    _, art = mlp
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 16), np.float32))
+    script = f"""
+import sys
+import numpy as np
+import optc
+from optc.cli import main
+out = optc.load({str(art)!r}).run({{"x": np.ones((3, 16), np.float32)}})
+assert out["y"].shape == (3, 8)
+assert main(["run", {str(art)!r}, "--inputs", {str(tmp_path / "in.npz")!r}, "-o", {str(tmp_path / "o.npz")!r}]) == 0
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "onnx", "onnxruntime", "transformers", "onnx_graphsurgeon"}})
+assert not heavy, heavy
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

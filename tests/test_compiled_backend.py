@@ -84,8 +84,10 @@ class _SkipUnsupported(CompiledBackend):
             raise unittest.SkipTest(f"unsupported: {e}") from None
 
 
-def _suite(include: list[str] | None, prefix: str, mark=None) -> dict:
-    bt = onnx.backend.test.BackendTest(_SkipUnsupported, __name__)
+def _suite(include: list[str] | None, prefix: str, mark=None, backend=None, module: str = __name__) -> dict:
+    """The ONNX backend node tests (those named in ``include``, or all) as test classes for
+    ``backend`` (a ``CompiledBackend`` subclass; default: the host target)."""
+    bt = onnx.backend.test.BackendTest(backend or _SkipUnsupported, module)
     bt.exclude(_EXCLUDE)
     for pattern in KNOWN_FAILURES:
         bt.exclude(pattern)

@@ -206,12 +206,18 @@ def test_layernorm_and_transpose_numerics(layernorm_transpose, seq):
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), y, rtol=1e-4, atol=1e-4)
 
 
-def test_hooks_are_empty_for_non_cpu_targets():
-    class Fake:
-        kind = "cuda"
+def test_cpu_kernels_stay_on_cpu_targets():
+    """The CPU targets take optc's CPU kernels; a GPU target brings its own (none of these)."""
+    from optc.targets import get_target
 
-    assert schedules.relax_passes(Fake()) == [] and schedules.schedule_rules(Fake()) == []
-    assert schedules.finalize_passes(Fake()) == []
+    cpu, gpu = get_target("x86"), get_target("cuda-sm90")
+    cpu_rules = {type(r).__name__ for r in cpu.schedule_rules()}
+    assert {"DenseRule", "RowRule", "ReductionRule", "ElementwiseRule"} <= cpu_rules
+    assert not cpu_rules & {type(r).__name__ for r in gpu.schedule_rules()}
+    cpu_passes = {type(p).__name__ for p in cpu.relax_passes()}
+    assert {"PackDenseWeights", "RowKernels"} <= cpu_passes  # CPU weight layouts and row kernels
+    assert not {"PackDenseWeights", "RowKernels"} & {type(p).__name__ for p in gpu.relax_passes()}
+    assert type(cpu.fallback_rule()).__name__ == "CPUFallback" != type(gpu.fallback_rule()).__name__
 
 
 # --------------------------------------------------------------------------- dense with [batch, seq] rows

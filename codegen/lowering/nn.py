@@ -311,10 +311,14 @@ def _attention(ctx, node, q, k, v, mask=None):
     gives zeros (as the interpreter).
 
     CPU targets get the fused flash-style kernel (``codegen/schedules/attention.py``: no
-    [seq, seq] scores in memory); variants it does not take keep the decomposition below, and the
-    build lists each of them in ``CompiledModule.notes`` (same ``plan`` rule)."""
+    [seq, seq] scores in memory), CUDA targets their own (``codegen/gpu/attention.py``): the
+    target names it (``Target.attention_kernel``). Variants it does not take keep the
+    decomposition below, and the build lists each of them in ``CompiledModule.notes`` (same
+    ``plan`` rule)."""
     from ..schedules import attention as fused
 
+    if ctx.target is not None:
+        fused = ctx.target.attention_kernel()
     spec, _why = fused.plan(node, ctx.target)
     if spec is not None:
         return fused.emit(ctx, node, spec, q, k, v, mask)

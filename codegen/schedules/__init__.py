@@ -1,4 +1,6 @@
-"""optc's default schedules: untuned code must already be fast.
+"""optc's default CPU schedules: untuned code must already be fast.
+
+The CPU targets (``targets/cpu.py``) take their kernels from here; other families bring their own.
 
 ``relax_passes(target)`` run on the Relax module before legalization (e.g. rewriting a matmul
 with a constant weight into a kernel that reads the weight pre-packed at compile time), and
@@ -36,8 +38,6 @@ def relax_passes(target) -> list:
     They expect weights bound as ``relax.Constant`` (e.g. after ``relax.transform.BindParams``)
     and must run before ``LegalizeOps``.
     """
-    if target.kind != "cpu":
-        return []
     from .attention import FoldTransposePairs
     from .dense import PackDenseWeights
     from .fastmath import FastMath
@@ -51,8 +51,6 @@ def schedule_rules(target) -> list:
 
     Apply after ``LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR``.
     """
-    if target.kind != "cpu":
-        return []
     from .dense import DenseRule
 
     from .elementwise import ElementwiseRule
@@ -76,8 +74,6 @@ def finalize_passes(target) -> list:
     pad) would be scalarized by TVM and re-vectorized by LLVM, CPU-dependently and, with LLVM 22
     at 16 lanes, wrongly (``lanes.py``): unroll it instead.
     """
-    if target.kind != "cpu":
-        return []
     from .common import MarkShapeFuncsNoAlias
     from .lanes import UnrollLanePredicatedVectors
 
@@ -88,8 +84,6 @@ def build_notes(graph, target) -> list[str]:
     """Lines for the build report about ops that did not get their dedicated kernel on
     ``target`` (e.g. an ``Attention`` variant the fused kernel does not take), so a slower path
     is never silent."""
-    if target is None or target.kind != "cpu":
-        return []
     from .attention import decomposed_notes
 
     return decomposed_notes(graph, target)

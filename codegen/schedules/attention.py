@@ -17,17 +17,21 @@
     1. scores ``s[RI, KT]`` = Q rows x Kᵀ tile (register tile ``RI x KT``, vectorized over keys),
     2. scale, mask (bool keeps / float adds, broadcast over batch, head and query), causal and the
        Sk tail (-inf) in one vector pass,
-    3. new row max, ``p = exp(s - m)`` (a vectorizable polynomial that gives exactly 0 for -inf),
-       rescale ``l`` and the accumulator by ``exp(m_old - m_new)``,
+    3. new row max; the rescale factors ``exp(m_old - m_new)`` of all ``RI`` rows as one vector
+       (no scalar exp chain per row); ``p = exp(s - m)`` (a vectorizable polynomial that gives
+       exactly 0 for -inf); rescale ``l`` and the accumulator,
     4. accumulator += ``p`` x V tile (vectorized over Dv; V rows read by a scalar index, so the
-       tail tile simply runs fewer keys).
+       tail tile simply runs fewer keys), in passes over ``dv_chunk`` vectors of Dv when the
+       ``RI x Dv`` accumulators would not fit the registers.
 
-    Whole key tiles (``KT`` = 4 vectors: 64 keys on AVX-512, 4 query rows per register block),
-    at most one whole half tile, and a last partial half tile are separate copies of the tile
-    body, so short and tail sequences waste at most half a tile; only the partial copy reads the
-    mask through a clamped (gathering) index. With ``is_causal`` a row block stops at its last
-    visible key. A query row whose keys are all masked gives zeros (the interpreter's
-    semantics); query rows past Sq are computed from a clamped row and not written.
+    The tiles come from the target's register file (``AttentionTiles.choose``). Whole key tiles
+    (``KT`` = 4 vectors: 64 keys on AVX-512, 16 on NEON; 4 query rows per register block on
+    AVX-512 and NEON, 2 on AVX2), at most one whole half tile, and a last partial half tile are
+    separate copies of the tile body, so short and tail sequences waste at most half a tile;
+    only the partial copy reads the mask through a clamped (gathering) index. With ``is_causal``
+    a row block stops at its last visible key. A query row whose keys are all masked gives zeros
+    (the interpreter's semantics); query rows past Sq are computed from a clamped row and not
+    written.
 
 Layout: where Q/K/V are transposes of the projections' ``[b, s, h, d]`` tensors, the kernel reads
 those in place, and where the output's only use transposes it back, it writes ``[b, s, h, d]``;
@@ -80,24 +84,43 @@ class AttentionSpec:
     seq_major: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
+SCORE_VECTORS = 4  # key vectors per score tile: KT = 4 vectors of keys (64 on AVX-512, 16 on NEON)
+
+
 @dataclass(frozen=True)
 class AttentionTiles:
     """lanes  f32 vector lanes; kt  keys per tile (a multiple of lanes); ri  query rows per
     register block; qt  query rows per parallel task (a multiple of ri); dv_lanes  vector width
-    over the value head dim."""
+    over the value head dim; dv_chunk  Dv vectors accumulated per pass over a key tile (p . V).
+
+    From the register file (``CPUTiles.fits``): the score tile ``ri x kt/lanes`` and each p . V
+    pass ``ri x dv_chunk`` keep their accumulators in registers.
+
+    ============  =====  =========  ==  ==  ==============================
+    target        lanes  registers  kt  ri  dv_chunk (head dim 32 / 64)
+    ============  =====  =========  ==  ==  ==============================
+    x86-avx2      8      16         32  2   4 (one pass) / 4 (two passes)
+    x86-avx512    16     32         64  4   2 (one pass) / 4 (one pass)
+    arm64 (NEON)  4      32         16  4   4 (two passes) / 4 (four)
+    ============  =====  =========  ==  ==  ==============================
+    """
 
     lanes: int
     kt: int
     ri: int
     qt: int
     dv_lanes: int
+    dv_chunk: int = 0  # 0: all Dv vectors in one pass
 
     @staticmethod
     def choose(target, spec: AttentionSpec) -> "AttentionTiles":
-        L = CPUTiles.for_target(target).lanes
+        cpu = CPUTiles.for_target(target)
+        L = cpu.lanes
         dvl = next((w for w in (L, L // 2, L // 4, 2) if w >= 2 and spec.head_dim_v % w == 0), 1)
-        # AVX-512 (32 registers): 4 rows x 4 vectors of scores; AVX2/NEON (16): 2 rows
-        return AttentionTiles(lanes=L, kt=4 * L, ri=4 if L >= 16 else 2, qt=32, dv_lanes=dvl)
+        ri = next((r for r in (8, 4, 2) if cpu.fits(r, SCORE_VECTORS)), 1)
+        ndv = spec.head_dim_v // dvl
+        chunk = next((c for c in range(ndv, 0, -1) if ndv % c == 0 and cpu.fits(ri, c)), 1)
+        return AttentionTiles(lanes=L, kt=SCORE_VECTORS * L, ri=ri, qt=32, dv_lanes=dvl, dv_chunk=chunk)
 
 
 def key_pad(sk, kt: int):
@@ -168,6 +191,8 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     G = HQ // HK
     L, KT, RI, QT, VL = tiles.lanes, tiles.kt, tiles.ri, tiles.qt, tiles.dv_lanes
     NV, NV2, NDV = KT // L, KT // L // 2, DV // VL  # vectors per key tile, per half tile
+    CW = tiles.dv_chunk or NDV  # Dv vectors per p . V pass
+    NC = NDV // CW
     KT2 = KT // 2
     scale = float(spec.scale)
     QSM, _, VSM, YSM = spec.seq_major
@@ -218,7 +243,7 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
             part[0] = op(part[0], part[1])
 
     @T.macro
-    def tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kn, k0, nv, tail):
+    def tile(Q, Kt, V, M, s, mrow, mnew, mexp, alpha, lsum, acc, bi, h, hk, r0, sq, sk, kn, k0, nv, tail):
         # 1. scores s[RI, nv*L] = Q[r0:r0+RI] . Kt[:, k0:k0+nv*L]
         for ii, j in T.grid(RI, nv * L):
             s[ii, j] = T.float32(0)
@@ -228,10 +253,9 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
                     for l in T.vectorized(L):
                         s[ii, jv * L + l] = s[ii, jv * L + l] + _at(Q, QSM, bi, h, T.min(r0 + ii, sq - 1), dd) * Kt[
                             bi, hk, dd, k0 + jv * L + l]
-        # 2. scale, mask, causal, tail -> row max (lane partials, then a halving tree)
+        # 2. scale, mask, causal, tail -> new row max (lane partials, then a halving tree)
         for ii in range(RI):
             part = T.decl_buffer((L,), _F32, scope="local")
-            mx = T.decl_buffer((3,), _F32, scope="local")  # new max, max used for exp, alpha
             for l in T.vectorized(L):
                 part[l] = T.float32(neg_inf)
             for jv in T.unroll(nv):
@@ -239,27 +263,36 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
                     s[ii, jv * L + l] = score(s[ii, jv * L + l], M, bi, h, r0 + ii, k0 + jv * L + l, sq, sk, tail)
                     part[l] = T.max(part[l], s[ii, jv * L + l])
             tree(part, tirx.max)
-            mx[0] = T.max(mrow[ii], part[0])
-            # 3. online softmax: p = exp(s - m), running sum and accumulator rescaled by exp(m_old - m)
-            mx[1] = T.Select(mx[0] == T.float32(neg_inf), T.float32(0), mx[0])
-            mx[2] = exp0(mrow[ii] - mx[1])
-            mrow[ii] = mx[0]
+            mnew[ii] = T.max(mrow[ii], part[0])
+        # 3. online softmax. The row factors for all RI rows as one vector (no scalar exp chain
+        #    per row): the max used for exp (0 while a row has seen only masked keys) and the
+        #    rescale alpha = exp(m_old - m); then per row p = exp(s - m), the running sum and the
+        #    accumulator rescaled by alpha
+        for ii in T.vectorized(RI):
+            mexp[ii] = T.Select(mnew[ii] == T.float32(neg_inf), T.float32(0), mnew[ii])
+            alpha[ii] = exp0(mrow[ii] - mexp[ii])
+            mrow[ii] = mnew[ii]
+        for ii in range(RI):
+            part = T.decl_buffer((L,), _F32, scope="local")
             for l in T.vectorized(L):
                 part[l] = T.float32(0)
             for jv in T.unroll(nv):
                 for l in T.vectorized(L):
-                    s[ii, jv * L + l] = exp0(s[ii, jv * L + l] - mx[1])
+                    s[ii, jv * L + l] = exp0(s[ii, jv * L + l] - mexp[ii])
                     part[l] = part[l] + s[ii, jv * L + l]
             for l in T.vectorized(L):
-                lsum[ii, l] = lsum[ii, l] * mx[2] + part[l]
+                lsum[ii, l] = lsum[ii, l] * alpha[ii] + part[l]
             for dv in T.vectorized(DV):
-                acc[ii, dv] = acc[ii, dv] * mx[2]
-        # 4. acc += p . V tile
-        for j in range(kn - k0 if tail else nv * L):
-            for ii in T.unroll(RI):
-                for dvo in T.unroll(NDV):
-                    for l in T.vectorized(VL):
-                        acc[ii, dvo * VL + l] = acc[ii, dvo * VL + l] + s[ii, j] * _at(V, VSM, bi, hk, k0 + j, dvo * VL + l)
+                acc[ii, dv] = acc[ii, dv] * alpha[ii]
+        # 4. acc += p . V tile, in NC passes over the keys of CW Dv vectors each: a pass's
+        #    RI x CW accumulators stay in registers (RI x NDV may not fit: NEON, head dim 32)
+        for c in T.unroll(NC):
+            for j in range(kn - k0 if tail else nv * L):
+                for ii in T.unroll(RI):
+                    for dvo in T.unroll(CW):
+                        for l in T.vectorized(VL):
+                            acc[ii, (c * CW + dvo) * VL + l] = acc[ii, (c * CW + dvo) * VL + l] + s[ii, j] * _at(
+                                V, VSM, bi, hk, k0 + j, (c * CW + dvo) * VL + l)
 
     @T.macro
     def body(Q, Kt, V, M, Y, b, sq, sk):
@@ -267,6 +300,9 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         for task in T.parallel(b * HQ * nqt):
             s = T.decl_buffer((RI, KT), _F32, scope="local")
             mrow = T.decl_buffer((RI,), _F32, scope="local")
+            mnew = T.decl_buffer((RI,), _F32, scope="local")
+            mexp = T.decl_buffer((RI,), _F32, scope="local")
+            alpha = T.decl_buffer((RI,), _F32, scope="local")
             lsum = T.decl_buffer((RI, L), _F32, scope="local")
             acc = T.decl_buffer((RI, DV), _F32, scope="local")
             bi = T.meta_var(task // (HQ * nqt))
@@ -284,11 +320,14 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
                 kend = T.meta_var(T.min(sk, r0 + RI) if causal else sk)
                 # whole key tiles, then at most one whole half tile, then the partial half tile
                 for kt_i in range(kend // KT):
-                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kt_i * KT, NV, False)
+                    tile(Q, Kt, V, M, s, mrow, mnew, mexp, alpha, lsum, acc, bi, h, hk, r0, sq, sk, kend,
+                         kt_i * KT, NV, False)
                 if kend % KT >= KT2:
-                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kend // KT * KT, NV2, False)
+                    tile(Q, Kt, V, M, s, mrow, mnew, mexp, alpha, lsum, acc, bi, h, hk, r0, sq, sk, kend,
+                         kend // KT * KT, NV2, False)
                 if kend % KT2 != 0:
-                    tile(Q, Kt, V, M, s, mrow, lsum, acc, bi, h, hk, r0, sq, sk, kend, kend // KT2 * KT2, NV2, True)
+                    tile(Q, Kt, V, M, s, mrow, mnew, mexp, alpha, lsum, acc, bi, h, hk, r0, sq, sk, kend,
+                         kend // KT2 * KT2, NV2, True)
                 for ii in range(RI):
                     if r0 + ii < sq:
                         tot = T.decl_buffer((L,), _F32, scope="local")
