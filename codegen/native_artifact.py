@@ -72,7 +72,7 @@ class NativeArtifact:
             np.savez(src, **{s.name: to_storage(np.asarray(inputs[s.name]), s.dtype) for s in self.inputs})
             self.last = run_native(self.folder, src, dst, extra_args)
             stored = read_npz(dst)
-        return {s.name: from_storage(stored[s.name], s.dtype) for s in self.outputs}
+        return {s.name: _as_declared(from_storage(stored[s.name], s.dtype), s.dtype) for s in self.outputs}
 
     __call__ = run
 
@@ -89,3 +89,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # another file system
         shutil.copy2(src, dst)
+
+
+def _as_declared(array: np.ndarray, dtype) -> np.ndarray:
+    """The runner writes types numpy lacks (bfloat16) as unsigned bit patterns of the same width:
+    view them as the declared type."""
+    want = np.dtype(dtype.numpy)
+    if array.dtype != want and array.dtype.kind == "u" and array.dtype.itemsize == want.itemsize:
+        return array.view(want)
+    return array

@@ -490,6 +490,7 @@ def test_backend_fast_sample_compiles_and_emulates(name, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cuda  # ~120 nvcc builds: on the GPU machines' cuda tier (CI here keeps FAST_SAMPLE + MiniLM)
 @pytest.mark.parametrize("name", [n for n in SAMPLE if n not in FAST_SAMPLE])
 def test_backend_sample_compiles_and_emulates(name, tmp_path):
     _compile_and_emulate(name, tmp_path)
