@@ -19,7 +19,6 @@ they are not a signature against a malicious author — run artifacts you trust.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..fileio import sha256_file
 from .signature import ArtifactError, Signature
 
 FORMAT = "optc-artifact/2"
@@ -38,14 +38,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 __all__ = ["Artifact", "ArtifactError", "FORMAT", "LIBRARY", "MANIFEST", "load", "read_manifest", "write_artifact",
            "file_fingerprint", "check_source_model"]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _digest(path: Path) -> dict[str, Any]:

@@ -45,8 +45,9 @@ class NativeArtifact:
         tmp = tempfile.TemporaryDirectory(prefix="optc-native-")
         folder = Path(tmp.name)
         compiled.export(folder / "model.so")
-        for src in [build_runner(arch), *runtime_libs(arch)]:
-            _link_or_copy(src, folder / ("optc-run" if src == build_runner(arch) else src.name))
+        _link_or_copy(build_runner(arch), folder / "optc-run")
+        for lib in runtime_libs(arch):
+            _link_or_copy(lib, folder / lib.name)
         obj = cls(folder, compiled.signature.to_json(), verify=False)
         obj._tmp = tmp  # keeps the folder alive
         return obj

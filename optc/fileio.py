@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -32,6 +33,15 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.optc-(?P<pid>\d+)-[0-9a-f]+\.(?:tmp|old)$"
 
 class OutputError(OptcError):
     """An output path optc refuses to write (a folder it does not own, an odd path)."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def temp_name(dest: Path, kind: str = "tmp") -> Path:

@@ -101,6 +101,24 @@ def imported(name: str, path: str, tmp_path_factory) -> tuple[Graph, dict]:
     return graph.clone(), feed
 
 
+def fused_models(tmp_path_factory):
+    """A cached getter ``(name, path) -> (graph after the default pipeline, inputs, reference
+    outputs of the unfused graph)`` for a module-scoped fixture."""
+    from optc.passes.manager import run_pipeline
+
+    cache = {}
+
+    def get(name, path):
+        if (name, path) not in cache:
+            graph, feed = imported(name, path, tmp_path_factory)
+            ref = run(graph, feed)
+            run_pipeline(graph, "default")
+            cache[name, path] = (graph, feed, ref)
+        return cache[name, path]
+
+    return get
+
+
 def cleaned(name: str, path: str, tmp_path_factory, upto: str) -> tuple[Graph, dict, dict]:
     """The imported model after the cleanup pipeline and every fusion before ``upto``
     (``fuse_<upto>`` not run yet), its inputs and its reference outputs."""

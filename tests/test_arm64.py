@@ -18,13 +18,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from fusion_models import PATHS, imported
+from fusion_models import PATHS, fused_models
 from optc import zoo
 from optc.cli import main
 from optc.codegen.build import build
 from optc.frontend.onnx_import import import_onnx
 from optc.ir.interpreter import run
-from optc.passes.manager import run_pipeline
 
 TOL = 1e-3
 
@@ -73,17 +72,7 @@ def test_minilm_cli_matches_reference_at_two_lengths(target, minilm_onnx, tmp_pa
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):
-    cache = {}
-
-    def get(name, path):
-        if (name, path) not in cache:
-            graph, feed = imported(name, path, tmp_path_factory)
-            ref = run(graph, feed)
-            run_pipeline(graph, "default")
-            cache[name, path] = (graph, feed, ref)
-        return cache[name, path]
-
-    return get
+    return fused_models(tmp_path_factory)
 
 
 @pytest.mark.arm64

@@ -9,10 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fusion_models import PATHS, imported
+from fusion_models import PATHS, fused_models
 from optc.frontend.onnx_export import to_onnx
-from optc.ir.interpreter import run
-from optc.passes.manager import run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -21,17 +19,7 @@ MODELS = ["minilm", "gpt2", "llama_gqa"]
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):
-    cache = {}
-
-    def get(name, path):
-        if (name, path) not in cache:
-            graph, feed = imported(name, path, tmp_path_factory)
-            ref = run(graph, feed)
-            run_pipeline(graph, "default")
-            cache[name, path] = (graph, feed, ref)
-        return cache[name, path]
-
-    return get
+    return fused_models(tmp_path_factory)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu import Reduction
 
-from .common import CPUTiles, is_spatial_only, vectorize_inner
+from .common import CPUTiles, is_spatial_only
 
 
 class ReductionRule(s_tir.dlight.ScheduleRule):

@@ -43,6 +43,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..fileio import sha256_file
 from ..ir.errors import OptcError
 
 RUNNER = "optc-run"
@@ -212,7 +213,7 @@ def fetch_runtime(arch: str, wheel_dir: str | os.PathLike | None = None) -> Path
             _extract(wheel, member, staged / name)
             if elf_arch(staged / name) != arch:
                 raise NativeError(f"{wheel.name}: {member} is not an {arch} library")
-            record["files"][name] = {"wheel": wheel.name, "sha256": _sha256(staged / name)}
+            record["files"][name] = {"wheel": wheel.name, "sha256": sha256_file(staged / name)}
         (staged / "runtime.json").write_text(json.dumps(record, indent=1))
         if folder.is_dir():  # an entry from an optc that shipped fewer libraries: set it aside
             try:
@@ -286,7 +287,9 @@ def compiler(arch: str) -> str:
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def _compiler_version(cxx: str) -> str:
+    """First line of ``cxx --version`` (part of the runner's cache key; asked once per process)."""
     try:
         r = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
         return (r.stdout.splitlines() or ["?"])[0]
@@ -300,7 +303,7 @@ def runner_key(arch: str) -> str:
     arch = normalize_arch(arch)
     cxx = compiler(arch)
     parts = {"arch": arch, "cxx": os.path.basename(cxx), "cxx_version": _compiler_version(cxx),
-             "source": _sha256(SOURCE), "flags": list(CXXFLAGS), "libs": list(RUNTIME_LIBS),
+             "source": sha256_file(SOURCE), "flags": list(CXXFLAGS), "libs": list(RUNTIME_LIBS),
              "tvm": tvm_versions()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -512,12 +515,6 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _NAME = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+")
