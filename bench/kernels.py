@@ -11,6 +11,14 @@ threads, measured interleaved in rounds so that load from other processes hits a
 matmul/softmax/matmul decomposition it replaced, both built from one IR ``Attention`` node
 (symbolic seq, float mask [1, 1, seq, seq] as in the fused MiniLM), beside ONNX Runtime on the
 same four-op decomposition and torch's ``scaled_dot_product_attention``.
+
+``--int8`` times optc's int8 dense (``codegen/schedules/qdense.py``: the layer's weight quantized
+per column to int8, activations per row to the target's code range) against optc's fp32 dense on
+the three MiniLM dense layers with their epilogues: the int8 GEMM alone (codes given) and with the
+per-row quantization of its float input, interleaved with the fp32 kernel.
+
+    TVM_NUM_THREADS=2 python bench/kernels.py --int8 [--rounds 15]
+    TVM_NUM_THREADS=1 python bench/kernels.py --int8 --threads 1 --cpu-time   # on a loaded machine
 """
 
 from __future__ import annotations
@@ -265,18 +273,101 @@ def build_torch(kind, feeds, consts):
     return lambda: F.layer_norm(t[0], (t[0].shape[-1],), g, b, 1e-12)
 
 
-def time_rounds(fns: dict, rounds: int, min_time: float = 0.05, shuffle: bool = False) -> dict:
+# ----------------------------------------------------------------------------- int8 dense
+def build_int8(kind, shape, feeds, consts, target, quantize: bool):
+    """optc's int8 dense on the fp32 layer's weight (symmetric int8 per column); ``quantize``
+    includes the per-row quantization of the float input, else the codes are given (the GEMM and
+    its epilogue alone). Returns ``(run, get)``."""
+    import tvm
+    from tvm import relax, tirx
+
+    from optc.codegen.schedules import qdense, testing
+
+    m, k, n = shape
+    w = consts["w"]
+    w_scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    w_int8 = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
+    qmax = qdense.activation_qmax(target)
+    s = tirx.Var("s", "int64")
+    bb = relax.BlockBuilder()
+    if quantize:
+        params = [relax.Var("x", relax.TensorType([1, s, k], "float32"))]
+        args = [feeds[0]]
+    else:
+        params = [relax.Var("xq", relax.TensorType([1, s, k], "uint8")), relax.Var("zp", relax.TensorType([s], "int32")),
+                  relax.Var("sc", relax.TensorType([s], "float32"))]
+        args = list(_quantize_rows(feeds[0].reshape(m, k), qmax))
+        args[0] = args[0].reshape(1, m, k)
+    if kind == "dense_res":
+        params.append(relax.Var("r", relax.TensorType([1, s, n], "float32")))
+        args.append(feeds[1])
+    with bb.function("main", params):
+        with bb.dataflow():
+            codes = qdense.quantize_rows_call(bb, params[0], qmax) if quantize else params[:3]
+            y = qdense.qdense_call(bb, *codes, w_int8, w_scale, consts["b"], target)
+            if kind == "dense_gelu":
+                y = bb.emit(relax.op.nn.gelu(y))
+            if kind == "dense_res":
+                y = bb.emit(relax.op.add(y, params[-1]))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    fn = testing.build(bb.get(), target)["main"]
+    targs = [tvm.runtime.tensor(a) for a in args]
+    return (lambda: fn(*targs)), (lambda: fn(*targs).numpy())
+
+
+def _quantize_rows(x, qmax):
+    """The per-row quantization (the formulas of ``qdense.quantize_rows_te``) in numpy."""
+    lo, hi = np.minimum(0, x.min(1)), np.maximum(0, x.max(1))
+    scale = ((hi - lo) / np.float32(qmax)).astype(np.float32)
+    scale[scale == 0] = 1
+    zp = np.clip(np.rint(-lo / scale), 0, qmax).astype(np.int32)
+    return np.clip(np.rint(x / scale[:, None]) + zp[:, None], 0, qmax).astype(np.uint8), zp, scale
+
+
+def bench_int8(target, rng, rounds: int, only: str = "", clock=time.perf_counter) -> bool:
+    """int8 vs fp32 dense at the MiniLM shapes (see the module doc)."""
+    from optc.codegen.schedules.int8 import int8_microkernel
+
+    kernel = int8_microkernel(target)
+    if kernel is None:
+        print(f"target {target.name} has no int8 dense kernel")
+        return False
+    print(f"int8 microkernel: {' + '.join(kernel.mnemonics)} ({kernel.lanes} int32 lanes), codes 0..{kernel.qmax}")
+    print(f"{'dense (M=128)':<42} {'fp32 us':>14} {'int8 us':>14} {'int8+quant us':>14} {'fp32/int8':>9}"
+          f" {'fp32/(int8+q)':>13} {'int8 GOP/s':>10}")
+    ok = True
+    for name, kind, shape, flops in kernels():
+        if not kind.startswith("dense") or (only and only not in name):
+            continue
+        run_f, get_f, feeds, consts = build_optc(kind, shape, rng, target)
+        run_i, get_i = build_int8(kind, shape, feeds, consts, target, quantize=False)
+        run_q, get_q = build_int8(kind, shape, feeds, consts, target, quantize=True)
+        ref = get_f()
+        err = float(np.abs(get_q() - ref).max() / np.abs(ref).max())
+        ok &= err < 0.05 and np.array_equal(get_q(), get_i())
+        r = time_rounds({"fp32": run_f, "int8": run_i, "int8q": run_q}, rounds, shuffle=True, clock=clock)
+        (tf, mf), (ti, mi), (tq, mq) = r["fp32"], r["int8"], r["int8q"]
+        print(f"{name:<42} {tf * 1e6:>7.1f} ({mf * 1e6:>5.1f}) {ti * 1e6:>7.1f} ({mi * 1e6:>5.1f})"
+              f" {tq * 1e6:>7.1f} ({mq * 1e6:>5.1f}) {tf / ti:>9.2f} {tf / tq:>13.2f} {flops / ti / 1e9:>10.1f}"
+              f"   [max|int8-fp32| / max|fp32| {err:.1e}]")
+    return ok
+
+
+def time_rounds(fns: dict, rounds: int, min_time: float = 0.05, shuffle: bool = False, clock=time.perf_counter) -> dict:
     """Interleave the candidates: per round, each runs a batch of calls; returns median/min per call.
     ``shuffle`` varies the order per round (ORT's and torch's worker threads spin for a while after
-    a call and slow whichever candidate runs next)."""
+    a call and slow whichever candidate runs next). ``clock=time.thread_time`` times the calling
+    thread's CPU time: with one thread (TVM runs it on the caller) it ignores time lost to other
+    processes on a loaded machine."""
     for f in fns.values():
         for _ in range(5):
             f()
     per = {}
     for name, f in fns.items():
-        t0 = time.perf_counter()
+        t0 = clock()
         f()
-        per[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
+        per[name] = max(1, int(min_time / max(clock() - t0, 1e-6)))
     res = {name: [] for name in fns}
     order = list(fns.items())
     rng = np.random.default_rng(1)
@@ -285,10 +376,10 @@ def time_rounds(fns: dict, rounds: int, min_time: float = 0.05, shuffle: bool = 
             order = [order[i] for i in rng.permutation(len(order))]
         for name, f in order:
             n = per[name]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(n):
                 f()
-            res[name].append((time.perf_counter() - t0) / n)
+            res[name].append((clock() - t0) / n)
     return {name: (statistics.median(v), min(v)) for name, v in res.items()}
 
 
@@ -298,6 +389,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--only", default="", help="substring of the kernel names to run")
     ap.add_argument("--target", default="x86")
+    ap.add_argument("--int8", action="store_true", help="optc's int8 dense vs its fp32 dense (dense layers only)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="with --int8 --threads 1: time the thread's CPU time, not wall time (a loaded machine)")
     args = ap.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     if os.environ["TVM_NUM_THREADS"] != str(args.threads):
@@ -311,6 +405,11 @@ def main() -> int:
     rng = np.random.default_rng(0)
     print(f"target {target.name} ({target.vector_bits}-bit vectors, {target.num_cores} cores), "
           f"{args.threads} threads, {args.rounds} interleaved rounds; times are medians (min)")
+    if args.int8:
+        if args.cpu_time and args.threads != 1:
+            ap.error("--cpu-time measures the calling thread: use it with --threads 1")
+        clock = time.thread_time if args.cpu_time else time.perf_counter
+        return 0 if bench_int8(target, rng, args.rounds, args.only, clock) else 1
     hdr = f"{'kernel':<42} {'optc us':>14} {'ORT us':>14} {'torch us':>14} {'optc GF/s':>9} {'ORT GF/s':>9} {'optc/ORT':>8} {'optc/torch':>10}"
     print(hdr)
     ok = True

@@ -35,7 +35,7 @@ MOVE_OPS = frozenset({
 })
 """Ops whose lowering only moves (or selects) elements: exact on storage."""
 
-CONVERT_OPS = frozenset({"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear", "BitCast"})
+CONVERT_OPS = frozenset({"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear", "BitCast", "QLinear"})
 """Ops whose lowering converts to and from storage explicitly."""
 
 

@@ -100,6 +100,11 @@ class Target:
         """Raise ``UnsupportedOpError`` when the built module needs something the target's
         runtime lacks (a VM builtin the shipped runtime library does not define)."""
 
+    def int8_activation_max(self) -> int:
+        """The largest activation code the target's int8 kernels multiply exactly (``QLinear``'s
+        ``act_qmax``): 255 unless the target says otherwise."""
+        return 255
+
     def build_notes(self, graph) -> list[str]:
         """Lines for the build report about ops that did not get their dedicated kernel."""
         return []

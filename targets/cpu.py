@@ -70,6 +70,14 @@ class CPUTarget(Target):
                                      f"does not define (only TVM's compiler does): it cannot run from a {self.name} "
                                      "artifact")
 
+    def int8_activation_max(self) -> int:
+        """What the int8 microkernel chosen from the CPU features multiplies exactly
+        (``codegen/schedules/int8.py``): 127 for AVX2/AVX-512BW's ``vpmaddubsw`` (16-bit pair
+        sums saturate), 255 for VNNI's ``vpdpbusd`` and elsewhere."""
+        from ..codegen.schedules.int8 import activation_qmax
+
+        return activation_qmax(self)
+
     def build_notes(self, graph) -> list[str]:
         from ..codegen import schedules
 

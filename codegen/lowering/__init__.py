@@ -60,3 +60,4 @@ from . import elementwise, fused, nn, reduce, shape  # noqa: E402,F401  (registe
 from . import activation, image, loss, sequence, signal  # noqa: E402,F401  (ONNX loss / image / sequence / signal ops)
 from . import control_flow, recurrent  # noqa: E402,F401  (If / Loop / Scan; RNN / GRU / LSTM)
 from . import quant  # noqa: E402,F401  (quantization ops, BitCast, low-precision Cast)
+from . import qlinear  # noqa: E402,F401  (QLinear)

@@ -21,8 +21,14 @@ PackDenseWeights       relax ``matmul(x, W)``, W a 2-D f32      dense.py
                        packed at compile time; ``matmul(A, B)``
                        f32, same rank, equal batch dims: B
                        packed at run time (attention)
+QDenseRule             PrimFuncs with an ``optc_qdense_pad``   qdense.py
+                       block (int8 GEMM, + fused epilogue);
+                       only where ``int8.int8_microkernel``
+                       finds an instruction (x86 AVX2+)
 DenseRule              PrimFuncs with an ``optc_dense_pad``    dense.py
                        block (+ fused elementwise epilogue)
+QuantizeRowsRule       per-row uint8 quantization             qdense.py
+                       (``optc_qrows_codes`` block)
 ReductionRule          softmax / layer norm / other row        reduction.py
                        reductions (+ elementwise around them)
 ElementwiseRule        spatial-only PrimFuncs                  elementwise.py
@@ -52,12 +58,15 @@ def schedule_rules(target) -> list:
     Apply after ``LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR``.
     """
     from .dense import DenseRule
-
     from .elementwise import ElementwiseRule
+    from .int8 import int8_microkernel
+    from .qdense import QDenseRule, QuantizeRowsRule
     from .reduction import ReductionRule
     from .rows import RowRule
 
-    return [DenseRule(target), RowRule(target), ReductionRule(target), ElementwiseRule(target)]
+    int8 = [QDenseRule(target)] if int8_microkernel(target) is not None else []
+    return int8 + [DenseRule(target), QuantizeRowsRule(target), RowRule(target), ReductionRule(target),
+                   ElementwiseRule(target)]
 
 
 def finalize_passes(target) -> list:

@@ -29,6 +29,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .common import K_OUT_EWISE_FUSABLE, CPUTiles, block_name, extent, find_block, largest_divisor, vectorize_inner
 
 DENSE_BLOCK = "optc_dense_pad"
+DECODE_BLOCK = "optc_dense_decode"  # a low-precision weight decoded before the dense (dense_lowp.py)
 OUT_BLOCK = "optc_dense_out"
 KERNEL_ATTR = "optc.kernel"
 
@@ -61,8 +62,11 @@ def _unflatten(r, lead):
     return idx
 
 
-def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str):
+def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str, weight_at=None):
     """TE of the packed dense: x [..., K] x wp [Nb, K, nb] -> [..., n].
+
+    ``weight_at(jb, k, jj)`` replaces the weight read ``wp[jb, k, jj]`` (``wp`` then only gives
+    the panel count and width).
 
     With at most one non-unit leading dim the rows are flattened into one padded row axis. With
     more (e.g. a symbolic ``[batch, seq]``) all but the last stay batch axes of the padded compute
@@ -72,7 +76,7 @@ def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str
     lead = [tirx.Cast("int64", d) if str(d.ty) != "int64" else d for d in x.shape[:-1]]
     nonunit = [d for d in lead if not (isinstance(d, tirx.IntImm) and int(d) == 1)]
     if len(nonunit) >= 2:
-        return _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype)
+        return _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype, weight_at)
     kdim = x.shape[-1]
     nblk, _, nb = wp.shape
     m = tirx.const(1, "int64")
@@ -86,10 +90,7 @@ def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str
         return _unflatten(tirx.min(i, m - 1), lead)
 
     def body(i, j):
-        xv = x[tuple(row(i)) + (k,)]
-        wv = wp[j // nb, k, j % nb]
-        if out_dtype != str(x.dtype):
-            xv, wv = xv.astype(out_dtype), wv.astype(out_dtype)
+        xv, wv = _operands(x, tuple(row(i)) + (k,), wp, j, k, nb, out_dtype, weight_at)
         return te.sum(xv * wv, axis=k)
 
     c = te.compute((mp, nblk * nb), body, name=DENSE_BLOCK, attrs={"optc.dense_nb": int(nb), "optc.dense_mi": int(mi)})
@@ -108,7 +109,18 @@ def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str
     return te.compute(tuple(lead) + (n,), out_body, name=OUT_BLOCK)
 
 
-def _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype):
+def _operands(x, x_index, wp, j, k, nb, out_dtype, weight_at):
+    """The activation and weight one multiply-add of the packed dense reads."""
+    xv = x[x_index]
+    wv = wp[j // nb, k, j % nb] if weight_at is None else weight_at(j // nb, k, j % nb)
+    if out_dtype != str(x.dtype):
+        xv = xv.astype(out_dtype)
+    if out_dtype != (str(wp.dtype) if weight_at is None else "float32"):  # decoders give float32
+        wv = wv.astype(out_dtype)
+    return xv, wv
+
+
+def _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype, weight_at=None):
     kdim = x.shape[-1]
     nblk, _, nb = wp.shape
     m = lead[-1]
@@ -117,10 +129,7 @@ def _dense_packed_batched_te(x, wp, lead, n, mi, out_dtype):
 
     def body(*idx):
         bi, i, j = tuple(idx[:-2]), idx[-2], idx[-1]
-        xv = x[bi + (tirx.min(i, m - 1), k)]
-        wv = wp[j // nb, k, j % nb]
-        if out_dtype != str(x.dtype):
-            xv, wv = xv.astype(out_dtype), wv.astype(out_dtype)
+        xv, wv = _operands(x, bi + (tirx.min(i, m - 1), k), wp, j, k, nb, out_dtype, weight_at)
         return te.sum(xv * wv, axis=k)
 
     c = te.compute(tuple(lead[:-1]) + (mp, nblk * nb), body, name=DENSE_BLOCK,
@@ -367,9 +376,19 @@ def schedule_dense(sch: s_tir.Schedule, dense, tiles: CPUTiles, k_unroll: int = 
         sch.set_scope(dense, 0, "local")
     for blk in before:
         try:
-            _schedule_standalone(sch, blk, tiles)
+            if block_name(sch, blk) == DECODE_BLOCK:
+                _decode_per_panel(sch, blk, par, tiles)
+            else:
+                _schedule_standalone(sch, blk, tiles)
         except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
             pass
+
+
+def _decode_per_panel(sch, blk, panel_loop, tiles: CPUTiles) -> None:
+    """A low-precision weight's decode block (``dense_lowp.py``): computed per weight panel in
+    the parallel loop, into a ``K x nb`` scratch the panel's row tiles all read."""
+    sch.compute_at(blk, panel_loop, preserve_unit_loops=False)
+    vectorize_inner(sch, blk, tiles.lanes)
 
 
 def _static_columns(sch, blk) -> bool:

@@ -27,8 +27,9 @@ def lower(mod: tvm.IRModule, target) -> tvm.IRModule:
         return seq(mod)
 
 
-def build(mod: tvm.IRModule, target, scheduled: bool = False):
-    """Compile a Relax module for ``target``; returns a ``relax.VirtualMachine`` on the CPU."""
+def compile_module(mod: tvm.IRModule, target, scheduled: bool = False):
+    """Compile a Relax module for ``target``; returns the ``relax.Executable`` (export it to
+    disassemble a target this CPU cannot run)."""
     tvm_target = target.tvm()
     if not scheduled:
         mod = lower(mod, target)
@@ -37,8 +38,12 @@ def build(mod: tvm.IRModule, target, scheduled: bool = False):
                                         + cpu_pipeline.finalize_passes(tvm_target)
                                         + finalize_passes(target))
         mod = rest(mod)
-        ex = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
-    return relax.VirtualMachine(ex, tvm.cpu())
+        return tvm.compile(mod, target=tvm_target, relax_pipeline=None)
+
+
+def build(mod: tvm.IRModule, target, scheduled: bool = False):
+    """Compile a Relax module for ``target``; returns a ``relax.VirtualMachine`` on the CPU."""
+    return relax.VirtualMachine(compile_module(mod, target, scheduled), tvm.cpu())
 
 
 def unscheduled(mod: tvm.IRModule) -> list[str]:

@@ -27,5 +27,6 @@ from . import kernels_elementwise, kernels_nn, kernels_reduce, kernels_shape  # 
 from . import kernels_activation, kernels_image, kernels_loss, kernels_sequence, kernels_signal  # noqa: E402,F401  (ONNX loss / image / sequence / signal ops)
 from . import kernels_control_flow, kernels_recurrent  # noqa: E402,F401  (If / Loop / Scan; RNN / GRU / LSTM)
 from . import kernels_quant  # noqa: E402,F401  (quantization ops, BitCast)
+from . import kernels_qlinear  # noqa: E402,F401  (QLinear)
 
 __all__ = ["COMPUTE_DTYPE", "TORCH_DTYPE", "Interpreter", "evaluate_node", "get_kernel", "kernel", "registered_ops", "run"]

@@ -95,3 +95,17 @@ def measure(original: Graph, compressed: Graph, input_sets: list[Mapping[str, np
     the original's outputs when already known)."""
     ref = reference if reference is not None else reference_outputs(original, input_sets)
     return compare(ref, reference_outputs(compressed, input_sets), input_sets, output)
+
+
+RUIN_COSINE = 0.8
+"""A lossy result whose calibration mean cosine is below this is not a model any budget asked
+for: the pass refuses it whatever its options say."""
+
+
+def refuse_ruin(pass_name: str, fid: Fidelity, inputs: str = "calibration") -> None:
+    """Fail loudly instead of handing back a ruined model."""
+    if fid.mean_cosine < RUIN_COSINE:
+        from ..base import PassError
+
+        raise PassError(f"{pass_name}: the result is ruined ({inputs} mean cosine {fid.mean_cosine:.4f} < "
+                        f"{RUIN_COSINE}); refusing it — quantize fewer layers (exclude=...) or use a milder setting")
