@@ -100,6 +100,14 @@ class Target:
         """Raise ``UnsupportedOpError`` when the built module needs something the target's
         runtime lacks (a VM builtin the shipped runtime library does not define)."""
 
+    def quantized_kernel_problem(self, act_quant: str) -> str | None:
+        """Why this target has no kernel for ``QLinear`` with activations ``act_quant`` (none =
+        weight-only or bf16/fp16 weights, which every target decodes in its dense kernel), or
+        None. Asked by the quantize passes before any work and by the lowering."""
+        if act_quant == "none":
+            return None
+        return f"optc has no int8-activation kernel for {self.name}"
+
     def int8_activation_max(self) -> int:
         """The largest activation code the target's int8 kernels multiply exactly (``QLinear``'s
         ``act_qmax``): 255 unless the target says otherwise."""

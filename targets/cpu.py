@@ -70,6 +70,14 @@ class CPUTarget(Target):
                                      f"does not define (only TVM's compiler does): it cannot run from a {self.name} "
                                      "artifact")
 
+    def quantized_kernel_problem(self, act_quant: str) -> str | None:
+        from ..codegen.schedules.int8 import int8_microkernel
+
+        if act_quant == "none" or int8_microkernel(self) is not None:
+            return None
+        return (f"optc has no int8 dense kernel for {self.name} (x86 needs AVX2; arm64 NEON): quantize its "
+                f"activations only for a target with one, or use act=none (weight-only) or bf16")
+
     def int8_activation_max(self) -> int:
         """What the int8 microkernel chosen from the CPU features multiplies exactly
         (``codegen/schedules/int8.py``): 127 for AVX2/AVX-512BW's ``vpmaddubsw`` (16-bit pair

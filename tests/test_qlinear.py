@@ -179,3 +179,15 @@ def test_compiled_matches_interpreter(case):
     got = cm.load().run({"x": x})["qlinear"]
     scale = float(np.abs(ref).max())
     assert float(np.abs(got - ref).max()) <= 2e-6 * scale, case
+
+
+def test_codes_wider_than_the_target_kernel_multiplies_are_a_clear_error():
+    from optc.codegen.build import build
+    from optc.ir import UnsupportedOpError
+
+    w, s = _int8(64, 32)
+    g = _graph(w, s, act_quant="dynamic", act_qmax=255)
+    with pytest.raises(UnsupportedOpError, match=r"x86-avx2's int8 kernel \(vpmaddubsw, vpmaddwd\) multiplies codes up to 127"):
+        build(g, "x86-avx2")
+    with pytest.raises(UnsupportedOpError, match="no int8-activation kernel for cuda-sm90"):
+        build(_graph(w, s, act_quant="dynamic"), "cuda-sm90")

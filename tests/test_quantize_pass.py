@@ -186,3 +186,35 @@ def test_small_bert_int8_keeps_its_outputs():
     report = _run(g, "quantize", prune_models.calibration("bert", sets=2))
     assert report["precisions"] == {"int8": 12}
     assert measure(original, g, [prune_models.feed("bert")]).mean_cosine > 0.999
+
+
+# -- the CLI: a request no target kernel or budget can meet is one line, exit 2, nothing written --------
+def test_cli_bad_precision_requests_are_one_line_and_write_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.standard_normal((16, 64)).astype(np.float32))
+    cases = [
+        (["compile", str(model), "--target", "cuda-sm90", "--passes", "default,quantize", "-o", str(tmp_path / "a.optc")],
+         "no int8-activation kernel for cuda-sm90"),
+        (["optimize", str(model), "--passes", "default,assign-precision{size=0.01}", "--calib", str(calib),
+          "--calib-batch", "4", "-o", str(tmp_path / "b.onnx")], "no assignment meets size=0.01"),
+    ]
+    for args, message in cases:
+        r = subprocess.run([sys.executable, "-m", "optc.cli", *args], capture_output=True, text=True)
+        errors = [line for line in r.stderr.strip().splitlines() if not line.startswith("optc: note: ")]
+        assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr
+        assert not (tmp_path / args[-1]).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "mlp.onnx"]

@@ -5,8 +5,8 @@
   activation fused as its epilogue — the weight stays at its stored size in the library.
 * Quantized activations (``act_quant`` dynamic/static): the target's int8 kernel
   (``schedules/qdense.py``: the per-row quantization kernel, then an integer GEMM with the
-  scaling in its epilogue) where it has one; elsewhere an exact int32 matmul through Relax,
-  which the build report names (it is correct, not fast).
+  scaling in its epilogue). A target without one is a clear error (``Target.
+  quantized_kernel_problem``), not a slow generic integer matmul.
 * Other targets (CUDA): the weight is decoded by a ``dequantize`` kernel and multiplied by
   Relax's matmul (dlight's GEMV/GEMM rules fuse the decode into the product).
 """
@@ -145,19 +145,14 @@ def _quantized_activations(ctx, node, x):
     if static:
         xs = float(_constant(ctx, node, 5, "x_scale").reshape(()))
         xz = int(_constant(ctx, node, 6, "x_zero_point").reshape(()))
-        xq = ctx.bb.emit_te(lambda t: _rows_te(t, qmax, False, xs, xz), x, primfunc_name_hint="quantize_static")
+        xq = ctx.bb.emit_te(lambda t: _static_codes_te(t, qmax, xs, xz), x, primfunc_name_hint="quantize_static")
         lead = ctx.shape(x)[:-1]
-        shape = [_product_of(lead)] if kernel is not None else lead  # the int8 kernel takes [M] parameters
+        shape = [_product_of(lead)]  # the int8 kernel takes [M] parameters
         zp = ctx.emit(ctx.R.full(shape, ctx.scalar(xz, "int32"), "int32"))
         sc = ctx.emit(ctx.R.full(shape, ctx.scalar(xs, "float32"), "float32"))
-    elif kernel is not None:
-        xq, zp, sc = kernel.quantize_rows_call(ctx.bb, x, qmax)
     else:
-        out = ctx.bb.emit_te(lambda t: list(_rows_te(t, qmax, True)), x, primfunc_name_hint="quantize_rows")
-        xq, zp, sc = (ctx.emit(ctx.relax.TupleGetItem(out, i)) for i in range(3))
-    if kernel is not None:
-        return kernel.qdense_call(ctx.bb, xq, zp, sc, w, ws, None, ctx.target)
-    return _int32_matmul(ctx, xq, zp, sc, w, ws)
+        xq, zp, sc = kernel.quantize_rows_call(ctx.bb, x, qmax)
+    return kernel.qdense_call(ctx.bb, xq, zp, sc, w, ws, None, ctx.target)
 
 
 def _product_of(dims):
@@ -168,55 +163,30 @@ def _product_of(dims):
 
 
 def _int8_kernel(ctx, qmax: int):
-    """The target's int8 kernel module when it multiplies codes up to ``qmax`` exactly, else None."""
-    if not _is_cpu(ctx):
-        return None
+    """The target's int8 kernel module (``schedules/qdense.py``); a clear error when the target
+    has none or multiplies fewer bits exactly than the layer's codes have."""
+    problem = ctx.target.quantized_kernel_problem("dynamic") if ctx.target is not None else "no target"
+    if problem is not None:
+        raise ctx.fail(problem)
     from ..schedules import qdense
     from ..schedules.int8 import int8_microkernel
 
     kernel = int8_microkernel(ctx.target)
-    return qdense if kernel is not None and qmax <= kernel.qmax else None
+    if qmax > kernel.qmax:
+        raise ctx.fail(f"activation codes up to {qmax}, but {ctx.target.name}'s int8 kernel ({', '.join(kernel.mnemonics)}) "
+                       f"multiplies codes up to {kernel.qmax} exactly: quantize with this target (--target) or act_qmax={kernel.qmax}")
+    return qdense
 
 
-def _rows_te(x, qmax: int, dynamic: bool, xs: float = 1.0, xz: int = 0):
-    """Generic TE of the activation quantization (ir/interpreter/kernels_qlinear.py's formulas)."""
+def _static_codes_te(x, qmax: int, xs: float, xz: int):
+    """TE of the per-tensor activation codes ``clamp(round_half_even(x / xs) + xz, 0, qmax)``
+    (ir/interpreter/kernels_qlinear.py's ``static_quantize``)."""
     from tvm import te, tirx
 
-    lead, kdim = list(x.shape[:-1]), x.shape[-1]
     f32 = "float32"
-    if dynamic:
-        k1 = te.reduce_axis((0, kdim), name="k")
-        k2 = te.reduce_axis((0, kdim), name="k")
-        zero = tirx.const(0, f32)
-        lo = te.compute(lead, lambda *i: te.min(x[i + (k1,)], axis=k1), name="row_min")
-        hi = te.compute(lead, lambda *i: te.max(x[i + (k2,)], axis=k2), name="row_max")
-
-        def scale_at(*i):
-            s = (tirx.max(hi[i], zero) - tirx.min(lo[i], zero)) / tirx.const(float(qmax), f32)
-            return tirx.Select(s == tirx.const(0, f32), tirx.const(1, f32), s)
-
-        scale = te.compute(lead, scale_at, name="row_scale")
-        zp = te.compute(lead, lambda *i: tirx.max(tirx.min(tirx.nearbyint(-tirx.min(lo[i], zero) / scale[i]), tirx.const(float(qmax), f32)),
-                                                  tirx.const(0, f32)).astype("int32"), name="row_zero_point")
-        s_at, z_at = (lambda i: scale[i]), (lambda i: zp[i])
-    else:
-        s_at, z_at = (lambda i: tirx.const(xs, f32)), (lambda i: tirx.const(xz, "int32"))
 
     def code(*idx):
-        i = idx[:-1]
-        v = tirx.nearbyint(x[idx] / s_at(i)) + z_at(i).astype(f32)
+        v = tirx.nearbyint(x[idx] / tirx.const(xs, f32)) + tirx.const(float(xz), f32)
         return tirx.max(tirx.min(v, tirx.const(float(qmax), f32)), tirx.const(0, f32)).astype("uint8")
 
-    xq = te.compute(x.shape, code, name="row_codes")
-    if dynamic:
-        return xq, zp, scale
-    return xq
-
-
-def _int32_matmul(ctx, xq, zp, sc, w: np.ndarray, ws: np.ndarray):
-    """Exact generic path: ``(xq - zp) @ W`` in int32, then ``float32(acc) * (xs * ws)``."""
-    R = ctx.R
-    centered = ctx.emit(R.subtract(R.astype(xq, "int32"), R.expand_dims(zp, [-1])))
-    acc = ctx.emit(R.matmul(centered, ctx.const(w.astype(np.int32)), out_dtype="int32"))
-    scale = ctx.emit(R.multiply(R.expand_dims(sc, [-1]), ctx.const(ws)))
-    return R.multiply(R.astype(acc, "float32"), scale)
+    return te.compute(x.shape, code, name="row_codes")

@@ -28,7 +28,7 @@ from ..base import Pass, PassError, PassResult, option, register_pass
 from .fidelity import Fidelity, refuse_ruin
 from .mckp import least_cost, least_loss
 from .quant_model import PRECISIONS, QuantModel, eligible
-from .quantize import PrecisionOptions, precision_report
+from .quantize import PrecisionOptions, check_kernels, precision_report
 
 SEARCH_STEPS = 7  # bisection steps on the additive loss budget (min_cosine mode)
 
@@ -81,6 +81,7 @@ class AssignPrecision(PrecisionOptions, Pass):
         mode = self._mode()
         cands = self._candidates()
         config = self._config(ctx)
+        check_kernels("assign-precision", ctx, cands, self.act)
         fit, calib, source = self._calibration(graph, ctx, "sensitivity measurement", config.fits(cands))
         layers, skipped = eligible(graph, self.include, self.exclude)
         if not layers:

@@ -35,16 +35,29 @@ PRECISIONS = ("int8", "int4", "bf16", "fp16")
 GROUP_SIZES = (32, 64, 128)
 
 
-def target_act_qmax(ctx) -> int:
-    """The context target's int8 activation range (127 without a target: exact everywhere)."""
+def context_target(ctx):
+    """The context's target as an optc ``Target`` (None when the passes run target-independent)."""
     target = getattr(ctx, "target", None)
-    if target is None:
-        return 127
     if isinstance(target, str):
         from ...targets import get_target
 
         target = get_target(target)
-    return int(target.int8_activation_max())
+    return target
+
+
+def target_act_qmax(ctx) -> int:
+    """The context target's int8 activation range (127 without a target: exact everywhere)."""
+    target = context_target(ctx)
+    return 127 if target is None else int(target.int8_activation_max())
+
+
+def check_kernels(name: str, ctx, precisions, act: str) -> None:
+    """Refuse, before any work, a precision the context's target has no kernel for."""
+    target = context_target(ctx)
+    if target is not None and "int8" in precisions:
+        problem = target.quantized_kernel_problem(act)
+        if problem is not None:
+            raise PassError(f"{name}: {problem}")
 
 
 class PrecisionOptions:
@@ -108,6 +121,7 @@ class Quantize(PrecisionOptions, Pass):
         if self.precision not in PRECISIONS:
             raise PassError(f"quantize: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         config = self._config(ctx)
+        check_kernels("quantize", ctx, [self.precision], self.act)
         integer = self.precision in ("int8", "int4")
         needs = ("method=gptq" if integer and config.method_for(self.precision) == "gptq" else
                  "act=static" if self.precision == "int8" and self.act == "static" else "")
