@@ -10,7 +10,8 @@ shared machine's load hits every model alike. optc's outputs are the compiled mo
 interpreter's.
 
     [OPTC_BENCH_THREADS=2] python bench/precision.py [--calib 128] [--passages 32] [--holdout 256]
-        [--variants fp32,bf16,int8,int8-smooth,mixed,int4,int4-rtn] [--rounds 20] [--repeat 10]
+        [--variants fp32,bf16,int8,int8-smooth,mixed,mixed-latency,mixed-size30,int4,int4-rtn]
+        [--rounds 20] [--repeat 10]
         [--mixed-budget 0.995] [--json FILE]
 """
 
@@ -47,7 +48,9 @@ VARIANTS = {
     "bf16": "quantize{precision=bf16}",
     "int8": "quantize{precision=int8}",
     "int8-smooth": "quantize{precision=int8,smooth=0.5}",
-    "mixed": "assign-precision{min_cosine=%s,candidates=\"int8,bf16,fp32\",objective=latency}",
+    "mixed": "assign-precision{min_cosine=%s}",
+    "mixed-latency": "assign-precision{min_cosine=%s,objective=latency}",
+    "mixed-size30": "assign-precision{size=0.3}",
     "int4": "quantize{precision=int4}",
     "int4-rtn": "quantize{precision=int4,method=rtn}",
 }
@@ -124,7 +127,7 @@ def main() -> int:
 
     runners, rows = {}, {}
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        spec = VARIANTS[name] % args.mixed_budget if name == "mixed" else VARIANTS[name]
+        spec = VARIANTS[name] % args.mixed_budget if "%s" in VARIANTS[name] else VARIANTS[name]
         g = graph.clone()
         t = time.perf_counter()
         report = {}

@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="model file to write: .onnx (ONNX export) or .optc-ir (IR text, weights inline; every op)")
     opt.add_argument("--passes", default="default", metavar="PIPELINE", help="pass pipeline (default: default)")
     opt.add_argument("--json", action="store_true", help="print one JSON object (pipeline and pass reports)")
+    opt.add_argument("--target", default=None, metavar="TARGET",
+                     help="the target the model will be compiled for, where a pass depends on it (quantize: the int8 "
+                          "activation range its kernel multiplies exactly); default: target-independent")
     _calib_flags(opt)
     _debug_flags(opt)
     opt.set_defaults(func=_cmd_optimize)
@@ -352,7 +355,12 @@ def _cmd_optimize(args) -> int:
     calibration = _calibration(args)
     _warn_uncalibrated(args.passes, calibration)
     graph = load_model(args.model)
-    result = optimize(graph, args.passes, instruments=_instruments(args), calibration=calibration)
+    target = None
+    if args.target is not None:
+        from .targets import get_target
+
+        target = get_target(args.target)
+    result = optimize(graph, args.passes, target=target, instruments=_instruments(args), calibration=calibration)
     save_model(graph, out)
     if args.json:
         print(json.dumps({"model": args.model, "output": str(out), "pipeline": result.pipeline, "passes": result.reports}))

@@ -112,10 +112,9 @@ def _dequantize_then_matmul(ctx, x, codes, wdt: DType, scale, zero, group: int):
 
     R = ctx.R
     kind = _weight_kind(wdt)
-    if kind == "float":
+    if kind == "float":  # a half-precision GEMM accumulating in float32 (tensor cores where dlight finds them)
         wt = _FLOAT_WEIGHT[wdt]
-        xr = ctx.emit(R.astype(R.astype(x, wt), "float32"))
-        return R.matmul(xr, R.astype(ctx.relax.const(codes, wt), "float32"))
+        return R.matmul(ctx.emit(R.astype(x, wt)), ctx.relax.const(codes, wt), out_dtype="float32")
     k, n = codes.shape
     q = ctx.const(codes.astype(np.int8))
     s = ctx.const(scale.astype(np.float32).reshape(-1, n))
