@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..ir import DType, Graph, UnsupportedOpError
+from .onnx_export_quant import MS_DOMAIN, export_qlinear, qlinear_opset
 from .onnx_import import DTYPE_TO_ONNX, quiet_graphsurgeon
 
 BASE_OPSET = 18
@@ -27,7 +28,7 @@ _OP_MIN_OPSET = {"Gelu": 20, "RMSNormalization": 23, "Attention": 23,
                  "SwiGLU": 28}
 # IR ops with no ONNX counterpart (fusion's composite ops among them); exported through a
 # decomposition into standard ops, so any runtime can read the optimized graph.
-_DECOMPOSED = {"Silu", "Linear", "AddLayerNorm", "FusedConv"}
+_DECOMPOSED = {"Silu", "Linear", "AddLayerNorm", "FusedConv", "QLinear"}
 _GELU_OPSET = 20
 # The ONNX checker's IR version for the opsets we emit (ONNX Runtime rejects newer ones).
 _IR_VERSION = 10
@@ -93,6 +94,8 @@ def _to_onnx(graph: Graph, opset: int | None) -> onnx.ModelProto:
         [onnx.helper.make_opsetid("", opset)], ignore_unknown=True))
     del model.opset_import[:]
     model.opset_import.append(onnx.helper.make_opsetid("", opset))
+    if any(n.domain == MS_DOMAIN for n in nodes):  # MatMulNBits (int4 QLinear)
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     model.producer_name = "optc"
     return model
 
@@ -162,6 +165,8 @@ def _attrs(node) -> dict:
 
 
 def _min_opset(node) -> int:
+    if node.op == "QLinear":
+        return max(qlinear_opset(node), _GELU_OPSET if node.attrs["activation"] in ("gelu", "gelu_tanh") else 0)
     if node.op in ("Linear", "FusedConv") and node.attrs["activation"] in ("gelu", "gelu_tanh"):
         return _GELU_OPSET
     if node.op in _SCHEMA_CHECKED or any(v is not None and v.dtype.is_low_precision
@@ -229,6 +234,8 @@ def _decompose(node, tensor) -> list[gs.Node]:
     def temp(suffix: str) -> gs.Variable:
         return gs.Variable(f"{node.name}_{suffix}", dtype=dt)
 
+    if node.op == "QLinear":  # QDQ, MatMulNBits or the integer chain (onnx_export_quant.py)
+        return export_qlinear(node, tensor, _activation)
     if node.op == "Silu":
         return _silu(node.name, tensor(node.inputs[0]), tensor(node.output), temp("sigmoid"))
     if node.op == "AddLayerNorm":  # Add, then LayerNormalization (stash float32, as the op)

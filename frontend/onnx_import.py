@@ -332,7 +332,8 @@ class _Importer:
     def _node(self, node: gs.Node) -> None:
         where = f"node {node.name or '<unnamed>'} ({node.op}, opset {self.opset})"
         if node.domain not in (None, "", "ai.onnx"):
-            raise UnsupportedOpError(f"unsupported op {node.domain}.{node.op} at {where}")
+            self._foreign_node(node)
+            return
         if node.op == "Constant":
             self._constant(node, where)
             return
@@ -365,6 +366,27 @@ class _Importer:
         for name, v in zip(names, outputs):
             if name is not None:
                 self.values[name] = v
+
+    def _foreign_node(self, node: gs.Node) -> None:
+        """A node of another domain: ONNX Runtime's ``com.microsoft`` ops that optc imports
+        (``onnx_contrib.py``), or a one-line refusal naming op, node and domain."""
+        from .onnx_contrib import DOMAIN, import_contrib_node
+
+        where = f"node {node.name or '<unnamed>'} ({node.op}, domain {node.domain})"
+        if node.domain != DOMAIN:
+            raise UnsupportedOpError(f"unsupported op {node.domain}.{node.op} at {where}")
+        for t in node.outputs:
+            if t.name and t.name in self.values:
+                raise ModelFileError(f"tensor {t.name!r} is defined twice (at {where})")
+        try:
+            outputs = import_contrib_node(self, node, where)
+        except IRError as e:
+            if where in str(e):
+                raise
+            raise type(e)(f"{where}: {e}") from None
+        for t, v in zip(node.outputs, outputs):
+            if t.name and v is not None:
+                self.values[t.name] = v
 
     def _attention_3d(self, node: gs.Node, inputs: list, attrs: dict, names: list) -> list:
         """ONNX Attention on [batch, seq, heads*head_dim] tensors: split the heads out, run the

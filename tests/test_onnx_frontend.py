@@ -132,13 +132,16 @@ def test_unknown_op_names_op_node_and_opset():
         import_onnx(m)
 
 
-def test_custom_domain_is_unsupported():
+@pytest.mark.parametrize("domain, op", [("com.microsoft", "BeamSearch"), ("com.example", "FastGelu")])
+def test_custom_domain_is_unsupported(domain, op):
+    """ONNX Runtime's contrib ops optc imports are in frontend/onnx_contrib.py; any other op of
+    that domain, and any op of another domain, is refused naming op, node and domain."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
-    node = helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft", name="fg")
+    node = helper.make_node(op, ["x"], ["y"], domain=domain, name="fg")
     m = helper.make_model(helper.make_graph([node], "g", [x], [y]),
-                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    with pytest.raises(UnsupportedOpError, match="com.microsoft.FastGelu"):
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
+    with pytest.raises(UnsupportedOpError, match=rf"{domain}\.{op} at node fg \({op}, domain {domain}\)"):
         import_onnx(m)
 
 

@@ -204,7 +204,10 @@ def _quantize_linear(ctx, node, x, scale, zp=None):
         def body(*i):
             r = tirx.nearbyint(quotient(t, s, i))  # round half to even
             bound = tirx.const(_QUOTIENT_BOUND, wide)
-            r = tirx.Select(tirx.isnan(r), -bound, tirx.max(tirx.min(r, bound), -bound))
+            # clamp with NaN -> -bound, reading r once: LLVM's max(a, b) is ``a > b ? a : b``, so
+            # max(NaN, -bound) is -bound. (A Select on isnan(r) reads r twice, and a QDQ model's
+            # chain of quantizations inlined into one kernel then doubles in size at every one.)
+            r = tirx.min(tirx.max(r, -bound), bound)
             y = r.astype("int32")
             if z:
                 y = y + z[0](*zidx(i)).astype("int32")
