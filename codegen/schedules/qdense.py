@@ -1,5 +1,5 @@
-"""Int8 dense layers on x86 CPUs: dynamic per-row activation quantization and an int8 GEMM with
-a float epilogue, register-tiled like the fp32 dense kernel (``dense.py``).
+"""Int8 dense layers on CPUs (x86, arm64): dynamic per-row activation quantization and an int8
+GEMM with a float epilogue, register-tiled like the fp32 dense kernel (``dense.py``).
 
 Semantics (exact integer arithmetic: every correct kernel gives the same int32 accumulators)::
 
@@ -8,22 +8,27 @@ Semantics (exact integer arithmetic: every correct kernel gives the same int32 a
 
 ``xq`` are uint8 codes ``0..qmax`` (``activation_qmax(target)``: 127 where the microkernel's
 16-bit pair sums would saturate), ``W`` a constant int8 weight, ``colsum[n] = sum_k W[k, n]``
-folded at compile time.
+folded at compile time. Microkernels that multiply signed bytes (arm64 ``sdot``, NEON ``smull``)
+compute ``sum (xq - 128) * W - (x_zp - 128) * colsum``: the same integers (``act_offset``).
 
 The pieces, as for the fp32 dense:
 
-* ``pack_qweight`` lays the weight out as ``[ceil(N/nb), ceil(K/4), nb, 4]`` int8 (zero-padded):
-  one k-step of the microkernel reads ``nb * 4`` contiguous bytes, 4 consecutive k of each of
+* ``pack_qweight`` lays the weight out as ``[ceil(N/nb), Kp/g, nb, g]`` int8 (zero-padded; ``g``
+  the microkernel's k-group: 4 for the dot products, 8 for ``usmmla``, 2 for ``smull``): one
+  k-step of the microkernel reads ``nb * g`` contiguous bytes, ``g`` consecutive k of each of
   ``nb`` columns. Padded k and columns hold zero weights, so they add nothing (and the codes they
   meet need no masking).
 * ``qdense_te``: the int32 product into a row/column padded block ``optc_qdense_pad`` (rows padded
   to the register tile by clamping the row index, as ``optc_dense_pad``), then ``optc_qdense_out``
   with the zero-point correction and the float scaling. The PrimFunc is ``kOutEWiseFusable``:
-  FuseOps appends elementwise epilogues (GELU, residual add).
+  FuseOps appends elementwise epilogues (GELU, residual add). For ``usmmla`` (two rows per
+  instruction) the block is a grid of 2 x 2 int32 blocks, and it reads the codes with their rows
+  padded to the tile by ``optc_qdense_rowpad`` (``rowpad_te``).
 * ``QDenseRule`` schedules any PrimFunc with an ``optc_qdense_pad`` block: an ``mi x nb`` int32
-  register tile, the ``lanes x 4`` step tensorized with the target's microkernel (``int8.py``,
-  ``int8_intrin.py``), column panels (or row tiles) parallel over the cores, and the float
-  epilogue computed per tile from the accumulators.
+  register tile, the ``lanes x g`` step (arm64: ``lanes x 16`` k, 2 x 2 x 16 for ``usmmla``)
+  tensorized with the target's microkernel (``int8.py``, ``int8_intrin.py``), column panels (or
+  row tiles) parallel over the cores, and the float epilogue computed per tile from the
+  accumulators; and the ``optc_qdense_rowpad`` copy (parallel rows, 16-byte vectors).
 * ``quantize_rows_te`` / ``QuantizeRowsRule``: the per-row (per-token) quantization, one pass for
   the row's min/max, one pass writing the codes, parallel over rows.
 * ``qdense_call`` / ``quantize_rows_call``: the Relax-level builders the lowering calls.
@@ -42,8 +47,8 @@ import numpy as np
 from tvm import relax, s_tir, te, tirx
 from tvm.sym.analyzer import Analyzer
 
-from .common import (K_OPAQUE, K_OUT_EWISE_FUSABLE, block_name, extent, find_block, largest_divisor, register_tile,
-                     vectorize_inner)
+from .common import (K_OPAQUE, K_OUT_EWISE_FUSABLE, MAX_TILE_ROWS, SPARE_REGISTERS, block_name, extent, find_block,
+                     largest_divisor, register_tile, vectorize_inner)
 from .dense import _static_columns, _unflatten
 from .int8 import Int8Microkernel, activation_qmax, int8_microkernel
 from .rows import _vector_pass
@@ -54,6 +59,7 @@ __all__ = ["QDenseRule", "QDenseTiles", "QuantizeRowsRule", "activation_qmax", "
 QDENSE_BLOCK = "optc_qdense_pad"
 QOUT_BLOCK = "optc_qdense_out"
 KPAD_BLOCK = "optc_qdense_kpad"
+ROWPAD_BLOCK = "optc_qdense_rowpad"
 QROWS = "optc_qrows_"
 QROWS_CODES = QROWS + "codes"
 KERNEL_ATTR = "optc.kernel"
@@ -75,7 +81,13 @@ class QDenseTiles:
     x86-avx512    pmadd 512    32         6 x 64  24
     cascadelake   vnni 512     32         6 x 64  24
     alderlake     vnni 256     16         6 x 16  12
+    arm64-i8mm    usmmla       32         8 x 8   16 (2 x 2 blocks)
+    arm64-dotprod sdot         32         5 x 16  20
+    arm64         smull        32         4 x 16  16
     ============  ===========  =========  ======  ============
+
+    On arm64 each tile row also holds its codes in a register (``row_operand_registers``, as
+    ``CPUTiles``); ``usmmla``'s tile of 2 x 2 blocks comes from ``pair_tile``.
     """
 
     kernel: Int8Microkernel
@@ -89,8 +101,15 @@ class QDenseTiles:
         if kernel is None:
             return None
         registers = max(int(getattr(target, "vector_registers", 16) or 16), 4)
-        mi, cols = register_tile(registers - kernel.temporaries)
+        # NEON's dot products (like its fmla) take no memory operand: each tile row holds its
+        # codes in a register (``Target.extra["row_operand_registers"]``, as ``CPUTiles``)
+        extra = getattr(target, "extra", None) or {}
+        row_registers = max(int(extra.get("row_operand_registers", 0) or 0), 0)
         cores = max(int(getattr(target, "num_cores", 1) or 1), 1)
+        if kernel.rows == 2:
+            mi, nb = pair_tile(registers - kernel.temporaries, kernel.k_steps)
+            return QDenseTiles(kernel=kernel, mi=mi, nb=nb, cores=cores)
+        mi, cols = register_tile(registers - kernel.temporaries, row_registers)
         return QDenseTiles(kernel=kernel, mi=mi, nb=cols * kernel.lanes, cores=cores)
 
     def panel(self, n: int) -> int:
@@ -99,6 +118,25 @@ class QDenseTiles:
         if n >= self.nb:
             return self.nb
         return max(self.kernel.lanes, 1 << (n - 1).bit_length())
+
+
+def pair_tile(registers: int, k_steps: int, max_rows: int = MAX_TILE_ROWS) -> tuple[int, int]:
+    """``(rows, columns)`` of a tile of 2 x 2 accumulator blocks (``usmmla``): ``R`` row pairs x
+    ``C`` column pairs hold ``R * C`` accumulators; per call each row pair needs one operand
+    register per k-step (two 8-code halves zipped) and each column pair one weight register per
+    k-step, plus ``SPARE_REGISTERS`` (the rows' raw 16-code loads). Most blocks per operand
+    loaded (``R * C / (R + C)``) wins, fewer rows on a tie; columns are a power of two. NEON:
+    4 x 4 blocks = 8 x 8 (16 + 8 + 2 + 2 = 28 of 32 registers; 4 x 8 blocks would need 32
+    accumulators)."""
+    best = None
+    for c in (2, 4, 8):
+        for r in range(max_rows // 2, 0, -1):
+            if r * c + r * k_steps + k_steps + SPARE_REGISTERS <= registers:
+                key = (r * c / (r + c), -r)
+                if best is None or key > best[0]:
+                    best = (key, 2 * r, 2 * c)
+                break
+    return (2, 4) if best is None else (best[1], best[2])
 
 
 def _tiles(target) -> QDenseTiles:
@@ -110,16 +148,17 @@ def _tiles(target) -> QDenseTiles:
 
 
 def pack_qweight(w_int8: np.ndarray, target) -> np.ndarray:
-    """int8 ``[K, N]`` -> ``[ceil(N/nb), ceil(K/g), nb, g]`` (``g`` = the microkernel's k-group,
-    4), zero-padded, for ``target``'s int8 dense."""
+    """int8 ``[K, N]`` -> ``[ceil(N/nb), Kp/g, nb, g]`` (``g`` = the microkernel's k-group: 4 for
+    the dot products, 2 for NEON's ``smull`` pairs), zero-padded to ``Kp``, a multiple of the k
+    one tensorized call covers (``k_pad``: 4 on x86, 16 on arm64), for ``target``'s int8 dense."""
     w = np.asarray(w_int8)
     if w.dtype != np.int8 or w.ndim != 2:
         raise ValueError(f"pack_qweight takes an int8 [K, N] weight, got {w.dtype} {list(w.shape)}")
     tiles = _tiles(target)
-    g = tiles.kernel.k_group
+    g, step = tiles.kernel.k_group, tiles.kernel.k_pad
     k, n = w.shape
     nb = tiles.panel(n)
-    kp, npad = -(-k // g) * g, -(-n // nb) * nb
+    kp, npad = -(-k // step) * step, -(-n // nb) * nb
     padded = np.zeros((kp, npad), np.int8)
     padded[:k, :n] = w
     return np.ascontiguousarray(padded.reshape(kp // g, g, npad // nb, nb).transpose(2, 0, 3, 1))
@@ -156,28 +195,62 @@ def _fence(x):
 
 
 def qdense_te(xq: te.Tensor, x_zp: te.Tensor, x_scale: te.Tensor, wp: te.Tensor, colsum: te.Tensor,
-              w_scale: te.Tensor, bias: te.Tensor | None, n: int, mi: int) -> te.Tensor:
-    """TE of the int8 dense: ``xq [..., K4]`` (K4 = wp's ``ceil(K/4) * 4``) x ``wp`` -> float32
-    ``[..., n]`` (see the module doc for the arithmetic).
+              w_scale: te.Tensor, bias: te.Tensor | None, n: int, mi: int, act_offset: int = 0,
+              xq_rows: te.Tensor | None = None) -> te.Tensor:
+    """TE of the int8 dense: ``xq [..., K4]`` (K4 = wp's K padded to the microkernel's ``k_pad``)
+    x ``wp`` -> float32 ``[..., n]`` (see the module doc for the arithmetic).
 
     As in ``dense_packed_te``, rows are flattened into one padded axis when at most one leading
     dim is not 1; otherwise all but the last leading dim stay batch axes of the padded compute (a
-    per-tile epilogue cannot be placed through an un-flattened row index)."""
+    per-tile epilogue cannot be placed through an un-flattened row index).
+
+    ``xq_rows`` (the ``usmmla`` kernel, two rows per instruction): the codes with their rows
+    already padded to the tile (``rowpad_te``), read instead of ``xq`` (whose shape then only
+    names the leading dims); the accumulator is then a grid of 2 x 2 blocks
+    ``[..., rows/2, cols/2, 2, 2]`` -- one int32x4 register per block, as the instruction
+    writes it."""
     lead = [_i64(d) for d in xq.shape[:-1]]
     nonunit = [d for d in lead if not _is_unit(d)]
     nblk, kgroups, nb, g = (int(v) for v in wp.shape)
     ko = te.reduce_axis((0, kgroups), name="ko")
     kr = te.reduce_axis((0, g), name="kr")
     i32, f32 = "int32", "float32"
-    attrs = {"optc.qdense_nb": nb, "optc.qdense_mi": int(mi)}
+    attrs = {"optc.qdense_nb": nb, "optc.qdense_mi": int(mi), "optc.qdense_rows": 1 if xq_rows is None else 2}
+
+    def product(code, w):
+        code = code.astype(i32)
+        if act_offset:  # the microkernel multiplies signed bytes: xq - 128 (see int8.py)
+            code = code - tirx.const(act_offset, i32)
+        return te.sum(code * w.astype(i32), axis=[ko, kr])
 
     def dot(xrow, j):
-        return te.sum(xq[tuple(xrow) + (ko * g + kr,)].astype(i32) * wp[j // nb, ko, j % nb, kr].astype(i32),
-                      axis=[ko, kr])
+        return product(xq[tuple(xrow) + (ko * g + kr,)], wp[j // nb, ko, j % nb, kr])
 
-    if len(nonunit) >= 2:
+    def block_dot(xrow, jb, c):  # column 2 * jb + c of padded row xrow (2 x 2 blocks)
+        half = nb // 2
+        return product(xq_rows[tuple(xrow) + (ko * g + kr,)], wp[jb // half, ko, jb % half * 2 + c, kr])
+
+    batched = len(nonunit) >= 2
+    if batched:
         m = lead[-1]
-        mp = (m + (mi - 1)) // mi * mi
+    else:
+        m = tirx.const(1, "int64")
+        for d in lead:
+            m = m * d
+        m = Analyzer().simplify(m)
+    mp = (m + (mi - 1)) // mi * mi
+    if xq_rows is not None:
+        if mi % 2 or nb % 2:
+            raise ValueError(f"a 2 x 2 block tile needs even rows and columns, got {mi} x {nb}")
+        outer = tuple(lead[:-1]) if batched else ()
+        acc = te.compute(outer + ((m + (mi - 1)) // mi * (mi // 2), nblk * nb // 2, 2, 2),
+                         lambda *idx: block_dot(idx[:-4] + (idx[-4] * 2 + idx[-2],), idx[-3], idx[-1]),
+                         name=QDENSE_BLOCK, attrs=attrs)
+
+        def acc_at(idx):
+            r = idx[-2] if batched else _flatten(idx[:-1], lead)
+            return acc[(tuple(idx[:-2]) if batched else ()) + (r // 2, idx[-1] // 2, r % 2, idx[-1] % 2)]
+    elif batched:
         acc = te.compute(tuple(lead[:-1]) + (mp, nblk * nb),
                          lambda *idx: dot(idx[:-2] + (tirx.min(idx[-2], m - 1),), idx[-1]),
                          name=QDENSE_BLOCK, attrs=attrs)
@@ -185,11 +258,6 @@ def qdense_te(xq: te.Tensor, x_zp: te.Tensor, x_scale: te.Tensor, wp: te.Tensor,
         def acc_at(idx):
             return acc[idx]
     else:
-        m = tirx.const(1, "int64")
-        for d in lead:
-            m = m * d
-        m = Analyzer().simplify(m)
-        mp = (m + (mi - 1)) // mi * mi
         acc = te.compute((mp, nblk * nb), lambda i, j: dot(_unflatten(tirx.min(i, m - 1), lead), j),
                          name=QDENSE_BLOCK, attrs=attrs)
 
@@ -198,11 +266,38 @@ def qdense_te(xq: te.Tensor, x_zp: te.Tensor, x_scale: te.Tensor, wp: te.Tensor,
 
     def out(*idx):
         r, j = _flatten(idx[:-1], lead), idx[-1]
-        a = acc_at(idx) - x_zp[r] * colsum[j]
+        zp = x_zp[r] - tirx.const(act_offset, i32) if act_offset else x_zp[r]
+        a = acc_at(idx) - zp * colsum[j]
         y = _fence(a.astype(f32) * (x_scale[r] * w_scale[j]))
         return y + bias[j] if bias is not None else y
 
     return te.compute(tuple(lead) + (n,), out, name=QOUT_BLOCK)
+
+
+def rowpad_te(xq: te.Tensor, k4: int, mi: int) -> te.Tensor:
+    """The codes for a two-rows-per-instruction kernel: rows padded to a multiple of ``mi`` by
+    repeating the last row (as the other kernels clamp the row index; a clamped index inside a
+    2-row operand would not be one load), K padded with zero codes to ``k4``. Rows are flattened
+    to ``[ceil(M/mi)*mi, k4]`` when at most one leading dim is not 1, else only the last one is
+    padded (``qdense_te``'s two layouts)."""
+    lead = [_i64(d) for d in xq.shape[:-1]]
+    k = xq.shape[-1]
+
+    def code(src, kk):
+        if int(k) == k4:
+            return xq[tuple(src) + (kk,)]
+        return tirx.if_then_else(kk < k, xq[tuple(src) + (tirx.min(kk, k - 1),)], tirx.const(0, "uint8"))
+
+    if len([d for d in lead if not _is_unit(d)]) >= 2:
+        s = lead[-1]
+        return te.compute(tuple(lead[:-1]) + ((s + (mi - 1)) // mi * mi, k4),
+                          lambda *idx: code(idx[:-2] + (tirx.min(idx[-2], s - 1),), idx[-1]), name=ROWPAD_BLOCK)
+    m = tirx.const(1, "int64")
+    for d in lead:
+        m = m * d
+    m = Analyzer().simplify(m)
+    return te.compute(((m + (mi - 1)) // mi * mi, k4), lambda i, kk: code(_unflatten(tirx.min(i, m - 1), lead), kk),
+                      name=ROWPAD_BLOCK)
 
 
 def kpad_te(xq: te.Tensor, k4: int) -> te.Tensor:
@@ -315,20 +410,30 @@ def qdense_call(bb: relax.BlockBuilder, xq: relax.Expr, x_zp: relax.Expr, x_scal
     w_scale = np.asarray(w_scale, np.float32).reshape(-1)
     if w_scale.shape != (n,) or (bias is not None and np.asarray(bias).reshape(-1).shape != (n,)):
         raise ValueError(f"w_scale and bias must have the weight's {n} columns")
-    g = tiles.kernel.k_group
-    k4 = -(-k // g) * g
-    if k4 != k:
+    step = tiles.kernel.k_pad
+    k4 = -(-k // step) * step
+    mi, offset = tiles.mi, tiles.kernel.act_offset
+    rows = None
+    if tiles.kernel.rows > 1:  # row pairs: the codes padded to the tile's rows (and K), once
+        rows = bb.emit(bb.call_te(lambda t: rowpad_te(t, k4, mi), xq, primfunc_name_hint="optc_qdense_rowpad"))
+    elif k4 != k:
         xq = bb.emit(bb.call_te(lambda t: kpad_te(t, k4), xq, primfunc_name_hint="optc_qdense_kpad"))
     consts = [relax.const(pack_qweight(w, target), "int8"), relax.const(weight_colsum(w), "int32"),
               relax.const(w_scale, "float32")]
     if bias is not None:
         consts.append(relax.const(np.asarray(bias, np.float32).reshape(-1), "float32"))
-    mi = tiles.mi
 
-    def kernel(xq_, zp_, s_, wp_, cs_, ws_, b_=None):
-        return qdense_te(xq_, zp_, s_, wp_, cs_, ws_, b_, n, mi)
+    if rows is None:
+        def kernel(xq_, zp_, s_, wp_, cs_, ws_, b_=None):
+            return qdense_te(xq_, zp_, s_, wp_, cs_, ws_, b_, n, mi, offset)
 
-    return bb.emit(bb.call_te(kernel, xq, x_zp, x_scale, *consts, primfunc_name_hint="optc_qdense",
+        args = [xq, x_zp, x_scale]
+    else:  # xq only names the leading dims (binds their variables); the kernel reads the padded rows
+        def kernel(xq_, rows_, zp_, s_, wp_, cs_, ws_, b_=None):
+            return qdense_te(xq_, zp_, s_, wp_, cs_, ws_, b_, n, mi, offset, xq_rows=rows_)
+
+        args = [xq, rows, x_zp, x_scale]
+    return bb.emit(bb.call_te(kernel, *args, *consts, primfunc_name_hint="optc_qdense",
                               primfunc_attrs={"op_pattern": K_OUT_EWISE_FUSABLE, KERNEL_ATTR: "qdense"}))
 
 
@@ -347,10 +452,17 @@ class QDenseRule(s_tir.dlight.ScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         block = find_block(sch, QDENSE_BLOCK)
-        if block is None:
-            return None
-        schedule_qdense(sch, block, self.tiles, self.k_unroll)
-        return sch
+        if block is not None:
+            schedule_qdense(sch, block, self.tiles, self.k_unroll)
+            return sch
+        block = find_block(sch, ROWPAD_BLOCK)
+        if block is not None and len(list(sch.get_child_blocks(sch.get_sblock("root")))) == 1:
+            # the padded codes: one parallel task per row, whole 128-bit vectors of codes
+            loops = sch.get_loops(block)
+            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+            vectorize_inner(sch, block, self.tiles.kernel.vector_bits // 8)
+            return sch
+        return None
 
 
 def schedule_qdense(sch: s_tir.Schedule, acc, tiles: QDenseTiles, k_unroll: int = 2) -> None:
@@ -370,15 +482,39 @@ def schedule_qdense(sch: s_tir.Schedule, acc, tiles: QDenseTiles, k_unroll: int 
 
     # 2. register tile: [par] x tile rows x ko x (mi x vectors x (lanes x 4 tensorized))
     loops = sch.get_loops(acc)
-    batch, (i, j, ko, kr) = loops[:-4], loops[-4:]
     ann = sch.get(acc).annotations
     mi, nb = int(ann["optc.qdense_mi"]), int(ann["optc.qdense_nb"])
-    mo, mii = sch.split(i, [None, mi])
-    no, ni = sch.split(j, [None, nb])
-    nv, lane = sch.split(ni, [None, kernel.lanes])
-    ku = largest_divisor(extent(sch, ko), [k_unroll, 2]) if k_unroll > 1 else 1
-    k_loops = list(sch.split(ko, [None, ku])) if ku > 1 else [ko]
-    inner = k_loops + [mii, nv, lane, kr]
+    blocks2x2 = int(ann.get("optc.qdense_rows", 1)) == 2
+    if blocks2x2:
+        # 2 x 2 accumulator blocks (usmmla): [par] x tile x ko x (column pairs x row pairs x
+        # (k_steps x 2 x 2 x 8 tensorized)); per ko the column pair's weights serve every row pair
+        batch, (i, j, r2, c2, ko, kr) = loops[:-6], loops[-6:]
+        mo, mii = sch.split(i, [None, mi // 2])
+        no, nv = sch.split(j, [None, nb // 2])
+        ku = 1
+        ko, ks = sch.split(ko, [None, kernel.k_steps])
+        k_loops = [ko]
+        inner = [ko, nv, mii, ks, r2, c2, kr]
+        tensorized = ks
+    else:
+        batch, (i, j, ko, kr) = loops[:-4], loops[-4:]
+        mo, mii = sch.split(i, [None, mi])
+        no, ni = sch.split(j, [None, nb])
+        nv, lane = sch.split(ni, [None, kernel.lanes])
+        if kernel.k_steps > 1:
+            # one call covers k_steps k-groups of a row (NEON: 16 codes in one register, each
+            # step reading its operand by element); per 16 k the column vectors are the outer
+            # loop, so each one's weight vectors serve every row of the tile before the next load
+            ku = 1
+            ko, ks = sch.split(ko, [None, kernel.k_steps])
+            k_loops = [ko]
+            inner = [ko, nv, mii, ks, lane, kr]
+            tensorized = ks
+        else:
+            ku = largest_divisor(extent(sch, ko), [k_unroll, 2]) if k_unroll > 1 else 1
+            k_loops = list(sch.split(ko, [None, ku])) if ku > 1 else [ko]
+            inner = k_loops + [mii, nv, lane, kr]
+            tensorized = lane
     n_panels = extent(sch, no)
     if not batch and n_panels is not None and (n_panels >= 2 * tiles.cores or tiles.cores == 1):
         sch.reorder(no, mo, *inner)  # column panels outermost: a weight panel stays in cache
@@ -405,13 +541,20 @@ def schedule_qdense(sch: s_tir.Schedule, acc, tiles: QDenseTiles, k_unroll: int 
             sch.reverse_compute_at(blk, tile_loop, preserve_unit_loops=False)
             if _static_columns(sch, blk):  # else a lane predicate (symbolic n): left to LLVM, as in dense
                 vectorize_inner(sch, blk, kernel.lanes)
+                if blocks2x2:  # unrolled: each row vector is then a zip of two accumulator registers
+                    loops = sch.get_loops(blk)
+                    at = [sch.get(lp).same_as(sch.get(tile_loop)) for lp in loops].index(True)
+                    for loop in loops[at + 1:-1]:
+                        if extent(sch, loop) is not None:
+                            sch.unroll(loop)
         except Exception:  # noqa: BLE001  (a primitive that does not apply leaves the schedule as it was)
             local_ok = False
             _standalone(sch, blk, kernel.lanes)
     init = sch.decompose_reduction(acc, k_loops[0])
-    sch.vectorize(sch.get_loops(init)[-1])
-    # 4. the lanes x 4 step is the microkernel
-    sch.tensorize(lane, kernel.name)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(sch.fuse(*init_loops[-2:]) if blocks2x2 else init_loops[-1])
+    # 4. the lanes x 4 step (NEON: lanes x 16 k) is the microkernel
+    sch.tensorize(tensorized, kernel.name)
     if local_ok and epilogue:
         sch.set_scope(init, 0, "local")
     for blk in before:  # fused producers (none expected: the codes come from their own kernel)
