@@ -10,7 +10,7 @@ shared machine's load hits every model alike. optc's outputs are the compiled mo
 interpreter's.
 
     [OPTC_BENCH_THREADS=2] python bench/precision.py [--calib 128] [--passages 32] [--holdout 256]
-        [--variants fp32,bf16,int8,int8-smooth,mixed,mixed-latency,mixed-size30,int4,int4-rtn]
+        [--variants fp32,bf16,int8,int8-plain,mixed,mixed-latency,mixed-size30,int4,int4-rtn]
         [--rounds 20] [--repeat 10]
         [--mixed-budget 0.995] [--json FILE]
 """
@@ -47,7 +47,7 @@ VARIANTS = {
     "fp32": "",
     "bf16": "quantize{precision=bf16}",
     "int8": "quantize{precision=int8}",
-    "int8-smooth": "quantize{precision=int8,smooth=0.5}",
+    "int8-plain": "quantize{precision=int8,smooth=0}",
     "mixed": "assign-precision{min_cosine=%s}",
     "mixed-latency": "assign-precision{min_cosine=%s,objective=latency}",
     "mixed-size30": "assign-precision{size=0.3}",

@@ -226,6 +226,8 @@ def _quantized_activations(e: _Emitter, node, x, mode: str):
     w = np.asarray(node.input(1).const)
     colsum = w.astype(np.int64).sum(axis=0)
     zero_f, qmax_f = e.const(np.array(0, f32), "zero"), e.const(np.array(qmax, f32), "qmax")
+    if node.input(7) is not None:  # SmoothQuant's per-channel multiplier, before the quantization
+        x = e.emit("Mul", [x, e.tensor(node.input(7))], f32)
     if mode == "dynamic":
         axes = e.const(np.array([-1], np.int64), "axes")
         lo = e.emit("Min", [e.emit("ReduceMin", [x, axes], f32, {"keepdims": 1}), zero_f], f32)

@@ -45,7 +45,7 @@ def test_every_spelling_becomes_one_qlinear_within_its_precision(precision):
     assert [l["precision"] for l in report["layers"]] == [precision] * 3
     if precision == "int8":  # the target's kernel multiplies 7-bit activations exactly (AVX2)
         assert {n.attrs["act_qmax"] for n in g.nodes if n.op == "QLinear"} == {127}
-        assert report["int8"] == {"activations": "dynamic", "act_qmax": 127}
+        assert report["int8"] == {"activations": "dynamic", "act_qmax": 127, "smooth": 0.5}
 
 
 def test_bias_and_activation_are_folded_into_the_qlinear():

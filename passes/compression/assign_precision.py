@@ -52,7 +52,7 @@ class AssignPrecision(PrecisionOptions, Pass):
     group_size: int = option(128, "int4: weight rows per scale (32, 64 or 128)")
     act: str = option("dynamic", "int8 activations: dynamic, static or none (weight-only)")
     act_qmax: int = option(0, "largest int8 activation code: 0 = what the target's kernel multiplies exactly, 127 or 255")
-    smooth: float = option(0.0, "int8 activations: SmoothQuant's migration strength alpha; 0 = off")
+    smooth: float = option(0.5, "int8 activations: SmoothQuant's migration strength alpha on normalized inputs; 0 = off")
     probe_sets: int = option(1, "calibration input sets each sensitivity probe runs on")
     include: str = option("", "only weights whose name matches one of these patterns")
     exclude: str = option("pooler|classifier|lm_head", "skip weights whose name matches one of these patterns")

@@ -56,7 +56,7 @@ class QuantConfig:
     int8_act: str = "dynamic"  # dynamic | static | none
     act_qmax: int = 127
     damp: float = 0.01
-    smooth: float = 0.0  # SmoothQuant migration strength alpha for int8 activations; 0 = off
+    smooth: float = 0.5  # SmoothQuant migration strength alpha for int8 activations; 0 = off
 
     def fits(self, precisions) -> bool:
         """Whether any of ``precisions`` is fitted to calibration data (GPTQ, static ranges)."""

@@ -1,11 +1,12 @@
 """``quantize``: every eligible projection at one precision (``quant_model.py`` lists them).
 
-    quantize                                   int8 weights per channel, activations per token
+    quantize                                   int8 weights per channel, activations per token,
+                                               SmoothQuant (alpha 0.5) on normalized inputs
     quantize{precision=int4}                   int4 weight-only, groups of 128 rows, GPTQ
     quantize{precision=int4,method=rtn}        the round-to-nearest baseline
     quantize{precision=bf16}                   bfloat16 weights (activations rounded to bf16)
     quantize{act=static}                       int8 with per-tensor activation scales from calibration
-    quantize{act=static,smooth=0.5}            ... with SmoothQuant's outlier migration into the weights
+    quantize{smooth=0}                         ... without SmoothQuant's outlier migration
     quantize{min_cosine=0.99}                  fail unless the calibration mean cosine stays >= 0.99
 
 Everything is measured: the result's fidelity on the calibration inputs (random inputs without
@@ -115,7 +116,7 @@ class Quantize(PrecisionOptions, Pass):
     act: str = option("dynamic", "int8 activations: dynamic (per token, at run time), static (per tensor, from "
                                  "calibration) or none (weight-only)")
     act_qmax: int = option(0, "largest int8 activation code: 0 = what the target's kernel multiplies exactly, 127 or 255")
-    smooth: float = option(0.0, "int8 activations: SmoothQuant's migration strength alpha (0.5 is typical); 0 = off")
+    smooth: float = option(0.5, "int8 activations: SmoothQuant's migration strength alpha on normalized inputs; 0 = off")
     min_cosine: float = option(0.0, "accuracy budget: smallest calibration mean cosine allowed; 0 = none")
     include: str = option("", "only weights whose name matches one of these patterns (a|b*; a word matches as a substring)")
     exclude: str = option("pooler|classifier|lm_head", "skip weights whose name matches one of these patterns")
