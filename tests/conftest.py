@@ -18,3 +18,10 @@ def verify_every_interpreted_graph(monkeypatch):
         original(self, graph, *args, **kwargs)
 
     monkeypatch.setattr(engine.Interpreter, "__init__", init)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the slow tier first (stable: order otherwise unchanged), so pytest-xdist spreads the
+    long MiniLM tests over both workers instead of leaving one worker alone with them at the end
+    (a fresh-clone CI run spent its last ~10 minutes on one worker in test_prune_heads)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

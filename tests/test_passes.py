@@ -84,7 +84,7 @@ def test_default_expands_inside_longer_pipeline(lossy_pass):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("fold-constants,frobnicate", "unknown pass 'frobnicate'; valid passes: default, cse, dce"),
+    ("fold-constants,frobnicate", "unknown pass 'frobnicate'; valid passes: default, assign-precision, cse, dce"),
     ("cse{bogus=1}", "unknown option 'bogus'; valid options: constants"),
     ("cse{constants=maybe}", "expects bool (true or false)"),
     ("fold-constants{max_growth=big}", "option max_growth expects int"),
