@@ -14,13 +14,15 @@ from optc.ir.interpreter import run
 RNG = np.random.default_rng(7)
 
 
-def _graph(w, scale=None, zero=None, bias=None, x_shape=("b", "s", None), x_static=None, **attrs):
+def _graph(w, scale=None, zero=None, bias=None, x_shape=("b", "s", None), x_static=None, smooth=None, **attrs):
     g = Graph()
     k = w.shape[0]
     x = g.add_input("x", TensorType(DType.FLOAT32, tuple(k if d is None else d for d in x_shape)))
     c = [g.add_constant(a, n) if a is not None else None
          for a, n in ((w, "w"), (scale, "s"), (zero, "z"), (bias, "b"))]
     extra = [g.add_constant(np.float32(x_static[0]), "xs"), g.add_constant(np.uint8(x_static[1]), "xz")] if x_static else []
+    if smooth is not None:
+        extra = (extra or [None, None]) + [g.add_constant(smooth, "m")]
     y = g.op("QLinear", x, *c, *extra, **attrs)
     g.set_outputs([y])
     g.infer_types()
@@ -159,6 +161,10 @@ CASES = {
                                           RNG.integers(0, 16, (-(-k // 64), n)).astype(ml_dtypes.uint4), {"group_size": 64}),
     "int8-dynamic-127": lambda k, n: (*_int8(k, n), None, {"act_quant": "dynamic", "act_qmax": 127}),
     "int8-static": lambda k, n: (*_int8(k, n), None, {"act_quant": "static", "act_qmax": 127}),
+    "int8-dynamic-smooth": lambda k, n: (*_int8(k, n), None, {"act_quant": "dynamic", "act_qmax": 127,
+                                                              "smooth": (RNG.random(k) + 0.2).astype(np.float32)}),
+    "int8-static-smooth": lambda k, n: (*_int8(k, n), None, {"act_quant": "static", "act_qmax": 127,
+                                                             "smooth": (RNG.random(k) + 0.2).astype(np.float32)}),
 }
 
 

@@ -62,10 +62,7 @@ def _qlinear(ctx, node, x, w, w_scale=None, w_zp=None, b=None, x_scale=None, x_z
 def _product(ctx, node, x):
     """``x @ W`` in float32 (before bias and activation)."""
     if node.attrs["act_quant"] != "none":
-        smooth = _constant(ctx, node, 7, "x_smooth")
-        if smooth is not None:  # an elementwise prologue FuseOps folds into the quantization kernel
-            x = ctx.emit(ctx.R.multiply(x, ctx.const(smooth.astype(np.float32))))
-        return _quantized_activations(ctx, node, x)
+        return _quantized_activations(ctx, node, x, _constant(ctx, node, 7, "x_smooth"))
     codes = _constant(ctx, node, 1, "weight")
     wdt = node.input(1).dtype
     scale = _constant(ctx, node, 2, "w_scale")
@@ -134,13 +131,15 @@ def _dequantize_then_matmul(ctx, x, codes, wdt: DType, scale, zero, group: int):
     return R.matmul(x, wf)
 
 
-def _quantized_activations(ctx, node, x):
+def _quantized_activations(ctx, node, x, smooth: np.ndarray | None):
     """int8 activations: per-row (dynamic) or per-tensor (static) codes times int8 weights."""
     w = _constant(ctx, node, 1, "weight").astype(np.int8)
     ws = _constant(ctx, node, 2, "w_scale").astype(np.float32)
     qmax = int(node.attrs["act_qmax"])
     static = node.attrs["act_quant"] == "static"
     kernel = _int8_kernel(ctx, qmax)
+    if static and smooth is not None:  # (the dynamic kernel multiplies while it reads)
+        x = ctx.emit(ctx.R.multiply(x, ctx.const(smooth.astype(np.float32))))
     if static:
         xs = float(_constant(ctx, node, 5, "x_scale").reshape(()))
         xz = int(_constant(ctx, node, 6, "x_zero_point").reshape(()))
@@ -150,7 +149,7 @@ def _quantized_activations(ctx, node, x):
         zp = ctx.emit(ctx.R.full(shape, ctx.scalar(xz, "int32"), "int32"))
         sc = ctx.emit(ctx.R.full(shape, ctx.scalar(xs, "float32"), "float32"))
     else:
-        xq, zp, sc = kernel.quantize_rows_call(ctx.bb, x, qmax)
+        xq, zp, sc = kernel.quantize_rows_call(ctx.bb, x, qmax, smooth)
     return kernel.qdense_call(ctx.bb, xq, zp, sc, w, ws, None, ctx.target)
 
 

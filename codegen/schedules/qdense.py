@@ -312,7 +312,7 @@ def kpad_te(xq: te.Tensor, k4: int) -> te.Tensor:
 
 
 # ----------------------------------------------------------------------------- TE: row quantization
-def quantize_rows_te(x: te.Tensor, qmax: int):
+def quantize_rows_te(x: te.Tensor, qmax: int, multiplier: te.Tensor | None = None):
     """Per-row uint8 quantization of ``x [..., K]`` (K static) -> ``(xq [M, K], zp [M], scale [M])``
     with M the product of the leading dims, with exactly this float32 arithmetic::
 
@@ -324,7 +324,8 @@ def quantize_rows_te(x: te.Tensor, qmax: int):
     Divisions stay divisions (no reciprocal multiply). The min/max is one pass of ``ROW_LANES``
     lane partials (min and max in one block); a row that is not a whole number of vectors ends
     with a chunk that overlaps the previous one (min and max do not mind seeing an element twice),
-    so no chunk needs a predicate."""
+    so no chunk needs a predicate. ``multiplier [K]`` (SmoothQuant's ``x_smooth``) scales each
+    column as it is read, in float32, before both passes."""
     lead = [_i64(d) for d in x.shape[:-1]]
     kdim = x.shape[-1]
     if not isinstance(kdim, tirx.IntImm):
@@ -339,7 +340,8 @@ def quantize_rows_te(x: te.Tensor, qmax: int):
     zero = tirx.const(0.0, f32)
 
     def xv(r, col):
-        return x[tuple(_unflatten(r, lead)) + (col,)]
+        v = x[tuple(_unflatten(r, lead)) + (col,)]
+        return v if multiplier is None else v * multiplier[col]
 
     # identity 0 for both: the row range always includes 0 (lo = min(0, ..), hi = max(0, ..))
     minmax = te.comm_reducer(lambda a, b: (tirx.min(a[0], b[0]), tirx.max(a[1], b[1])),
@@ -372,16 +374,19 @@ def quantize_rows_te(x: te.Tensor, qmax: int):
 
 
 # ----------------------------------------------------------------------------- Relax builders
-def quantize_rows_call(bb: relax.BlockBuilder, x: relax.Expr, qmax: int) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
-    """Emit the per-row quantization of float32 ``x [..., K]``: ``(xq uint8 [..., K], x_zp int32
-    [M], x_scale float32 [M])``, M the product of the leading dims (may be symbolic)."""
+def quantize_rows_call(bb: relax.BlockBuilder, x: relax.Expr, qmax: int, multiplier: np.ndarray | None = None
+                       ) -> tuple[relax.Expr, relax.Expr, relax.Expr]:
+    """Emit the per-row quantization of float32 ``x [..., K]`` (times ``multiplier [K]``, read in
+    the same pass): ``(xq uint8 [..., K], x_zp int32 [M], x_scale float32 [M])``, M the product of
+    the leading dims (may be symbolic)."""
     ty = x.ty
     if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.shape is None or ty.ndim < 1:
         raise ValueError(f"quantize_rows_call takes a float32 tensor of known rank, got {ty}")
     if not 1 <= int(qmax) <= 255:
         raise ValueError(f"qmax must be in 1..255, got {qmax}")
     q = int(qmax)
-    call = bb.emit(bb.call_te(lambda t: quantize_rows_te(t, q), x, primfunc_name_hint="optc_quantize_rows",
+    args = [x] if multiplier is None else [x, relax.const(np.ascontiguousarray(multiplier, np.float32))]
+    call = bb.emit(bb.call_te(lambda t, m=None: quantize_rows_te(t, q, m), *args, primfunc_name_hint="optc_quantize_rows",
                               primfunc_attrs={"op_pattern": K_OPAQUE, KERNEL_ATTR: "quantize_rows"}))
     xq, zp, scale = (bb.emit(relax.TupleGetItem(call, i)) for i in range(3))
     shape = list(ty.shape.values)
