@@ -24,11 +24,11 @@ import collections
 import dataclasses
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
+import disasm
 from optc.codegen.build import build
 from optc.codegen.schedules.attention import AttentionSpec, AttentionTiles
 from optc.codegen.schedules.common import CPUTiles
@@ -38,7 +38,7 @@ from optc.targets import get_target
 
 F32 = DType.FLOAT32
 HID, FFN, HEADS, DH = 384, 1536, 12, 32  # all-MiniLM-L6-v2's widths
-OBJDUMP = "aarch64-linux-gnu-objdump"
+OBJDUMP = disasm.ARCHES["aarch64"][0]
 
 
 def _graph() -> Graph:
@@ -130,47 +130,16 @@ def test_neon_tiling_numerics_on_x86():
 
 
 # ----------------------------------------------------------------------------- disassembly
-_FUNC = re.compile(r"^([0-9a-f]+) <(.+)>:$")
-_INSN = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)$")
-_BRANCH = re.compile(r"^(b|b\.\w+|cbz|cbnz|tbz|tbnz)$")
-_TARGET = re.compile(r"\b([0-9a-f]+) <")
 _SCALAR_FMA = {"fmadd", "fmsub", "fnmadd", "fnmsub"}
 
 
 def disassemble(path) -> dict[str, list[tuple[int, str, str]]]:
-    """symbol -> [(address, mnemonic, operands)] of the library's code."""
-    out = subprocess.run([OBJDUMP, "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    funcs: dict[str, list] = {}
-    cur = None
-    for line in out.splitlines():
-        m = _FUNC.match(line)
-        if m:
-            cur = funcs.setdefault(m.group(2), [])
-            continue
-        m = _INSN.match(line)
-        if m and cur is not None:
-            cur.append((int(m.group(1), 16), m.group(2), m.group(3).split("//")[0].strip()))
-    return funcs
+    """symbol -> [(address, mnemonic, operands)] of the aarch64 library's code."""
+    return disasm.disassemble(path, "aarch64")
 
 
 def innermost_loops(insns) -> list[list[tuple[int, str, str]]]:
-    """The bodies of the innermost loops of one function: a branch back to an address inside the
-    function closes a loop (header .. latch; several latches of one header make one loop), and a
-    loop is innermost when no other loop lies inside it."""
-    if not insns:
-        return []
-    lo = insns[0][0]
-    latch: dict[int, int] = {}
-    for addr, mnem, ops in insns:
-        if _BRANCH.match(mnem):
-            m = _TARGET.search(ops)
-            if m and lo <= int(m.group(1), 16) <= addr:
-                head = int(m.group(1), 16)
-                latch[head] = max(latch.get(head, addr), addr)
-    loops = sorted(latch.items())
-    inner = [(h, t) for h, t in loops if not any((h2, t2) != (h, t) and h <= h2 and t2 <= t for h2, t2 in loops)]
-    return [[i for i in insns if h <= i[0] <= t] for h, t in inner]
+    return disasm.innermost_loops(insns, "aarch64")
 
 
 def _is_vector_fmla(mnem, ops) -> bool:

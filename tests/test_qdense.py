@@ -32,6 +32,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax, tirx  # noqa: E402
 
+import disasm  # noqa: E402
 from optc.codegen.schedules import qdense as Q  # noqa: E402
 from optc.codegen.schedules import testing  # noqa: E402
 from optc.codegen.schedules.int8 import PMADD_256, VNNI_512, activation_qmax, int8_microkernel  # noqa: E402
@@ -311,42 +312,13 @@ def test_reduce_range_worst_case(target):
 
 
 # ----------------------------------------------------------------------------- disassembly
-_FUNC = re.compile(r"^([0-9a-f]+) <(.+)>:$")
-_INSN = re.compile(r"^\s+([0-9a-f]+):\s+(?:\{\w+\}\s+)?(\S+)\s*(.*)$")  # "{vex} vpdpbusd" -> vpdpbusd
-_TARGET = re.compile(r"\b([0-9a-f]+) <")
-
-
 def disassemble(path) -> dict[str, list[tuple[int, str, str]]]:
-    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    funcs: dict[str, list] = {}
-    cur = None
-    for line in out.splitlines():
-        m = _FUNC.match(line)
-        if m:
-            cur = funcs.setdefault(m.group(2), [])
-            continue
-        m = _INSN.match(line)
-        if m and cur is not None:
-            cur.append((int(m.group(1), 16), m.group(2), m.group(3).split("#")[0].strip()))
-    return funcs
+    return disasm.disassemble(path, "x86_64")
 
 
 def innermost_loops(insns):
     """Bodies of the innermost loops of one function (a jump back closes a loop)."""
-    if not insns:
-        return []
-    lo = insns[0][0]
-    latch: dict[int, int] = {}
-    for addr, mnem, ops in insns:
-        if mnem.startswith("j"):
-            m = _TARGET.search(ops)
-            if m and lo <= int(m.group(1), 16) <= addr:
-                head = int(m.group(1), 16)
-                latch[head] = max(latch.get(head, addr), addr)
-    loops = sorted(latch.items())
-    inner = [(h, t) for h, t in loops if not any((h2, t2) != (h, t) and h <= h2 and t2 <= t for h2, t2 in loops)]
-    return [[i for i in insns if h <= i[0] <= t] for h, t in inner]
+    return disasm.innermost_loops(insns, "x86_64")
 
 
 def kernel_loops(funcs, pattern: str) -> list:

@@ -8,6 +8,7 @@ import re
 
 from .. import windows
 from ..errors import IRError, UnsupportedOpError
+from ..schema import InferContext
 from ..symbolic import add_dims, mul_dims
 from ..types import DType, TensorType
 from ._common import FLOAT, INT, INTS, STRING, A, broadcast_shapes, norm_axis, op, require_float, require_same_dtype, same_float_type
@@ -57,6 +58,15 @@ LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 """Epilogue activations a ``Linear`` may carry (what fusion folds in after the bias)."""
 
 
+def check_bias(ctx: InferContext, i: int, n) -> None:
+    """A dense layer's optional bias (input ``i``) is 1-D ``[N]``."""
+    if not ctx.has(i):
+        return
+    b = ctx.shape(i)
+    if b is not None and (len(b) != 1 or (isinstance(b[0], int) and isinstance(n, int) and b[0] != n)):
+        raise ctx.fail(f"B must be 1-D [N] matching W's {n if n is not None else '?'} columns, got {list(b)}")
+
+
 @op("Linear", ["X", "W", "B?"], attrs={"activation": A(STRING, "none", "one of " + ", ".join(LINEAR_ACTIVATIONS))})
 def _linear(ctx):
     """act(X @ W + B): a dense layer with its bias and activation epilogue. X is [..., K], W is
@@ -73,10 +83,7 @@ def _linear(ctx):
         raise ctx.fail(f"W must be 2-D [K, N], got rank {len(w)}")
     if x is not None and len(x) == 0:
         raise ctx.fail("X must have rank >= 1")
-    if ctx.has(2):
-        b = ctx.shape(2)
-        if b is not None and (len(b) != 1 or (w is not None and isinstance(b[0], int) and isinstance(w[1], int) and b[0] != w[1])):
-            raise ctx.fail(f"B must be 1-D [N] matching W's {w[1] if w is not None else '?'} columns, got {list(b)}")
+    check_bias(ctx, 2, w[1] if w is not None else None)
     if x is None or w is None:
         return [TensorType(dt, None)]
     k1, k2 = x[-1], w[0]

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from ..types import DType, TensorType
 from ._common import INT, STRING, A, op
-from .nn import LINEAR_ACTIVATIONS
+from .nn import LINEAR_ACTIVATIONS, check_bias
 
 INT_WEIGHTS = frozenset({DType.INT8, DType.INT4, DType.UINT4})
 FLOAT_WEIGHTS = frozenset({DType.FLOAT16, DType.BFLOAT16})
@@ -91,12 +91,9 @@ def _qlinear(ctx):
         _check_int_weight(ctx, wdt, k, n, group, mode)
     else:
         raise ctx.fail(f"W must be int8, int4, uint4, float16 or bfloat16, got {wdt.value}")
-    if ctx.has(4):
-        if ctx.dtype(4) is not DType.FLOAT32:
-            raise ctx.fail(f"B must be float32, got {ctx.dtype(4).value}")
-        b = ctx.shape(4)
-        if b is not None and (len(b) != 1 or (isinstance(b[0], int) and isinstance(n, int) and b[0] != n)):
-            raise ctx.fail(f"B must be 1-D [N] matching W's {n} columns, got {list(b)}")
+    if ctx.has(4) and ctx.dtype(4) is not DType.FLOAT32:
+        raise ctx.fail(f"B must be float32, got {ctx.dtype(4).value}")
+    check_bias(ctx, 4, n)
     if x is None or w is None:
         return [TensorType(xdt, None)]
     if isinstance(x[-1], int) and isinstance(k, int) and x[-1] != k:

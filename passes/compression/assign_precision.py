@@ -60,7 +60,7 @@ class AssignPrecision(PrecisionOptions, Pass):
     def _mode(self) -> str:
         given = [k for k in ("min_cosine", "size", "latency") if getattr(self, k)]
         if len(given) != 1:
-            raise PassError(f"assign-precision: give exactly one budget: min_cosine, size or latency"
+            raise PassError("assign-precision: give exactly one budget: min_cosine, size or latency"
                             + (f" (got {', '.join(given)})" if given else ""))
         if self.size and not 0 < self.size <= 1 or self.latency and not 0 < self.latency <= 1:
             raise PassError("assign-precision: size and latency are fractions in (0, 1]")

@@ -24,7 +24,6 @@ the panel width (``quantum=64``) run fastest; see bench/low_rank.py for measured
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -40,24 +39,12 @@ from .activations import input_gram
 from .factorize import METHODS, Spectrum, break_even, saves, spectrum, whitener
 from .fidelity import Fidelity, measure, reference_outputs
 from .low_rank_rewrite import apply_factors
-from .projections import Projection, find_projections
+from .projections import Projection, find_projections, name_matches, name_patterns
 from .rank_allocation import allocate, menu, uniform
 
 ALLOCATIONS = ("sensitivity", "uniform")
 PROBE_KEEP = 0.5  # sensitivity probes factor one layer at this fraction of its parameters
 SEARCH_STEPS = 8  # bisection steps of the min_cosine search (keep resolution 2^-8)
-
-
-def _patterns(text: str) -> list[str]:
-    """``a|b*`` -> patterns; a plain word matches as a substring."""
-    out = []
-    for p in filter(None, (s.strip() for s in text.split("|"))):
-        out.append(p if any(c in p for c in "*?[") else f"*{p}*")
-    return out
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 @dataclass
@@ -94,7 +81,7 @@ def _rows_per_call(proj: Projection, dims: Mapping[str, int]) -> int:
 def eligible_layers(graph: Graph, include: str = "", exclude: str = "", quantum: int = 1,
                     dims: Mapping[str, int] | None = None) -> tuple[list[Layer], dict[str, str]]:
     """The projections low-rank may factor, and why each other one is skipped."""
-    inc, exc = _patterns(include), _patterns(exclude)
+    inc, exc = name_patterns(include), name_patterns(exclude)
     layers, skipped = [], {}
     projs = find_projections(graph)
     uses: dict[str, int] = {}
@@ -102,9 +89,9 @@ def eligible_layers(graph: Graph, include: str = "", exclude: str = "", quantum:
         uses[p.name] = len(p.weight.uses)
     for p in projs:
         m, n = p.in_features, p.out_features
-        if inc and not _matches(p.name, inc):
+        if inc and not name_matches(p.name, inc):
             skipped[p.name] = "not included"
-        elif exc and _matches(p.name, exc):
+        elif exc and name_matches(p.name, exc):
             skipped[p.name] = "excluded"
         elif uses[p.name] > 1 or p.weight in graph.outputs:
             skipped[p.name] = "weight shared"

@@ -9,6 +9,7 @@ node's own orientation. Constants are never modified in place (``Graph.clone`` s
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,3 +158,13 @@ def replace_weight(graph: Graph, proj: Projection, weight: np.ndarray, bias: np.
             if proj.bias_add is not None else (proj.node, 2)
         b = _swap_constant(graph, node, index, bias.reshape(proj.bias.const.shape[:-1] + (bias.shape[-1],)))
     return Projection(proj.node, w, b, proj.bias_add)
+
+
+def name_patterns(text: str) -> list[str]:
+    """A pass's ``include``/``exclude`` option ``a|b*`` as patterns; a plain word matches as a
+    substring."""
+    return [p if any(c in p for c in "*?[") else f"*{p}*" for p in filter(None, (s.strip() for s in text.split("|")))]
+
+
+def name_matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

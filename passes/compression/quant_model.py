@@ -18,7 +18,6 @@ name       storage                                                      activati
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -29,22 +28,13 @@ from ...ir.graph import Graph
 from ...ir.types import DType
 from .activations import capture, input_gram, rows
 from .fidelity import Fidelity, measure, reference_outputs
-from .projections import Projection, find_projections
+from .projections import Projection, find_projections, name_matches, name_patterns
 from .quant_rewrite import LayerQuant, float_weight, quantize_projection
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 INT_BITS = {"int8": 8, "int4": 4}
 METHODS = ("rtn", "gptq")
 NORMALIZATIONS = frozenset({"LayerNormalization", "AddLayerNorm", "RMSNormalization"})
-
-
-def patterns(text: str) -> list[str]:
-    """``a|b*`` -> patterns; a plain word matches as a substring."""
-    return [p if any(c in p for c in "*?[") else f"*{p}*" for p in filter(None, (s.strip() for s in text.split("|")))]
-
-
-def matches(name: str, pats: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in pats)
 
 
 @dataclass(frozen=True)
@@ -85,12 +75,12 @@ class QLayer:
 
 def eligible(graph: Graph, include: str = "", exclude: str = "") -> tuple[list[QLayer], dict[str, str]]:
     """The projections the precision passes may change, and why each other one is skipped."""
-    inc, exc = patterns(include), patterns(exclude)
+    inc, exc = name_patterns(include), name_patterns(exclude)
     layers, skipped = [], {}
     for p in find_projections(graph):
-        if inc and not matches(p.name, inc):
+        if inc and not name_matches(p.name, inc):
             skipped[p.name] = "not included"
-        elif exc and matches(p.name, exc):
+        elif exc and name_matches(p.name, exc):
             skipped[p.name] = "excluded"
         elif len(p.weight.uses) > 1 or p.weight in graph.outputs:
             skipped[p.name] = "weight shared"

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 
 from ...ir.errors import OptcError
 from ...ir.graph import Graph

@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from ...ir.graph import Graph, Node, Value
+from ...ir.graph import Graph, Value
 from ...ir.folding import eliminate_dead_code
 from ...ir.interpreter import Interpreter
 from .projections import Projection, replace_weight
