@@ -197,3 +197,28 @@ def test_codes_wider_than_the_target_kernel_multiplies_are_a_clear_error():
         build(g, "x86-avx2")
     with pytest.raises(UnsupportedOpError, match="no int8-activation kernel for cuda-sm90"):
         build(_graph(w, s, act_quant="dynamic"), "cuda-sm90")
+
+
+VNNI_JSON = '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}'
+
+
+@pytest.mark.parametrize("target", [
+    "x86-avx512", VNNI_JSON,  # CPUs CI may land on: built (this CPU cannot run them)
+    pytest.param("arm64-dotprod", marks=pytest.mark.arm64), pytest.param("arm64-i8mm", marks=pytest.mark.arm64),
+])
+def test_every_kind_builds_for_other_presets(target):
+    """Every QLinear kind compiles for the other x86 presets and (arm64 tier) runs under qemu
+    matching the interpreter."""
+    from optc.codegen.build import build
+
+    for case, make in CASES.items():
+        w, s, z, attrs = make(100, 70)
+        static = (0.03, 70) if attrs.get("act_quant") == "static" else None
+        g = _graph(w, s, z, RNG.standard_normal(70).astype(np.float32), x_static=static, activation="gelu", **attrs)
+        cm = build(g, target)
+        assert not cm.unscheduled, case
+        if target.startswith("arm64"):
+            x = RNG.standard_normal((2, 5, 100)).astype(np.float32)
+            ref = run(g, {"x": x})["qlinear"]
+            got = cm.load().run({"x": x})["qlinear"]
+            assert float(np.abs(got - ref).max()) <= 2e-6 * float(np.abs(ref).max()), case
