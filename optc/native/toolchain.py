@@ -454,7 +454,9 @@ class RpcServer:
         import signal
 
         self.command = command
-        self._log = tempfile.TemporaryFile(mode="w+")
+        # The server's stderr shares this file's offset: the log is read with pread, which never
+        # moves it (a seek-and-read here would let the server's next line overwrite the first).
+        self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                         start_new_session=True)
         self._signal = signal
@@ -477,9 +479,8 @@ class RpcServer:
 
     def log(self) -> str:
         """What the server wrote on stderr so far (one line per session)."""
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read()
+        fd = self._log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def stop(self) -> None:
         p = self.process
