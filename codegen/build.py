@@ -29,6 +29,7 @@ from typing import Any
 from ..ir import Graph
 from ..ir.errors import OptcError
 from ..ir.folding import fold_graph
+from ..passes.fusion.siblings import merge_sibling_projections
 from .lower import Assumption, lower
 from .signature import SIGNATURE_FUNC, Signature, TensorSpec  # noqa: F401  (TensorSpec: re-exported)
 
@@ -177,6 +178,7 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     t0 = time.perf_counter()
     work = graph.clone()
     fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
+    merge_sibling_projections(work)  # Q/K/V as one GEMM (the passes keep them apart)
     lowered = lower(work, target, checked=checked)
     mod = lowered.mod
     notes = target.build_notes(work)

@@ -129,7 +129,7 @@ class QuantModel:
         act = cfg.int8_act if precision == "int8" else "none"
         smooth = None
         if act != "none" and cfg.smooth > 0 and self._normalized_input(layer):
-            smooth = self._smoothing(layer, w)
+            smooth = self._smoothing(layer)
             w = (w.astype(np.float64) / smooth[:, None].astype(np.float64)).astype(np.float32)
         if cfg.method_for(precision) == "gptq":
             gram, count = self.grams()[layer.input_name]
@@ -154,16 +154,24 @@ class QuantModel:
         producer = self.graph.value(layer.input_name).producer
         return producer is not None and producer.op in NORMALIZATIONS
 
-    def _smoothing(self, layer: QLayer, w: np.ndarray) -> np.ndarray:
-        """SmoothQuant: the per-channel multiplier ``1 / s`` of the layer's activations (float32)."""
+    def _smoothing(self, layer: QLayer) -> np.ndarray:
+        """SmoothQuant: the per-channel multiplier ``1 / s`` of the layer's activations (float32),
+        one for every layer reading the same input (Q, K and V): ``s`` comes from all their
+        weights together, so that the siblings quantize their input alike and codegen can run
+        them as one GEMM (``passes/fusion/siblings.py``)."""
         from .smoothquant import smoothing_factors
 
-        cmin, cmax = self.channel_ranges()[layer.input_name]
-        s = smoothing_factors(np.maximum(np.abs(cmin), np.abs(cmax)), w, self.config.smooth)
-        # Only shrink (s >= 1): amplifying a channel that was quiet on the calibration data (a GELU
-        # unit that rarely fires) blows it past a static range when it fires later (MiniLM static
-        # int8: held-out cosine 0.976 -> 0.935 at alpha 0.5, 0.78 at 0.3, before this clamp).
-        return (1.0 / np.maximum(s, 1.0)).astype(np.float32)
+        key = ("smooth", layer.input_name)
+        if key not in self._cache:
+            cmin, cmax = self.channel_ranges()[layer.input_name]
+            projections = self.weights()
+            siblings = [projections[l.name].matrix() for l in self.layers if l.input_name == layer.input_name]
+            s = smoothing_factors(np.maximum(np.abs(cmin), np.abs(cmax)), siblings, self.config.smooth)
+            # Only shrink (s >= 1): amplifying a channel that was quiet on the calibration data (a
+            # GELU unit that rarely fires) blows it past a static range when it fires later (MiniLM
+            # static int8: held-out cosine 0.976 -> 0.935 at alpha 0.5, 0.78 at 0.3, before this clamp).
+            self._cache[key] = (1.0 / np.maximum(s, 1.0)).astype(np.float32)
+        return self._cache[key]
 
     def bytes_at(self, layer: QLayer, precision: str) -> int:
         q = self.layer_quant(layer, precision)
