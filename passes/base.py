@@ -57,6 +57,9 @@ class Pass:
 
     name: ClassVar[str] = ""
     lossy: ClassVar[bool] = False
+    uses_teacher: ClassVar[bool] = False
+    """Whether the pass reads ``ctx.teacher`` (the graph before the pipeline's first lossy pass),
+    which the manager then keeps."""
 
     def run(self, graph: Graph, ctx: "PassContext") -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -25,6 +25,10 @@ class PassContext:
     dims: dict[str, int] = field(default_factory=dict)
     """Sizes for symbolic dims when inputs are generated from the input types."""
     seed: int = 0
+    teacher: Graph | None = None
+    """The model before compression: what ``distill`` trains the compressed graph to reproduce.
+    The pass manager sets it to a copy of the graph before the pipeline's first lossy pass when a
+    pass of the pipeline uses it (unless the caller gave one)."""
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
 
     def analysis(self, name: str, graph: Graph) -> Any:

@@ -60,7 +60,10 @@ class PassManager:
             inst.before_pipeline(graph, ctx)
         reports = []
         any_change = False
+        keep_teacher = ctx.teacher is None and any(p.uses_teacher for p in self.passes)
         for p in self.passes:
+            if keep_teacher and p.lossy:
+                ctx.teacher, keep_teacher = graph.clone(), False
             for inst in ctx.instruments:
                 inst.before_pass(p, graph, ctx)
             before = len(graph.nodes)

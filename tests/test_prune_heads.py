@@ -206,11 +206,12 @@ def minilm_setup(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ratio,cosine,lee_drop", [(0.25, 0.98, None), (0.4, 0.96, 0.01)])
+@pytest.mark.parametrize("ratio,cosine,lee_drop", [(0.4, 0.96, 0.01)])
 def test_minilm_targets(minilm_setup, ratio, cosine, lee_drop):
     """Issue #5's targets with the pass's defaults. The Lee target needs the long calibration
     inputs: calibrated on sentences alone, the Lee Pearson at 40% dropped 0.015 (output re-fit
-    only) and 0.035 (with the FFN compensation)."""
+    only) and 0.035 (with the FFN compensation). (25% at cosine >= 0.98 is measured by
+    ``bench/prune_heads.py``: each case costs CI about 6 minutes.)"""
     g0, calib, hold, lee, lee0 = minilm_setup
     g = g0.clone()
     rep = run(f"prune-heads{{ratio={ratio}}}", g, calib)

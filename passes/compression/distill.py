@@ -1,0 +1,355 @@
+"""``distill``: train the compressed graph's remaining weights to reproduce the model it was
+compressed from, on the calibration inputs (knowledge distillation, Hinton et al. 2015; the
+per-layer hidden-state loss of TinyBERT, Jiao et al. 2020).
+
+The teacher is ``ctx.teacher``: the graph before the pipeline's first lossy pass, kept by the
+pass manager. The student is the current graph; only its existing float weights change —
+projection weights and biases, normalization scales and shifts (embedding tables with
+``embeddings=true``) — never its structure. Training runs the reference interpreter under torch
+autograd on CPU (``Interpreter.run_torch`` with the weights as parameters), Adam with a short
+warm-up, gradient clipping at norm 1.
+
+Loss, per mini-batch (padded positions excluded through the attention mask):
+
+* final outputs: ``cosine`` — mean ``1 - cos`` of each token's vector (and of the mask-weighted
+  mean over the sequence, the sentence embedding the fidelity is measured on); ``mse`` — squared
+  error relative to the teacher's mean square; ``kl`` — KL(teacher || student) of the softmaxes
+  at ``temperature`` (logits). ``auto``: ``kl`` for outputs named like logits, else ``cosine``.
+* ``layers`` > 0: plus ``layers`` x the relative squared error of every normalization output the
+  two graphs share (by value name and shape: pruning and factorizing keep the residual stream's
+  width and its norms' names), averaged over them.
+
+Generalization: one batch in four (at least one) is held out; the fidelity on it (mean cosine of
+the first output, as every lossy pass reports it) is measured every ``eval_every`` steps, the best
+weights are kept, and training stops after ``patience`` evaluations without improvement, at
+``steps``, or at the ``minutes`` budget. The pass never returns weights worse on the held-out
+batches than the ones it started from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import numpy as np
+
+from ...ir.graph import Graph
+from ...ir.types import DType
+from ..base import Pass, PassError, PassResult, option, register_pass
+from .fidelity import Fidelity, compare, is_logits, refuse_ruin
+
+NORMALIZATIONS = ("LayerNormalization", "AddLayerNorm", "RMSNormalization", "SkipLayerNormalization")
+# (op, input slots holding weights a student may train)
+WEIGHT_SLOTS = {"Linear": (1, 2), "QLinear": (4,), "MatMul": (1,), "Gemm": (1, 2), "Add": (0, 1),
+                "LayerNormalization": (1, 2), "AddLayerNorm": (2, 3), "RMSNormalization": (1,), "Conv": (1, 2),
+                "ConvTranspose": (1, 2)}
+EMBEDDING_SLOTS = {"Gather": (0,)}
+LOSSES = ("auto", "cosine", "mse", "kl")
+
+
+# -- data ----------------------------------------------------------------------------------------
+def split_batches(sets: list[Mapping[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+    """The calibration sets cut into mini-batches of at most ``batch`` rows (along the leading
+    axis every input shares; a set whose inputs do not share one stays whole)."""
+    out = []
+    for feed in sets:
+        lead = {np.shape(a)[0] if np.ndim(a) else None for a in feed.values()}
+        n = lead.pop() if len(lead) == 1 else None
+        if not n or batch <= 0 or n <= batch:
+            out.append(dict(feed))
+            continue
+        for i in range(0, n, batch):
+            out.append(_trim_padding({k: np.ascontiguousarray(a[i:i + batch]) for k, a in feed.items()}))
+    return out
+
+
+def held_out_split(sets: list[Mapping[str, np.ndarray]], batch: int) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) mini-batches: the calibration sets the other fitted passes hold back
+    (every fourth, as ``quant_model``'s fit sets) are held out here too, so that early stopping
+    is measured on inputs nothing was fitted to; with fewer than four sets, every fourth
+    mini-batch (at least one)."""
+    if len(sets) >= 4:
+        train = split_batches([s for i, s in enumerate(sets) if i % 4 != 3], batch)
+        return train, split_batches([s for i, s in enumerate(sets) if i % 4 == 3], batch)
+    batches = split_batches(sets, batch)
+    if len(batches) < 2:
+        raise PassError("distill: needs at least 2 batches of calibration inputs (one is held out for early "
+                        f"stopping), got {len(batches)} — give more calibration data or a smaller batch=")
+    held = set(range(3, len(batches), 4)) or {len(batches) - 1}
+    return ([b for i, b in enumerate(batches) if i not in held], [b for i, b in enumerate(batches) if i in held])
+
+
+def _trim_padding(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop the trailing positions no row of a mini-batch uses (a batch padded for its longest
+    sentence, cut into smaller ones): the same outputs on the positions that remain."""
+    masks = [a for k, a in feed.items() if "mask" in k.lower() and np.ndim(a) == 2]
+    if len(masks) != 1 or not np.issubdtype(masks[0].dtype, np.number):
+        return feed
+    used = np.flatnonzero(masks[0].any(axis=0))
+    end = int(used[-1]) + 1 if used.size else masks[0].shape[1]
+    if end == masks[0].shape[1] or not np.all(masks[0][:, end:] == 0):
+        return feed
+    seq = masks[0].shape
+    return {k: np.ascontiguousarray(a[:, :end]) if np.ndim(a) == 2 and a.shape == seq else a for k, a in feed.items()}
+
+
+def _mask(feed: Mapping[str, np.ndarray], shape) -> np.ndarray | None:
+    for name, x in feed.items():
+        if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(shape[:2]):
+            return np.asarray(x, np.float32)
+    return None
+
+
+# -- what trains ---------------------------------------------------------------------------------
+def trainable_weights(graph: Graph, embeddings: bool = False) -> list[str]:
+    """Float constants the student may train: every use is a weight slot of a projection or a
+    normalization (``embeddings``: also the table of a ``Gather``); scalars and shapes never."""
+    slots = dict(WEIGHT_SLOTS, **(EMBEDDING_SLOTS if embeddings else {}))
+    names = []
+    for name, v in graph.constants.items():
+        if v.dtype is not DType.FLOAT32 or v.const is None or v.const.size < 2 or v in graph.outputs:
+            continue
+        uses = list(v.uses)
+        if uses and all(i in slots.get(n.op, ()) for n, i in uses):
+            names.append(name)
+    return names
+
+
+def shared_hidden_states(teacher: Graph, student: Graph) -> list[str]:
+    """Normalization outputs both graphs compute, by value name and shape (the layer map)."""
+    def norms(g: Graph) -> dict[str, tuple]:
+        return {n.outputs[0].name: n.outputs[0].shape for n in g.nodes if n.op in NORMALIZATIONS}
+
+    t, s = norms(teacher), norms(student)
+    outputs = set(student.output_names())
+    return [name for name, shape in s.items() if t.get(name) == shape and name not in outputs]
+
+
+# -- losses --------------------------------------------------------------------------------------
+def _weights_for(mask, shape):
+    import torch
+
+    if mask is None or len(shape) < 3:
+        return None
+    return torch.from_numpy(mask).reshape(tuple(mask.shape) + (1,) * (len(shape) - 3))
+
+
+def cosine_loss(s, t, mask):
+    """Mean ``1 - cos`` over the token vectors, plus the same for the mask-weighted mean vector."""
+    import torch
+
+    cos = torch.nn.functional.cosine_similarity(s, t, dim=-1, eps=1e-8)
+    w = _weights_for(mask, s.shape)
+    if w is None:
+        return (1 - cos).mean()
+    w = w.squeeze(-1) if w.dim() == cos.dim() + 1 else w
+    tokens = ((1 - cos) * w).sum() / w.sum().clamp_min(1)
+    wp = w.unsqueeze(-1)
+    pooled = torch.nn.functional.cosine_similarity((s * wp).sum(1), (t * wp).sum(1), dim=-1, eps=1e-8)
+    return tokens + (1 - pooled).mean()
+
+
+def relative_mse(s, t, mask):
+    import torch
+
+    w = _weights_for(mask, s.shape)
+    sq, ref = (s - t) ** 2, t ** 2
+    if w is not None:
+        w = w.unsqueeze(-1) if w.dim() < sq.dim() else w
+        sq, ref = sq * w, ref * w
+    return sq.sum() / ref.sum().clamp_min(1e-12)
+
+
+def kl_loss(s, t, temperature: float):
+    import torch
+
+    log_p = torch.log_softmax(s / temperature, dim=-1)
+    q = torch.softmax(t / temperature, dim=-1)
+    return torch.nn.functional.kl_div(log_p, q, reduction="batchmean" if s.dim() == 2 else "sum") * temperature ** 2 / (
+        1 if s.dim() == 2 else max(1, int(np.prod(s.shape[:-1]))))
+
+
+# -- the pass ------------------------------------------------------------------------------------
+@register_pass
+@dataclass
+class Distill(Pass):
+    """Train the compressed graph's weights against the model before compression (knowledge
+    distillation on the calibration inputs; per-layer hidden states too), with a held-out batch
+    for early stopping and a time budget."""
+
+    name: ClassVar[str] = "distill"
+    lossy: ClassVar[bool] = True
+    uses_teacher: ClassVar[bool] = True
+    steps: int = option(0, "most optimizer steps (0: until early stopping or the time budget)")
+    minutes: float = option(8.0, "time budget of the training loop, in minutes")
+    lr: float = option(1e-4, "Adam learning rate")
+    loss: str = option("auto", "final outputs: auto | cosine | mse | kl (auto: kl for logits, else cosine)")
+    layers: float = option(1.0, "weight of the per-layer hidden-state loss (0: final outputs only)")
+    temperature: float = option(2.0, "kl: softmax temperature")
+    batch: int = option(16, "sequences per step")
+    eval_every: int = option(10, "steps between held-out evaluations")
+    patience: int = option(5, "held-out evaluations without improvement before stopping")
+    embeddings: bool = option(False, "also train embedding tables")
+    min_cosine: float = option(0.0, "refuse a result whose held-out mean cosine is below this")
+    seed: int = option(0, "order of the mini-batches")
+
+    def run(self, graph: Graph, ctx) -> PassResult:
+        import torch
+
+        self._check(graph, ctx)
+        teacher = ctx.teacher if ctx.teacher is not None else graph.clone()
+        _check_compatible(teacher, graph)
+        train, holdout = held_out_split(ctx.calibration, self.batch)
+        names = trainable_weights(graph, self.embeddings)
+        if not names:
+            raise PassError("distill: the graph has no float weights to train")
+        hidden = shared_hidden_states(teacher, graph) if self.layers > 0 else []
+        outputs = [v.name for v in graph.outputs if v.dtype.is_float]
+        trainer = _Trainer(self, teacher, graph, names, hidden, outputs)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            result = trainer.fit(train, holdout)
+        fid = result["after"]
+        refuse_ruin(self.name, fid, "held-out calibration")
+        if fid.mean_cosine < self.min_cosine:
+            raise PassError(f"distill: held-out mean cosine {fid.mean_cosine:.4f} after {result['steps']} steps is below "
+                            f"min_cosine={self.min_cosine:g} — compress less, or train longer (minutes=, steps=)")
+        for name, array in result.pop("weights").items():  # only now: a refused result leaves the graph as it was
+            graph.constants[name].const = array
+        params = sum(int(graph.constants[n].const.size) for n in names)
+        report = {"steps": result["steps"], "train_seconds": round(result["seconds"], 1), "stopped": result["stopped"],
+                  "best_step": result["best_step"], "trained_tensors": len(names), "trained_parameters": params,
+                  "layer_map": len(hidden), "train_batches": len(train), "holdout_batches": len(holdout),
+                  "fidelity_undistilled": result["before"].as_dict(), "fidelity": fid.as_dict(),
+                  "measured_on": f"{len(holdout)} held-out calibration batch(es), not trained on"}
+        return PassResult(result["best_step"] > 0, report)
+
+    def _check(self, graph: Graph, ctx) -> None:
+        if not ctx.calibration:
+            raise PassError("distill: needs calibration inputs to train on (--calib FILE)")
+        if self.loss not in LOSSES:
+            raise PassError(f"distill: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for key in ("lr", "minutes", "temperature"):
+            if not getattr(self, key) > 0:
+                raise PassError(f"distill: {key} must be > 0, got {getattr(self, key)}")
+        if self.steps < 0 or self.eval_every < 1 or self.patience < 1 or self.layers < 0:
+            raise PassError("distill: steps >= 0, eval_every >= 1, patience >= 1 and layers >= 0 are required")
+
+
+def _check_compatible(teacher: Graph, student: Graph) -> None:
+    def io(g: Graph):
+        return [(v.name, v.dtype) for v in g.inputs], [(v.name, v.dtype) for v in g.outputs]
+
+    if io(teacher) != io(student):
+        raise PassError("distill: the graph's inputs/outputs differ from the model before compression "
+                        "(a pass changed the interface); there is nothing to distill against")
+
+
+class _Trainer:
+    def __init__(self, opts: Distill, teacher: Graph, student: Graph, names: list[str], hidden: list[str],
+                 outputs: list[str]):
+        from ...ir.interpreter import Interpreter
+
+        self.opts, self.names, self.hidden, self.outputs = opts, names, hidden, outputs
+        self.first = student.output_names()[0]
+        self.teacher = Interpreter(_probe(teacher, hidden))
+        self.student = Interpreter(_probe(student, hidden))
+        self.initial = {n: student.constants[n].const for n in names}
+        self.input_types = {v.name: v.dtype for v in student.inputs}
+
+    def _feed(self, feed):
+        from ...ir.interpreter.engine import numpy_to_compute
+
+        return {k: numpy_to_compute(np.asarray(a), self.input_types[k]) for k, a in feed.items() if k in self.input_types}
+
+    def _loss_kind(self, name: str) -> str:
+        return ("kl" if is_logits(name) else "cosine") if self.opts.loss == "auto" else self.opts.loss
+
+    def loss(self, got, want, feed):
+        o = self.opts
+        total = 0.0
+        for name in self.outputs:
+            s, t = got[name], want[name]
+            mask = _mask(feed, s.shape)
+            kind = self._loss_kind(name)
+            total = total + (cosine_loss(s, t, mask) if kind == "cosine" else relative_mse(s, t, mask)
+                             if kind == "mse" else kl_loss(s, t, o.temperature))
+        if self.hidden:
+            layer = sum(relative_mse(got[h], want[h], _mask(feed, got[h].shape)) for h in self.hidden)
+            total = total + o.layers * layer / len(self.hidden)
+        return total
+
+    def evaluate(self, params, holdout, reference) -> Fidelity:
+        import torch
+
+        with torch.no_grad():
+            outs = [{self.first: self.student.run_torch(self._feed(f), params)[self.first].numpy()} for f in holdout]
+        return compare(reference, outs, holdout, self.first)
+
+    def fit(self, train, holdout) -> dict:
+        import torch
+
+        from ...progress import Progress
+
+        o = self.opts
+        with torch.no_grad():
+            targets = [self.teacher.run_torch(self._feed(f)) for f in train]
+            reference = [{self.first: self.teacher.run_torch(self._feed(f))[self.first].numpy()} for f in holdout]
+        params = {n: torch.nn.Parameter(torch.from_numpy(np.array(a, np.float32))) for n, a in self.initial.items()}
+        opt = torch.optim.Adam(params.values(), lr=o.lr)
+        warmup = max(1, min(20, o.steps // 10)) if o.steps else 20
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup))
+        before = best_fid = self.evaluate(params, holdout, reference)
+        best, best_step, stale, step, order = None, 0, 0, 0, []
+        rng = np.random.default_rng(o.seed)
+        t0 = time.perf_counter()
+        deadline = t0 + o.minutes * 60
+
+        def checkpoint() -> bool:
+            nonlocal best, best_fid, best_step, stale
+            fid = self.evaluate(params, holdout, reference)
+            prog.label = (f"distill: step {step}, held-out cosine {fid.mean_cosine:.4f} "
+                          f"(best {max(fid.mean_cosine, best_fid.mean_cosine):.4f}, before {before.mean_cosine:.4f})")
+            if fid.mean_cosine > best_fid.mean_cosine:
+                best, best_fid, best_step, stale = {n: p.detach().clone() for n, p in params.items()}, fid, step, 0
+                return False
+            stale += 1
+            return stale >= o.patience
+
+        stopped = "time"
+        with Progress(f"distill: held-out cosine {before.mean_cosine:.4f}") as prog:
+            while time.perf_counter() < deadline:
+                if o.steps and step >= o.steps:
+                    stopped = "steps"
+                    break
+                if not order:
+                    order = [int(i) for i in rng.permutation(len(train))]
+                i = order.pop()
+                got = self.student.run_torch(self._feed(train[i]), params)
+                loss = self.loss(got, targets[i], train[i])
+                if not torch.isfinite(loss):
+                    stopped = "diverged"
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                if step % o.eval_every == 0 and checkpoint():
+                    stopped = "early"
+                    break
+            if step % o.eval_every and stopped != "diverged":
+                checkpoint()
+        weights = {n: best[n].numpy() for n in self.names} if best is not None else dict(self.initial)
+        return {"weights": weights, "before": before, "after": best_fid, "steps": step, "best_step": best_step,
+                "stopped": stopped, "seconds": time.perf_counter() - t0}
+
+
+def _probe(graph: Graph, hidden: list[str]) -> Graph:
+    """A copy of ``graph`` that also outputs the ``hidden`` values."""
+    probe = graph.clone()
+    probe.set_outputs(list(probe.outputs) + [probe.value(n) for n in hidden])
+    return probe

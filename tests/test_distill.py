@@ -1,0 +1,136 @@
+"""distill (passes/compression/distill.py): after a lossy pass it trains the remaining weights
+toward the model before compression (the teacher the pass manager keeps), improves the held-out
+fidelity without changing the structure, never returns weights worse than it started from, and
+refuses bad requests in one line leaving the graph as it was. Slow tier: MiniLM after 40% head
+pruning, measured on held-out news sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import prune_models as pm
+from optc.ir.verifier import verify
+from optc.passes import PassContext, PassError, PassManager
+from optc.passes.compression.distill import split_batches, trainable_weights
+from optc.passes.compression.fidelity import measure
+
+
+def _calib(sets=6, batch=8):
+    return pm.calibration("bert", sets=sets, batch=batch, seq=12)
+
+
+def _shapes(g):
+    return {n: v.const.shape for n, v in g.constants.items()}
+
+
+PRUNE = "prune-heads{ratio=0.5,importance=magnitude,refit=false}"
+
+
+def test_distill_recovers_what_pruning_lost():
+    g0 = pm.graph("bert")
+    pruned = g0.clone()
+    PassManager.parse(PRUNE).run(pruned, PassContext(calibration=_calib()))
+    g = g0.clone()
+    ctx = PassContext(calibration=_calib())
+    reports = PassManager.parse(f"{PRUNE},distill{{steps=30,eval_every=10,lr=1e-3}}").run(g, ctx).reports
+    rep = reports[-1]
+    verify(g)
+    assert ctx.teacher is not None and _shapes(ctx.teacher) == _shapes(g0)  # kept before prune-heads
+    assert _shapes(g) == _shapes(pruned) and len(g.nodes) == len(pruned.nodes)  # structure unchanged
+    assert rep["fidelity"]["mean_cosine"] > rep["fidelity_undistilled"]["mean_cosine"]
+    assert rep["trained_tensors"] > 0 and rep["layer_map"] == 4  # embeddings LN + 2 per layer, less the output
+    changed = [n for n, v in g.constants.items() if not np.array_equal(v.const, pruned.constants[n].const)]
+    assert changed and all(n in trainable_weights(pruned) for n in changed)
+    assert not any("embeddings" in n and "weight" in n and "LayerNorm" not in n for n in changed)
+    fresh = pm.calibration("bert", sets=2, batch=8, seq=12)  # inputs neither pass saw
+    for feed in fresh:
+        feed["input_ids"] = (feed["input_ids"] * 7 + 3) % 1000
+    assert measure(g0, g, fresh).mean_cosine > measure(g0, pruned, fresh).mean_cosine
+
+
+def test_distill_never_returns_worse_weights():
+    """An absurd learning rate only makes things worse: the pass keeps what it started with."""
+    g = pm.graph("bert")
+    teacher = g.clone()
+    PassManager.parse(PRUNE).run(g, PassContext(calibration=_calib()))
+    before = {n: v.const for n, v in g.constants.items()}
+    rep = PassManager.parse("distill{steps=20,eval_every=5,lr=5}").run(g, PassContext(calibration=_calib(), teacher=teacher)).reports[-1]
+    assert rep["best_step"] == 0 and rep["changed"] is False
+    assert rep["fidelity"] == rep["fidelity_undistilled"]
+    assert all(np.array_equal(v.const, before[n]) for n, v in g.constants.items())
+
+
+def test_distill_alone_has_nothing_to_learn():
+    g = pm.graph("bert")
+    rep = PassManager.parse("distill{steps=10,eval_every=5}").run(g, PassContext(calibration=_calib())).reports[-1]
+    assert rep["fidelity_undistilled"]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("pipeline,calib,msg", [
+    ("distill", "none", "distill: needs calibration inputs to train on"),
+    ("distill{batch=8}", "one", "needs at least 2 batches of calibration inputs"),
+    ("distill{loss=huber}", "six", "loss must be one of auto, cosine, mse, kl"),
+    ("distill{lr=0}", "six", "lr must be > 0"),
+    (f"{PRUNE},distill{{steps=2,eval_every=1,min_cosine=0.99999}}", "six", "below min_cosine=0.99999"),
+])
+def test_bad_requests_are_one_line_and_leave_the_graph(pipeline, calib, msg):
+    g = pm.graph("bert")
+    sets = {"none": [], "one": _calib(1, 8), "six": _calib()}[calib]
+    teacher = g.clone()
+    if pipeline.startswith("prune"):
+        PassManager.parse(PRUNE).run(g, PassContext(calibration=sets))
+        pipeline = pipeline[len(PRUNE) + 1:]
+    before = {n: v.const for n, v in g.constants.items()}
+    with pytest.raises(PassError, match=msg) as e:
+        PassManager.parse(pipeline).run(g, PassContext(calibration=sets, teacher=teacher))
+    assert "\n" not in str(e.value)
+    assert {n: v.const for n, v in g.constants.items()}.keys() == before.keys()
+    assert all(np.array_equal(v.const, before[n]) for n, v in g.constants.items())
+
+
+def test_split_batches_cuts_rows_and_trailing_padding():
+    ids = np.arange(40).reshape(4, 10)
+    mask = np.ones((4, 10), np.int64)
+    mask[:2, 6:] = 0
+    mask[2:, 8:] = 0
+    out = split_batches([{"input_ids": ids, "attention_mask": mask}], 2)
+    assert [b["input_ids"].shape for b in out] == [(2, 6), (2, 8)]
+    assert np.array_equal(out[1]["input_ids"], ids[2:, :8])
+    assert split_batches([{"x": np.zeros((3, 5))}], 8)[0]["x"].shape == (3, 5)
+
+
+# -- slow: MiniLM, 40% of its heads, real text ---------------------------------------------------------
+@pytest.mark.slow
+def test_minilm_distill_recovers_on_held_out_text():
+    """MiniLM with 40% of its heads cut by magnitude (no re-fit: held-out cosine ~0.80), distilled
+    for 30 steps on 256 news sentences: measured on 128 sentences of other articles, it recovers
+    much of the loss (0.80 -> 0.88 after 30 steps, 0.90 after 3 minutes), and the Lee document similarities (inputs shaped
+    unlike the calibration) do not get worse."""
+    import tempfile
+    from pathlib import Path
+
+    from optc import datasets, load_model, zoo
+    from optc.calibration import from_sentences
+    from optc.evaluate import sentence_embeddings, similarity_pearson
+
+    onnx = zoo.export_onnx(zoo.load_minilm(), zoo.tokenize(zoo.SAMPLE_SENTENCES[:2], max_length=32),
+                           Path(tempfile.mkdtemp()) / "minilm.onnx", dynamo=False,
+                           output_names=["last_hidden_state", "pooler_output"])
+    g0 = load_model(onnx)
+    PassManager.parse("default").run(g0, PassContext())
+    calib = from_sentences(datasets.news_sentences("calib", 256), g0, max_length=128, batch=32)
+    hold = from_sentences(datasets.news_sentences("holdout", 128, seed=1), g0, max_length=128, batch=32)
+    pruned = g0.clone()
+    PassManager.parse("prune-heads{ratio=0.4,importance=magnitude,refit=false}").run(pruned, PassContext())
+    g = pruned.clone()
+    rep = PassManager.parse("distill{steps=30}").run(g, PassContext(calibration=calib, teacher=g0)).reports[-1]
+    assert rep["layer_map"] == 12 and rep["best_step"] > 0
+    before, after = measure(g0, pruned, hold).mean_cosine, measure(g0, g, hold).mean_cosine
+    assert after >= before + 0.05, (before, after, rep)
+    docs, human = datasets.lee_documents(), datasets.lee_similarities()
+
+    def lee(graph):
+        return similarity_pearson(sentence_embeddings(graph, docs, max_length=128), human)
+
+    assert lee(g) >= lee(pruned) - 0.01
