@@ -134,3 +134,25 @@ def test_minilm_distill_recovers_on_held_out_text():
         return similarity_pearson(sentence_embeddings(graph, docs, max_length=128), human)
 
     assert lee(g) >= lee(pruned) - 0.01
+
+
+def test_augment_splices_rows_and_replaces_inner_tokens():
+    from optc.passes.compression import augment
+
+    ids = np.array([[101, 5, 6, 102, 0], [101, 7, 8, 9, 102]])
+    mask = (ids != 0).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    names = augment.token_input(feed)
+    assert names == ("input_ids", "attention_mask")
+    pool = augment.token_pool([feed], names)
+    assert sorted(pool.tolist()) == [5, 6, 7, 8, 9]
+    rng = np.random.default_rng(0)
+    out = augment.augment(feed, names, pool, rng, replace=0.0, splice=1.0)
+    rows = [r[m.astype(bool)].tolist() for r, m in zip(out["input_ids"], out["attention_mask"])]
+    assert sorted(rows) == sorted([[101, 5, 6, 7, 8, 9, 102], [101, 7, 8, 9, 5, 6, 102]])
+    assert out["token_type_ids"].shape == out["input_ids"].shape
+    capped = augment.augment(feed, names, pool, rng, replace=0.0, splice=1.0, max_length=5)
+    assert all(r[m.astype(bool)][-1] == 102 and m.sum() == 5 for r, m in zip(capped["input_ids"], capped["attention_mask"]))
+    swapped = augment.augment(feed, names, np.array([42]), rng, replace=1.0, splice=0.0)
+    assert swapped["input_ids"].tolist() == [[101, 42, 42, 102, 0], [101, 42, 42, 42, 102]]
+    assert augment.token_input({"x": np.zeros((2, 3), np.float32)}) is None

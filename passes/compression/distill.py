@@ -19,7 +19,11 @@ Loss, per mini-batch (padded positions excluded through the attention mask):
   two graphs share (by value name and shape: pruning and factorizing keep the residual stream's
   width and its norms' names), averaged over them.
 
-Generalization: one batch in four (at least one) is held out; the fidelity on it (mean cosine of
+``augment`` > 0 (token-id models): every training batch is re-made each step by splicing rows
+and replacing tokens (``augment.py``) and labeled by the teacher on the fly.
+
+Generalization: the calibration sets the fitted passes hold back (``fidelity.held_back``) are
+held out (from a single set, one mini-batch in four); the fidelity on it (mean cosine of
 the first output, as every lossy pass reports it) is measured every ``eval_every`` steps, the best
 weights are kept, and training stops after ``patience`` evaluations without improvement, at
 ``steps``, or at the ``minutes`` budget. The pass never returns weights worse on the held-out
@@ -38,7 +42,8 @@ import numpy as np
 from ...ir.graph import Graph
 from ...ir.types import DType
 from ..base import Pass, PassError, PassResult, option, register_pass
-from .fidelity import Fidelity, compare, is_logits, refuse_ruin
+from . import augment
+from .fidelity import Fidelity, compare, held_back, is_logits, refuse_ruin
 
 NORMALIZATIONS = ("LayerNormalization", "AddLayerNorm", "RMSNormalization", "SkipLayerNormalization")
 # (op, input slots holding weights a student may train)
@@ -47,6 +52,7 @@ WEIGHT_SLOTS = {"Linear": (1, 2), "QLinear": (4,), "MatMul": (1,), "Gemm": (1, 2
                 "ConvTranspose": (1, 2)}
 EMBEDDING_SLOTS = {"Gather": (0,)}
 LOSSES = ("auto", "cosine", "mse", "kl")
+MAX_AUGMENTED_LENGTH = 128  # spliced rows of a model with a symbolic sequence length stop here
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -66,13 +72,12 @@ def split_batches(sets: list[Mapping[str, np.ndarray]], batch: int) -> list[dict
 
 
 def held_out_split(sets: list[Mapping[str, np.ndarray]], batch: int) -> tuple[list[dict], list[dict]]:
-    """(training, held-out) mini-batches: the calibration sets the other fitted passes hold back
-    (every fourth, as ``quant_model``'s fit sets) are held out here too, so that early stopping
-    is measured on inputs nothing was fitted to; with fewer than four sets, every fourth
-    mini-batch (at least one)."""
-    if len(sets) >= 4:
-        train = split_batches([s for i, s in enumerate(sets) if i % 4 != 3], batch)
-        return train, split_batches([s for i, s in enumerate(sets) if i % 4 == 3], batch)
+    """(training, held-out) mini-batches: the calibration sets every fitted pass holds back
+    (``fidelity.held_back``) are held out here too, so that early stopping is measured on inputs
+    nothing was fitted to; from a single set, every fourth mini-batch (at least one)."""
+    if len(sets) >= 2:
+        fit, held = held_back(sets)
+        return split_batches(fit, batch), split_batches(held, batch)
     batches = split_batches(sets, batch)
     if len(batches) < 2:
         raise PassError("distill: needs at least 2 batches of calibration inputs (one is held out for early "
@@ -192,6 +197,8 @@ class Distill(Pass):
     eval_every: int = option(10, "steps between held-out evaluations")
     patience: int = option(5, "held-out evaluations without improvement before stopping")
     embeddings: bool = option(False, "also train embedding tables")
+    augment: float = option(0.0, "token-id models: probability of replacing a token in a training batch, which is "
+                                 "also spliced with other rows (augment.py; 0: train on the calibration batches as they are)")
     min_cosine: float = option(0.0, "refuse a result whose held-out mean cosine is below this")
     seed: int = option(0, "order of the mini-batches")
 
@@ -258,6 +265,8 @@ class _Trainer:
         self.student = Interpreter(_probe(student, hidden))
         self.initial = {n: student.constants[n].const for n in names}
         self.input_types = {v.name: v.dtype for v in student.inputs}
+        seq = [v.shape[1] for v in student.inputs if v.shape is not None and len(v.shape) == 2]
+        self.max_length = min([d for d in seq if isinstance(d, int)], default=MAX_AUGMENTED_LENGTH)
 
     def _feed(self, feed):
         from ...ir.interpreter.engine import numpy_to_compute
@@ -294,8 +303,10 @@ class _Trainer:
         from ...progress import Progress
 
         o = self.opts
+        names = augment.token_input(train[0]) if o.augment > 0 else None
+        pool = augment.token_pool(train, names) if names else None
         with torch.no_grad():
-            targets = [self.teacher.run_torch(self._feed(f)) for f in train]
+            targets = None if names else [self.teacher.run_torch(self._feed(f)) for f in train]
             reference = [{self.first: self.teacher.run_torch(self._feed(f))[self.first].numpy()} for f in holdout]
         params = {n: torch.nn.Parameter(torch.from_numpy(np.array(a, np.float32))) for n, a in self.initial.items()}
         opt = torch.optim.Adam(params.values(), lr=o.lr)
@@ -327,8 +338,15 @@ class _Trainer:
                 if not order:
                     order = [int(i) for i in rng.permutation(len(train))]
                 i = order.pop()
-                got = self.student.run_torch(self._feed(train[i]), params)
-                loss = self.loss(got, targets[i], train[i])
+                feed = train[i]
+                if names:
+                    feed = augment.augment(feed, names, pool, rng, replace=o.augment, max_length=self.max_length)
+                    with torch.no_grad():
+                        want = self.teacher.run_torch(self._feed(feed))
+                else:
+                    want = targets[i]
+                got = self.student.run_torch(self._feed(feed), params)
+                loss = self.loss(got, want, feed)
                 if not torch.isfinite(loss):
                     stopped = "diverged"
                     break

@@ -97,6 +97,16 @@ def measure(original: Graph, compressed: Graph, input_sets: list[Mapping[str, np
     return compare(ref, reference_outputs(compressed, input_sets), input_sets, output)
 
 
+def held_back(sets: list) -> tuple[list, list]:
+    """``(fit sets, held-back sets)`` for a pass that fits something to calibration data: every
+    fourth set (the last of two or three) is held back and the result measured on those —
+    measured on the data it was fitted to, a fit flatters itself (GPTQ on 32 MiniLM sentences:
+    0.989 there, 0.965 held out). Every fourth, so a calibration of short sentences then long
+    passages is measured on both. Needs at least two sets."""
+    step = min(4, len(sets))
+    return [c for i, c in enumerate(sets) if i % step != step - 1], list(sets[step - 1::step])
+
+
 RUIN_COSINE = 0.8
 """A lossy result whose calibration mean cosine is below this is not a model any budget asked
 for: the pass refuses it whatever its options say."""

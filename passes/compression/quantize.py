@@ -27,7 +27,7 @@ from ...ir.errors import OptcError
 from ...ir.graph import Graph
 from ...ir.verifier import verify
 from ..base import Pass, PassError, PassResult, option, register_pass
-from .fidelity import Fidelity, measure, refuse_ruin
+from .fidelity import Fidelity, held_back, measure, refuse_ruin
 from .low_rank import _random_inputs
 from .quant_model import METHODS, QuantConfig, QuantModel, eligible, model_bytes
 
@@ -81,20 +81,16 @@ class PrecisionOptions:
 
     def _calibration(self, graph: Graph, ctx, needs: str, fitted: bool):
         """``(fit sets, measured sets, what the measurement is on)``. When something is fitted to
-        the calibration data (GPTQ, static ranges) and there are several input sets, the last
-        quarter of them is held back: fidelity measured on the data a quantizer was fitted to
-        flatters it (GPTQ on 32 MiniLM sentences: 0.989 there, 0.965 held out). The held-back sets
-        are every fourth, so a calibration of short sentences then long passages is measured on both."""
+        the calibration data (GPTQ, static ranges) and there are several input sets, a quarter of
+        them is held back (``fidelity.held_back``)."""
         calib = [dict(c) for c in ctx.calibration]
         if not calib:
             if needs:
                 raise PassError(f"{self.name}: {needs} needs calibration inputs (--calib), or use method=rtn / act=dynamic")
             sets = _random_inputs(graph, ctx)
             return sets, sets, "random"
-        if fitted and len(calib) >= 2:  # every 4th set (the last of two): short and long inputs both measured
-            step = min(4, len(calib))
-            held = calib[step - 1::step]
-            fit = [c for i, c in enumerate(calib) if i % step != step - 1]
+        if fitted and len(calib) >= 2:
+            fit, held = held_back(calib)
             return fit, held, f"calibration (the {len(held)} of {len(calib)} input sets not fitted to)"
         return calib, calib, "calibration"
 
