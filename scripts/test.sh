@@ -9,4 +9,4 @@ skip=()
 { command -v aarch64-linux-gnu-g++ && command -v qemu-aarch64; } >/dev/null || skip+=("not arm64")
 nvidia-smi -L >/dev/null 2>&1 || skip+=("not cuda")
 markers=$(IFS=,; echo "${skip[*]}" | sed 's/,/ and /g')
-exec python3 -m pytest -m "$markers" -n 2 -q --durations=40 "$@"  # "" selects every tier, slow included
+exec python3 -m pytest -m "$markers" -n 2 --dist worksteal -q --durations=40 "$@"  # "" selects every tier, slow included

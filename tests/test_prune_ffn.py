@@ -69,10 +69,10 @@ def test_ratio_report_and_budget():
     json.dumps(rep)
     assert rep["neurons_before"] == 256 and rep["neurons_after"] == 128
     assert rep["params_after"] < rep["params_before"] and rep["flops_after"] < rep["flops_before"]
-    assert abs(rep["calibration_fidelity"]["mean_cosine"] - measure(ref, g, calib).mean_cosine) < 1e-5
+    assert abs(rep["calibration_fidelity"]["mean_cosine"] - measure(ref, g, calib[1:]).mean_cosine) < 1e-5  # held back
     g2 = pm.graph("llama")
     rep2 = run("prune-ffn{min_cosine=0.999,importance=magnitude}", g2, calib)
-    assert measure(ref, g2, calib).mean_cosine >= 0.999 and rep2["removed"] >= 1
+    assert measure(ref, g2, calib[1:]).mean_cosine >= 0.999 and rep2["removed"] >= 1
 
 
 @pytest.mark.parametrize("pipeline,message", [

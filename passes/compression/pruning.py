@@ -1,6 +1,7 @@
 """The driver both structured-pruning passes share: check the request, select what to remove on
 the probe (``structured``), rewrite a clone, check it reproduces the probe, measure the
-fidelity on calibration data, report, and only then replace the graph's contents."""
+fidelity on the calibration sets nothing was fitted to (``Probe.held``), report, and only then
+replace the graph's contents."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
          compensation_of) -> PassResult:
     plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist)
     residual = p.refit and p.refit_target == "residual"
-    probe = Probe(graph, sites_of, inputs, compensation_of if residual else None)  # nothing to restore locally
+    fitted = p.refit or p.importance != "magnitude"  # else nothing is fitted: measure on every set
+    probe = Probe(graph, sites_of, inputs, compensation_of if residual else None, hold_back=fitted)  # nothing to restore locally
     sites = probe.sites[:probe.pruned]
     ev = Evaluator(probe) if inputs else None
     targets = refit_targets(probe) if residual else None
@@ -125,7 +127,7 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
         if p.min_cosine > 0:
             cos = ev.cosine(state)[0]
             if cos < p.min_cosine:
-                raise PassError(f"{p.name}: removing {count} {kind} gives calibration mean cosine {cos:.4f} "
+                raise PassError(f"{p.name}: removing {count} {kind} gives held-back calibration mean cosine {cos:.4f} "
                                 f"< min_cosine {p.min_cosine}; lower ratio or min_cosine")
     kept = [state.kept_units(sites, i) for i in range(len(sites))]
     removed = sum(s.units - len(k) for s, k in zip(sites, kept))
@@ -149,9 +151,10 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
         if got.shape != want.shape or err > 1e-3:
             raise PassError(f"{p.name}: the rewritten graph does not reproduce the masked model (relative error {err:.2e})")
-    fid = measure(graph, work, inputs) if inputs else None
+    held = [inputs[b] for b in probe.held]
+    fid = measure(graph, work, held) if inputs else None
     if p.min_cosine > 0 and fid is not None and fid.mean_cosine < p.min_cosine:
-        raise PassError(f"{p.name}: calibration mean cosine {fid.mean_cosine:.4f} < min_cosine {p.min_cosine}")
+        raise PassError(f"{p.name}: held-back calibration mean cosine {fid.mean_cosine:.4f} < min_cosine {p.min_cosine}")
 
     dims = bind_dims(graph, {k: np.shape(v) for k, v in inputs[0].items()}) if inputs else {}
     before_sum, after_sum = summarize(graph), summarize(work)
@@ -172,6 +175,8 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
         "flops_before": before_sum.flops.evaluate(dims), "flops_after": after_sum.flops.evaluate(dims),
         "flops_dims": dims, "layers": per_layer,
         "calibration_fidelity": fid.as_dict() if fid is not None else None,
+        "measured_on": (f"the {len(held)} of {len(inputs)} calibration sets not fitted to" if len(held) < len(inputs)
+                        else "calibration") if inputs else None,
         "skipped": skipped, "steps": plan.log,
         "seconds": round(time.perf_counter() - t0, 2),
     }
