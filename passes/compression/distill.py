@@ -32,7 +32,6 @@ batches than the ones it started from.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
@@ -43,7 +42,7 @@ from ...ir.graph import Graph
 from ...ir.types import DType
 from ..base import Pass, PassError, PassResult, option, register_pass
 from . import augment
-from .fidelity import Fidelity, compare, held_back, is_logits, refuse_ruin
+from .fidelity import Fidelity, compare, held_back, is_logits, mask_for, refuse_ruin
 
 NORMALIZATIONS = ("LayerNormalization", "AddLayerNorm", "RMSNormalization", "SkipLayerNormalization")
 # (op, input slots holding weights a student may train)
@@ -98,13 +97,6 @@ def _trim_padding(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return feed
     seq = masks[0].shape
     return {k: np.ascontiguousarray(a[:, :end]) if np.ndim(a) == 2 and a.shape == seq else a for k, a in feed.items()}
-
-
-def _mask(feed: Mapping[str, np.ndarray], shape) -> np.ndarray | None:
-    for name, x in feed.items():
-        if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(shape[:2]):
-            return np.asarray(x, np.float32)
-    return None
 
 
 # -- what trains ---------------------------------------------------------------------------------
@@ -281,12 +273,12 @@ class _Trainer:
         total = 0.0
         for name in self.outputs:
             s, t = got[name], want[name]
-            mask = _mask(feed, s.shape)
+            mask = mask_for(s.shape, feed, np.float32)
             kind = self._loss_kind(name)
             total = total + (cosine_loss(s, t, mask) if kind == "cosine" else relative_mse(s, t, mask)
                              if kind == "mse" else kl_loss(s, t, o.temperature))
         if self.hidden:
-            layer = sum(relative_mse(got[h], want[h], _mask(feed, got[h].shape)) for h in self.hidden)
+            layer = sum(relative_mse(got[h], want[h], mask_for(got[h].shape, feed, np.float32)) for h in self.hidden)
             total = total + o.layers * layer / len(self.hidden)
         return total
 

@@ -33,10 +33,11 @@ class Fidelity:
         return s + (f", top-1 agreement {self.top1:.3f}" if self.top1 is not None else "") + f" ({self.vectors} vectors)"
 
 
-def _mask_for(array: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+def mask_for(shape, inputs: Mapping[str, np.ndarray], dtype=np.float64) -> np.ndarray | None:
+    """The attention-mask input ``[batch, seq]`` matching the leading dims of ``shape``, or None."""
     for name, x in inputs.items():
-        if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(array.shape[:2]):
-            return np.asarray(x, dtype=np.float64)
+        if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(shape[:2]):
+            return np.asarray(x, dtype=dtype)
     return None
 
 
@@ -48,7 +49,7 @@ def output_vectors(output_name: str, array: np.ndarray, inputs: Mapping[str, np.
     """The vectors an output is compared as (see the module docstring), float64 ``[n, d]``."""
     a = np.asarray(array, dtype=np.float64)
     if a.ndim == 3 and not is_logits(output_name):
-        mask = _mask_for(a, inputs)
+        mask = mask_for(a.shape, inputs)
         if mask is not None:
             w = mask[:, :, None]
             return (a * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
