@@ -223,6 +223,10 @@ class LowerContext:
         return str(self.ty(expr).dtype)
 
     def emit(self, expr, name: str = ""):
+        """Bind ``expr`` to a variable; a variable is returned as it is (an alias binding
+        ``lv1 = lv0`` would stop FuseOps from fusing the producer with its consumers)."""
+        if isinstance(expr, self.relax.Var):
+            return expr
         return self.bb.emit(expr, name_hint=name)
 
     def const(self, array, dtype: str | None = None):

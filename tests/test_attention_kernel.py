@@ -132,6 +132,41 @@ def test_projection_layout_without_transposes():
     assert not any("transpose" in n for n in kernels), kernels
 
 
+# -- one fused QKV projection split three ways: each part read from the projection's output -------
+def _split_projection_graph(widths=(4, 2, 2), keep_split=False):
+    """x @ [Wq | Wk | Wv] split along its columns (GPT-2's c_attn, optc's merged int8 siblings),
+    each part reshaped to [b, s, h, 32] and transposed; ``keep_split``: one part is also an output,
+    so the split must stay."""
+    g = Graph("attn_split")
+    x = g.add_input("x", TensorType(F32, ("batch", "seq", 64)))
+    cols = [h * 32 for h in widths]
+    qkv = g.op("MatMul", x, g.add_constant(_rng(5).standard_normal((64, sum(cols))).astype(np.float32) * 0.2))
+    split = g.add_node("Split", [qkv, g.add_constant(np.asarray(cols, np.int64))], {"axis": -1}, num_outputs=3)
+    q, k, v = (g.op("Transpose", g.op("Reshape", part, g.add_constant(np.array([0, 0, h, 32], np.int64))),
+                    perm=(0, 2, 1, 3)) for part, h in zip(split.outputs, widths))
+    y = g.op("Attention", q, k, v, is_causal=1)
+    flat = g.op("Reshape", g.op("Transpose", y, perm=(0, 2, 1, 3)),
+                g.add_constant(np.array([0, 0, widths[0] * 32], np.int64)))
+    outs = [flat, g.op("Attention", q, k, v, scale=0.2)]
+    g.set_outputs(outs + ([split.outputs[2]] if keep_split else []))
+    return g
+
+
+@pytest.mark.parametrize("widths,keep_split", [((4, 2, 2), False), ((2, 2, 2), False), ((2, 2, 2), True)],
+                         ids=["gqa", "mha", "split-also-output"])
+def test_split_projection_read_in_place(widths, keep_split):
+    """The kernel reads Q, K and V at their column offsets in the projection's output: no split
+    (a copy of the whole projection) unless something else uses its parts."""
+    g = _split_projection_graph(widths, keep_split)
+    cm = build(g, "x86")
+    assert cm.notes == [] and cm.fallback_funcs == []
+    for batch, seq in ((1, 45), (2, 128), (1, 1)):
+        _check(cm, g, {"x": _rng(seq).standard_normal((batch, seq, 64)).astype(np.float32)})
+    kernels = [gv.name_hint for gv, _ in _scheduled(g).functions_items()]
+    assert any("split" in n for n in kernels) == keep_split, kernels
+    assert not any("transpose" in n for n in kernels), kernels
+
+
 # -- head_dim 64, cross attention (Sq != Sk), rank-3 float mask, static shapes ------------------
 def _cross_graph():
     g = Graph("attn_cross")

@@ -34,8 +34,10 @@
     written.
 
 Layout: where Q/K/V are transposes of the projections' ``[b, s, h, d]`` tensors, the kernel reads
-those in place, and where the output's only use transposes it back, it writes ``[b, s, h, d]``;
-``FoldTransposePairs`` (a Relax pass in ``relax_passes``) cancels the transposes left behind.
+those in place -- from the fused projection's ``[b, s, columns]`` output at the part's column
+offset when they are the parts of one split (``AttentionSpec.packed``) -- and where the output's
+only use transposes it back, it writes ``[b, s, h, d]``; ``FoldTransposePairs`` (a Relax pass in
+``relax_passes``) cancels the transposes left behind, and its dead-code elimination the split.
 
 Grouped-query attention reads kv head ``h // (Hq / Hk)``. Only f32 math; half precision is cast
 around it. ``plan`` decides per IR node (the lowering and the build's ``notes`` share it): other
@@ -58,6 +60,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
+from tvm.sym.analyzer import Analyzer
 
 from .common import K_OPAQUE, CPUTiles
 
@@ -82,6 +85,9 @@ class AttentionSpec:
     mask_bcast: tuple[bool, bool, bool, bool] = (False, False, False, False)  # dim is 1 (4-D mask)
     # Q, K, V, Y stored [batch, seq, heads, dim] (the projections' layout) instead of [b, h, s, d]
     seq_major: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    # Q, K, V read from a [batch, seq, columns] tensor (one fused QKV projection split three ways)
+    # from a column offset on: (columns, offset) each, columns 0 where the operand is its own tensor
+    packed: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0), (0, 0))
 
 
 SCORE_VECTORS = 4  # key vectors per score tile: KT = 4 vectors of keys (64 on AVX-512, 16 on NEON)
@@ -128,13 +134,32 @@ def key_pad(sk, kt: int):
     return tirx.floordiv(sk + (kt - 1), kt) * kt
 
 
-def _shape(seq_major: bool, b, h, n, d):
-    return (b, n, h, d) if seq_major else (b, h, n, d)
+@dataclass(frozen=True)
+class _Layout:
+    """How one operand's logical [b, h, n, d] element is stored: [b, h, n, d], [b, n, h, d]
+    (``seq_major``), or column ``offset + h * dim + d`` of a [b, n, columns] tensor (``packed``)."""
+
+    seq_major: bool
+    columns: int = 0
+    offset: int = 0
+    dim: int = 0
+
+    def shape(self, b, h, n, d):
+        if self.columns:
+            return (b, n, self.columns)
+        return (b, n, h, d) if self.seq_major else (b, h, n, d)
+
+    def at(self, buf, b, h, n, d):
+        if self.columns:
+            return buf[b, n, self.offset + h * self.dim + d]
+        return buf[b, n, h, d] if self.seq_major else buf[b, h, n, d]
 
 
-def _at(buf, seq_major: bool, b, h, n, d):
-    """buf[b, h, n, d] of a tensor stored [b, h, n, d] or (``seq_major``) [b, n, h, d]."""
-    return buf[b, n, h, d] if seq_major else buf[b, h, n, d]
+def _layouts(spec: AttentionSpec) -> tuple[_Layout, _Layout, _Layout, _Layout]:
+    """The layouts of Q, K, V and Y."""
+    dims = (spec.head_dim, spec.head_dim, spec.head_dim_v)
+    qkv = tuple(_Layout(sm, cols, off, dim) for sm, (cols, off), dim in zip(spec.seq_major, spec.packed, dims))
+    return qkv + (_Layout(spec.seq_major[3]),)
 
 
 def _add(a, b):
@@ -162,7 +187,7 @@ def _exp0(x):
 def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     """K [B, Hk, Sk, D] -> Kᵀ [B, Hk, D, Skp], zero past Sk (see the module doc)."""
     HK, D = spec.heads_kv, spec.head_dim
-    KSM = spec.seq_major[1]
+    KL = _layouts(spec)[1]
 
     @T.prim_func(private=True, s_tir=True)
     def pack(k: T.handle, kt: T.handle):
@@ -170,13 +195,13 @@ def pack_k_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         b = T.int64()
         sk = T.int64()
         skp = T.int64()
-        K = T.match_buffer(k, _shape(KSM, b, HK, sk, D), _F32)
+        K = T.match_buffer(k, KL.shape(b, HK, sk, D), _F32)
         Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
         with T.sblock("root"):  # Relax's pattern analysis expects a root block
             for bh in T.parallel(b * HK):
                 for j, d in T.grid(skp, D):
                     Kt[bh // HK, bh % HK, d, j] = T.if_then_else(
-                        j < sk, _at(K, KSM, bh // HK, bh % HK, T.min(j, sk - 1), d), T.float32(0))
+                        j < sk, KL.at(K, bh // HK, bh % HK, T.min(j, sk - 1), d), T.float32(0))
 
     return pack
 
@@ -195,7 +220,8 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
     NC = NDV // CW
     KT2 = KT // 2
     scale = float(spec.scale)
-    QSM, _, VSM, YSM = spec.seq_major
+    QL, _, VL_, YL = _layouts(spec)
+    YSM = spec.seq_major[3]
     causal = bool(spec.causal)
     has_mask = spec.mask is not None
     bool_mask = spec.mask == "bool"
@@ -251,7 +277,7 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
             for ii in T.unroll(RI):
                 for jv in T.unroll(nv):
                     for l in T.vectorized(L):
-                        s[ii, jv * L + l] = s[ii, jv * L + l] + _at(Q, QSM, bi, h, T.min(r0 + ii, sq - 1), dd) * Kt[
+                        s[ii, jv * L + l] = s[ii, jv * L + l] + QL.at(Q, bi, h, T.min(r0 + ii, sq - 1), dd) * Kt[
                             bi, hk, dd, k0 + jv * L + l]
         # 2. scale, mask, causal, tail -> new row max (lane partials, then a halving tree)
         for ii in range(RI):
@@ -291,8 +317,8 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
                 for ii in T.unroll(RI):
                     for dvo in T.unroll(CW):
                         for l in T.vectorized(VL):
-                            acc[ii, (c * CW + dvo) * VL + l] = acc[ii, (c * CW + dvo) * VL + l] + s[ii, j] * _at(
-                                V, VSM, bi, hk, k0 + j, (c * CW + dvo) * VL + l)
+                            acc[ii, (c * CW + dvo) * VL + l] = acc[ii, (c * CW + dvo) * VL + l] + s[ii, j] * VL_.at(
+                                V, bi, hk, k0 + j, (c * CW + dvo) * VL + l)
 
     @T.macro
     def body(Q, Kt, V, M, Y, b, sq, sk):
@@ -353,11 +379,11 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         mh = T.int64()
         mq = T.int64()
         mk = T.int64()
-        Q = T.match_buffer(q, _shape(QSM, b, HQ, sq, D), _F32)
+        Q = T.match_buffer(q, QL.shape(b, HQ, sq, D), _F32)
         Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
-        V = T.match_buffer(v, _shape(VSM, b, HK, sk, DV), _F32)
+        V = T.match_buffer(v, VL_.shape(b, HK, sk, DV), _F32)
         M = T.match_buffer(mask, (mb, mh, mq, mk), mdt)
-        Y = T.match_buffer(y, _shape(YSM, b, HQ, sq, DV), _F32)
+        Y = T.match_buffer(y, YL.shape(b, HQ, sq, DV), _F32)
         with T.sblock("root"):
             body(Q, Kt, V, M, Y, b, sq, sk)
 
@@ -368,10 +394,10 @@ def attention_func(spec: AttentionSpec, tiles: AttentionTiles) -> tirx.PrimFunc:
         sq = T.int64()
         sk = T.int64()
         skp = T.int64()
-        Q = T.match_buffer(q, _shape(QSM, b, HQ, sq, D), _F32)
+        Q = T.match_buffer(q, QL.shape(b, HQ, sq, D), _F32)
         Kt = T.match_buffer(kt, (b, HK, D, skp), _F32)
-        V = T.match_buffer(v, _shape(VSM, b, HK, sk, DV), _F32)
-        Y = T.match_buffer(y, _shape(YSM, b, HQ, sq, DV), _F32)
+        V = T.match_buffer(v, VL_.shape(b, HK, sk, DV), _F32)
+        Y = T.match_buffer(y, YL.shape(b, HQ, sq, DV), _F32)
         with T.sblock("root"):
             body(Q, Kt, V, None, Y, b, sq, sk)
 
@@ -429,17 +455,69 @@ _SWAP = [0, 2, 1, 3]  # [b, h, s, d] <-> [b, s, h, d]
 def _seq_major_source(ctx, x):
     """The [b, s, h, d] tensor ``x`` is a ``permute_dims(·, [0, 2, 1, 3])`` of, or None: the
     kernel then reads it in place and the transpose becomes dead code."""
-    from tvm import relax
-
-    try:
-        e = ctx.bb.lookup_binding(x)
-    except Exception:  # noqa: BLE001  (not a bound var)
-        return None
-    if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.permute_dims":
+    e = _bound(ctx, x)
+    if _is_op(e, "relax.permute_dims"):
         axes = e.attrs.axes
         if axes is not None and [int(a) for a in axes] == _SWAP and ctx.rank(e.args[0]) == 4:
             return e.args[0]
     return None
+
+
+def _bound(ctx, x):
+    """The expression bound to the variable ``x``, or None."""
+    try:
+        return ctx.bb.lookup_binding(x)
+    except Exception:  # noqa: BLE001  (not a bound var)
+        return None
+
+
+def _is_op(e, name: str) -> bool:
+    from tvm import relax
+
+    return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == name
+
+
+def _packed_source(ctx, x):
+    """``(tensor, columns, offset)`` when the [b, s, h, d] tensor ``x`` is a reshape of one part
+    of a split along the last axis of a [b, s, columns] tensor (a fused QKV projection: the int8
+    siblings optc merges, GPT-2's ``c_attn``): the kernel then reads that part in place and the
+    split, a copy of the whole projection, becomes dead code. Else None."""
+    from tvm import relax
+
+    if x is None or ctx.rank(x) != 4:
+        return None
+    reshape = _bound(ctx, x)
+    if not _is_op(reshape, "relax.reshape"):
+        return None
+    item = _bound(ctx, reshape.args[0])
+    if not isinstance(item, relax.TupleGetItem):
+        return None
+    split = _bound(ctx, item.tuple_value)
+    if not _is_op(split, "relax.split"):
+        return None
+    src = split.args[0]
+    shape, part = ctx.shape(src), ctx.shape(x)
+    if shape is None or part is None or len(shape) != 3 or not isinstance(shape[2], int):
+        return None
+    if int(split.attrs.axis) not in (2, -1):
+        return None
+    cols = shape[2]
+    sections = split.attrs.indices_or_sections
+    if isinstance(sections, (int, tirx.IntImm)):
+        n = int(sections)
+        bounds = [cols * i // n for i in range(n + 1)]
+    else:
+        bounds = [0] + [int(i) for i in sections] + [cols]
+    i = int(item.index)
+    start, stop = bounds[i], bounds[i + 1]
+    h, d = part[2], part[3]
+    if not (isinstance(h, int) and isinstance(d, int) and h * d == stop - start and 0 <= start < stop <= cols):
+        return None
+    prove = Analyzer()
+    expr = lambda a: tirx.const(a, "int64") if isinstance(a, int) else a  # noqa: E731
+    if not all(prove.can_prove_equal(expr(a), expr(b)) for a, b in zip(part[:2], shape[:2])):
+        return None
+    return src, cols, start
 
 
 def _output_transposed(node) -> bool:
@@ -454,9 +532,10 @@ def _output_transposed(node) -> bool:
 def emit(ctx, node, spec: AttentionSpec, q, k, v, mask=None):
     """Emit the packed-Kᵀ and attention ``call_tir``s for ``node``; returns the output expr.
 
-    Q/K/V that are transposes of [b, s, h, d] projections are read in place; an output whose
-    only use transposes it back is written [b, s, h, d] and transposed here, and
-    ``FoldTransposePairs`` cancels the pair (no transpose kernels around the attention)."""
+    Q/K/V that are transposes of [b, s, h, d] projections are read in place (and, where those
+    are parts of one split projection, from that projection's output: ``_packed_source``); an
+    output whose only use transposes it back is written [b, s, h, d] and transposed here, and
+    ``FoldTransposePairs`` cancels the pair (no transpose or split kernels around the attention)."""
     from tvm import relax
 
     R = ctx.R
@@ -466,19 +545,20 @@ def emit(ctx, node, spec: AttentionSpec, q, k, v, mask=None):
         q, k, v = (ctx.emit(R.astype(t, _F32)) for t in (q, k, v))
         if mask is not None and ctx.dtype(mask) != "bool":
             mask = ctx.emit(R.astype(mask, _F32))
-    else:
-        for i, x in enumerate((q, k, v)):
+    packed = [(0, 0)] * 3
+    if dt == _F32:
+        qkv = [q, k, v]
+        for i, x in enumerate(qkv):
             src = _seq_major_source(ctx, x)
             if src is not None:
                 layout[i] = True
-                if i == 0:
-                    q = src
-                elif i == 1:
-                    k = src
-                else:
-                    v = src
+                qkv[i] = src
+                part = _packed_source(ctx, src)
+                if part is not None:
+                    qkv[i], packed[i] = part[0], part[1:]
+        q, k, v = qkv
         layout[3] = _output_transposed(node)
-    spec = dataclasses.replace(spec, seq_major=tuple(layout))
+    spec = dataclasses.replace(spec, seq_major=tuple(layout), packed=tuple(packed))
     tiles = AttentionTiles.choose(ctx.target, spec)
     qs, ks = ctx.shape(q), ctx.shape(k)
     b, sq = qs[0], (qs[1] if layout[0] else qs[2])
