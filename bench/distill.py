@@ -7,7 +7,8 @@ other articles (mean/worst cosine of the mean-pooled embeddings against the dens
 Lee document similarities (Pearson with human ratings, and its change from the dense model) on
 inputs shaped differently from the calibration. Latency: batch 1, seq 128, interleaved rounds,
 medians; a distilled model has the structure of its compressed one, so one artifact per
-structure is built and timed.
+structure is timed. Each distilled graph is also compiled and run on a held-out batch against
+the reference interpreter (``comp.err``: largest difference relative to the largest output).
 
     [OPTC_BENCH_THREADS=2] python bench/distill.py [--variants heads25,heads40,heads50,heads50-ffn30,ffn30,lowrank70]
         [--distill distill] [--calib 256] [--holdout 256] [--rounds 10] [--json FILE]
@@ -31,7 +32,7 @@ THREADS = int(os.environ.get("OPTC_BENCH_THREADS", "2"))
 bm.pin_threads(THREADS)  # before torch or TVM start their thread pools
 
 from optc import datasets, load_model, zoo  # noqa: E402
-from optc.api import optimize  # noqa: E402
+from optc.api import optimize, run_reference  # noqa: E402
 from optc.calibration import from_sentences  # noqa: E402
 from optc.codegen.build import build  # noqa: E402
 from optc.evaluate import sentence_embeddings, similarity_pearson  # noqa: E402
@@ -88,6 +89,8 @@ def main() -> int:
         t_compress = time.perf_counter() - t
         modules[name] = build(g, TARGET).load()
         for label, graph, extra in [(name, g, {"pass_s": round(t_compress, 1)})] + _distilled(name, g, args, calib, dense):
+            if label != name:  # the distilled artifact against its own graph in the interpreter
+                extra["compiled_vs_reference"] = compiled_error(graph, holdout[0])
             f = measure(dense, graph, holdout)
             rows[label] = {"pipeline": VARIANTS[name] + ("," + args.distill if label != name else ""),
                            "mean_cosine": round(f.mean_cosine, 5), "worst_cosine": round(f.worst_cosine, 4),
@@ -107,15 +110,25 @@ def main() -> int:
     ms = {k: statistics.median(v) for k, v in times.items()}
     print(f"\nall-MiniLM-L6-v2, calibration {args.calib} news sentences, held-out {args.holdout} other sentences + "
           f"Lee documents; latency batch 1, seq 128, {THREADS} threads ({args.rounds}x{args.repeat} interleaved runs)")
-    print(f"{'model':<24} {'mean cos':>9} {'worst':>7} {'ΔLee':>8} {'params':>11} {'ms':>7} {'dense/x':>8}")
+    print(f"{'model':<24} {'mean cos':>9} {'worst':>7} {'ΔLee':>8} {'params':>11} {'ms':>7} {'dense/x':>8} {'comp.err':>9}")
     for label, r in rows.items():
         base = label.split("+")[0]
         r["latency_ms"] = round(ms[base], 3)
+        err = f"{r['compiled_vs_reference']:>9.1e}" if "compiled_vs_reference" in r else f"{'':>9}"
         print(f"{label:<24} {r['mean_cosine']:>9.5f} {r['worst_cosine']:>7.4f} {r['lee_delta']:>+8.4f} "
-              f"{r.get('params', dense.parameter_count()):>11,} {ms[base]:>7.2f} {ms['dense'] / ms[base]:>8.2f}")
+              f"{r.get('params', dense.parameter_count()):>11,} {ms[base]:>7.2f} {ms['dense'] / ms[base]:>8.2f} {err}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def compiled_error(graph, feed) -> float:
+    """Largest |compiled - interpreter| of the first output over one batch, relative to the
+    interpreter output's largest magnitude."""
+    want = run_reference(graph, feed)
+    got = build(graph, TARGET).load().run(feed)
+    name = graph.output_names()[0]
+    return float(np.abs(got[name] - want[name]).max() / max(float(np.abs(want[name]).max()), 1e-30))
 
 
 def _distilled(name, compressed, args, calib, dense) -> list:

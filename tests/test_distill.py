@@ -67,11 +67,26 @@ def test_distill_alone_has_nothing_to_learn():
     assert rep["fidelity_undistilled"]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_auto_learning_rate_probes_each_rate_and_keeps_the_best():
+    g = pm.graph("bert")
+    teacher = g.clone()
+    PassManager.parse(PRUNE).run(g, PassContext(calibration=_calib()))
+    rep = PassManager.parse("distill{steps=30,eval_every=10}").run(g, PassContext(calibration=_calib(), teacher=teacher)).reports[-1]
+    probes = rep["lr_probes"]
+    assert [p["lr"] for p in probes] == [1e-4, 3e-5, 1e-5] and all(p["steps"] == 20 for p in probes)
+    assert rep["lr"] == max(probes, key=lambda p: p["mean_cosine"])["lr"]
+    assert rep["steps"] == 30 and rep["fidelity"]["mean_cosine"] >= max(p["mean_cosine"] for p in probes) - 1e-6
+    fixed = PassManager.parse("distill{steps=30,eval_every=10,lr=3e-5}").run(pm.graph("bert"), PassContext(
+        calibration=_calib(), teacher=teacher)).reports[-1]
+    assert fixed["lr"] == 3e-5 and fixed["lr_probes"] == []
+
+
 @pytest.mark.parametrize("pipeline,calib,msg", [
     ("distill", "none", "distill: needs calibration inputs to train on"),
     ("distill{batch=8}", "one", "needs at least 2 batches of calibration inputs"),
     ("distill{loss=huber}", "six", "loss must be one of auto, cosine, mse, kl"),
-    ("distill{lr=0}", "six", "lr must be > 0"),
+    ("distill{lr=0}", "six", "lr must be auto or a number > 0"),
+    ("distill{lr=fast}", "six", "lr must be auto or a number > 0, got 'fast'"),
     (f"{PRUNE},distill{{steps=2,eval_every=1,min_cosine=0.99999}}", "six", "below min_cosine=0.99999"),
 ])
 def test_bad_requests_are_one_line_and_leave_the_graph(pipeline, calib, msg):
