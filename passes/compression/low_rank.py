@@ -15,6 +15,9 @@ calibration inputs' second moment); allocation (``rank_allocation``) weighs each
 truncation error by a measured sensitivity: the drop in output cosine when that layer alone is
 factored at half its parameters, per unit of its relative output error. Everything is computed on
 a copy; the graph changes only at the end, when the plan has been built, verified and measured.
+The whitening is fitted to the calibration inputs, so with two sets or more it uses
+``fidelity.held_back``'s fit sets and the sensitivities, budgets and the reported fidelity are
+measured on the held-back ones (as ``quantize`` and the re-fitting pruners do).
 
 Codegen: both factors are constant weights, so each matmul becomes optc's packed-weight dense
 kernel (bias and activation stay in the second one's epilogue). The first one's output width is
@@ -37,7 +40,7 @@ from ...ir.verifier import verify
 from ..base import Pass, PassError, PassResult, option, register_pass
 from .activations import input_gram
 from .factorize import METHODS, Spectrum, break_even, saves, spectrum, whitener
-from .fidelity import Fidelity, measure, reference_outputs
+from .fidelity import Fidelity, held_back, measure, reference_outputs
 from .low_rank_rewrite import apply_factors
 from .projections import Projection, find_projections, name_matches, name_patterns
 from .rank_allocation import allocate, menu, uniform
@@ -117,7 +120,10 @@ class LowRankModel:
 
     @classmethod
     def build(cls, graph: Graph, layers: list[Layer], calibration: list[Mapping[str, np.ndarray]],
-              method: str = "whitened", damping: float = 0.01) -> "LowRankModel":
+              method: str = "whitened", damping: float = 0.01,
+              measure_on: list[Mapping[str, np.ndarray]] | None = None) -> "LowRankModel":
+        """Spectra from ``calibration``'s input statistics; sensitivities, searches and fidelities
+        measured on ``measure_on`` (default: the same sets)."""
         grams = input_gram(graph, [l.input_name for l in layers], calibration) if calibration else {}
         weights = {p.name: p.matrix() for p in find_projections(graph)}
         spectra, whitening = {}, {}
@@ -126,7 +132,7 @@ class LowRankModel:
             if method == "whitened" and gram is not None and l.input_name not in whitening:
                 whitening[l.input_name] = whitener(gram, rows, damping)
             spectra[l.name] = spectrum(weights[l.name], method, gram, rows, damping, whitening.get(l.input_name))
-        return cls(graph, layers, spectra, list(calibration))
+        return cls(graph, layers, spectra, list(calibration if measure_on is None else measure_on))
 
     def reference(self) -> list:
         if self._reference is None:
@@ -246,7 +252,10 @@ class LowRank(Pass):
             raise PassError("low-rank: no eligible weights (constant 2-D projections large enough to factor"
                             + (f"; skipped: {_skip_summary(skipped)}" if skipped else "; the graph has none") + ")")
         try:
-            model = LowRankModel.build(graph, layers, calib, self.method, self.damping)
+            # the whitening is fitted to the inputs' statistics: measured on the sets it saw, the
+            # result flatters itself, so those are held back (fidelity.held_back) when there are two
+            fit, held = held_back(calib) if self.method == "whitened" and len(calib) >= 2 else (calib, calib)
+            model = LowRankModel.build(graph, layers, fit, self.method, self.damping, measure_on=held)
             ranks, fid, search = self._plan(model, mode, graph, dims)
             factored = model.apply(ranks)
             verify(factored)
@@ -255,10 +264,10 @@ class LowRank(Pass):
         except (ValueError, np.linalg.LinAlgError) as e:
             raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
         if fid is None and any(ranks.values()):
-            inputs = calib or _random_inputs(graph, ctx)
+            inputs = model.calibration or _random_inputs(graph, ctx)
             fid = measure(graph, factored, inputs)
-        report = self._report(model, ranks, graph, factored, dims, fid, skipped, mode, search,
-                              "calibration" if calib else "random")
+        source = ("held-back calibration" if model.calibration is not calib else "calibration") if calib else "random"
+        report = self._report(model, ranks, graph, factored, dims, fid, skipped, mode, search, source)
         changed = any(ranks.values())
         if changed:
             model.apply(ranks, graph)  # the same rewrite, now on the graph itself
