@@ -29,6 +29,13 @@ class PassContext:
     """The model before compression: what ``distill`` trains the compressed graph to reproduce.
     The pass manager sets it to a copy of the graph before the pipeline's first lossy pass when a
     pass of the pipeline uses it (unless the caller gave one)."""
+    refuse_ruin: bool = True
+    """False: a lossy pass hands back even a ruined result (structural experiments on random
+    models); by default it refuses one (``fidelity.refuse_ruin``)."""
+    recovery_follows: bool = False
+    """Set by the pass manager while a later pass of the pipeline recovers fidelity by training
+    against the teacher (``distill``): a compressing pass then leaves the ruin check
+    (``fidelity.refuse_ruin``) to that pass, which measures the pipeline's result."""
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
 
     def analysis(self, name: str, graph: Graph) -> Any:

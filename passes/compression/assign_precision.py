@@ -95,7 +95,7 @@ class AssignPrecision(PrecisionOptions, Pass):
             verify(quantized)
         except OptcError as e:
             raise PassError(f"assign-precision: {' '.join(str(e).split())}") from e
-        refuse_ruin("assign-precision", fid, source)
+        refuse_ruin("assign-precision", fid, source, ctx)
         report = precision_report(model, plan, graph, quantized, fid, source, skipped, sens)
         report.update({"mode": mode, "candidates": cands, "search": search})
         if costs is not None and costs.get("latency"):

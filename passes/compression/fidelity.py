@@ -113,10 +113,15 @@ RUIN_COSINE = 0.8
 for: the pass refuses it whatever its options say."""
 
 
-def refuse_ruin(pass_name: str, fid: Fidelity, inputs: str = "calibration") -> None:
-    """Fail loudly instead of handing back a ruined model."""
+def refuse_ruin(pass_name: str, fid: Fidelity, inputs: str = "calibration", ctx=None,
+                advice: str = "quantize fewer layers (exclude=...) or use a milder setting") -> None:
+    """Fail loudly instead of handing back a ruined model — unless ``ctx.recovery_follows`` (a
+    later ``distill`` of the same pipeline trains the result and applies this check to its own)
+    or the caller turned the check off (``ctx.refuse_ruin``)."""
+    if ctx is not None and (ctx.recovery_follows or not ctx.refuse_ruin):
+        return
     if fid.mean_cosine < RUIN_COSINE:
         from ..base import PassError
 
         raise PassError(f"{pass_name}: the result is ruined ({inputs} mean cosine {fid.mean_cosine:.4f} < "
-                        f"{RUIN_COSINE}); refusing it — quantize fewer layers (exclude=...) or use a milder setting")
+                        f"{RUIN_COSINE}); refusing it — {advice}")

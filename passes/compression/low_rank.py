@@ -40,7 +40,7 @@ from ...ir.verifier import verify
 from ..base import Pass, PassError, PassResult, option, register_pass
 from .activations import input_gram
 from .factorize import METHODS, Spectrum, break_even, saves, spectrum, whitener
-from .fidelity import Fidelity, held_back, measure, reference_outputs
+from .fidelity import Fidelity, held_back, measure, reference_outputs, refuse_ruin
 from .low_rank_rewrite import apply_factors
 from .projections import Projection, find_projections, name_matches, name_patterns
 from .rank_allocation import allocate, menu, uniform
@@ -267,6 +267,8 @@ class LowRank(Pass):
             inputs = model.calibration or _random_inputs(graph, ctx)
             fid = measure(graph, factored, inputs)
         source = ("held-back calibration" if model.calibration is not calib else "calibration") if calib else "random"
+        if fid is not None and calib:
+            refuse_ruin(self.name, fid, source, ctx, "keep more of the weights (keep=...), or set min_cosine=")
         report = self._report(model, ranks, graph, factored, dims, fid, skipped, mode, search, source)
         changed = any(ranks.values())
         if changed:

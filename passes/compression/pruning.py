@@ -16,10 +16,10 @@ from ...ir.folding import eliminate_dead_code
 from ...ir.graph import Graph
 from ...ir.interpreter import Interpreter
 from ..base import PassError, PassResult
-from .fidelity import measure
+from .fidelity import measure, refuse_ruin
 from .projections import as_projection, replace_weight
 from .shape_edits import StructureError
-from .structured import Evaluator, Plan, Probe, prune_to_budget, prune_to_count, refit_targets
+from .structured import Evaluator, Plan, Probe, keep_refit_if_better, prune_to_budget, prune_to_count, refit_targets
 
 IMPORTANCE = ("fisher", "magnitude", "ablation")
 
@@ -93,7 +93,7 @@ def run_structured(p, graph: Graph, ctx, *, kind: str, sites_of: Callable[[Graph
                         f"{', refit' if p.refit else ''}{', min_cosine' if p.min_cosine > 0 else ''}")
     try:
         return _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0,
-                    compensation_of)
+                    compensation_of, ctx)
     except (StructureError, OptcError, ValueError, RuntimeError, np.linalg.LinAlgError) as e:
         if isinstance(e, PassError):
             raise
@@ -101,7 +101,7 @@ def run_structured(p, graph: Graph, ctx, *, kind: str, sites_of: Callable[[Graph
 
 
 def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0,
-         compensation_of) -> PassResult:
+         compensation_of, ctx) -> PassResult:
     plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist)
     residual = p.refit and p.refit_target == "residual"
     fitted = p.refit or p.importance != "magnitude"  # else nothing is fitted: measure on every set
@@ -129,6 +129,7 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
             if cos < p.min_cosine:
                 raise PassError(f"{p.name}: removing {count} {kind} gives held-back calibration mean cosine {cos:.4f} "
                                 f"< min_cosine {p.min_cosine}; lower ratio or min_cosine")
+    refit_kept = keep_refit_if_better(probe, ev, state) if p.refit else None  # (budget searches too)
     kept = [state.kept_units(sites, i) for i in range(len(sites))]
     removed = sum(s.units - len(k) for s, k in zip(sites, kept))
     if removed == 0:
@@ -155,6 +156,9 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
     fid = measure(graph, work, held) if inputs else None
     if p.min_cosine > 0 and fid is not None and fid.mean_cosine < p.min_cosine:
         raise PassError(f"{p.name}: held-back calibration mean cosine {fid.mean_cosine:.4f} < min_cosine {p.min_cosine}")
+    if fid is not None:
+        refuse_ruin(p.name, fid, "held-back calibration" if len(held) < len(inputs) else "calibration", ctx,
+                    f"remove fewer {kind} (ratio=...), or set min_cosine=")
 
     dims = bind_dims(graph, {k: np.shape(v) for k, v in inputs[0].items()}) if inputs else {}
     before_sum, after_sum = summarize(graph), summarize(work)
@@ -167,7 +171,7 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
                           "flops_before": b["flops"], "flops_after": a["flops"]})
     report = {
         "importance": p.importance, "refit": p.refit, "removed": removed,
-        "refit_target": p.refit_target if p.refit else None,
+        "refit_target": p.refit_target if p.refit else None, "refit_kept": refit_kept,
         "compensated": [s.refit.name for s, fit in zip(probe.sites[probe.pruned:], state.refits[probe.pruned:]) if fit is not None],
         f"{kind}_before": sum(s.units for s in sites), f"{kind}_after": sum(len(k) for k in kept),
         "blocks_removed": sum(1 for k in kept if not k),

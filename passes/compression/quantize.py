@@ -137,7 +137,7 @@ class Quantize(PrecisionOptions, Pass):
             fid = measure(graph, quantized, calib, reference=model.reference())
         except OptcError as e:
             raise PassError(f"quantize: {' '.join(str(e).split())}") from e
-        refuse_ruin("quantize", fid, source)
+        refuse_ruin("quantize", fid, source, ctx)
         if self.min_cosine and fid.mean_cosine < self.min_cosine:
             raise PassError(f"quantize: precision={self.precision} gives {source} mean cosine {fid.mean_cosine:.4f}, "
                             f"below min_cosine={self.min_cosine}")
