@@ -55,7 +55,6 @@ class PassManager:
         recovering = ctx.recovery_follows
 
         def fail(p: Pass, stage: str, e: BaseException) -> PassError:
-            ctx.recovery_follows = recovering
             before = ", ".join(ran) if ran else "none"
             return PassError(f"pass {p} failed{stage}: {' '.join(str(e).split())} (passes run before it: {before})")
 
@@ -64,39 +63,40 @@ class PassManager:
         reports = []
         any_change = False
         keep_teacher = ctx.teacher is None and any(p.uses_teacher for p in self.passes)
-        for k, p in enumerate(self.passes):
-            if keep_teacher and p.lossy:
-                ctx.teacher, keep_teacher = graph.clone(), False
-            ctx.recovery_follows = recovering or any(q.uses_teacher for q in self.passes[k + 1:])
-            for inst in ctx.instruments:
-                inst.before_pass(p, graph, ctx)
-            before = len(graph.nodes)
-            t0 = time.perf_counter()
-            try:
-                result = p.run(graph, ctx)
-            except OptcError as e:
-                raise fail(p, "", e) from e
-            except Exception as e:  # a bug: keep its type and traceback, name the pass
-                e.add_note(f"in pass {p} (passes run before it: {', '.join(ran) or 'none'})")
-                ctx.recovery_follows = recovering
-                raise
-            seconds = time.perf_counter() - t0
-            if not isinstance(result, PassResult):
-                raise TypeError(f"pass {p} returned {type(result).__name__}, not PassResult")
-            result.seconds = seconds
-            if result.changed:
-                ctx.analyses.invalidate()
-                any_change = True
-            try:
+        try:
+            for k, p in enumerate(self.passes):
+                if keep_teacher and p.lossy:
+                    ctx.teacher, keep_teacher = graph.clone(), False
+                ctx.recovery_follows = recovering or any(q.uses_teacher for q in self.passes[k + 1:])
                 for inst in ctx.instruments:
-                    inst.after_pass(p, graph, ctx, result)
-            except OptcError as e:
-                raise fail(p, " (check after it)", e) from e
-            reports.append({"pass": str(p), "name": p.name, "lossy": p.lossy, "changed": result.changed,
-                            "nodes_before": before, "nodes_after": len(graph.nodes),
-                            "seconds": round(seconds, 6), **result.report})
-            ran.append(str(p))
-        ctx.recovery_follows = recovering
+                    inst.before_pass(p, graph, ctx)
+                before = len(graph.nodes)
+                t0 = time.perf_counter()
+                try:
+                    result = p.run(graph, ctx)
+                except OptcError as e:
+                    raise fail(p, "", e) from e
+                except Exception as e:  # a bug: keep its type and traceback, name the pass
+                    e.add_note(f"in pass {p} (passes run before it: {', '.join(ran) or 'none'})")
+                    raise
+                seconds = time.perf_counter() - t0
+                if not isinstance(result, PassResult):
+                    raise TypeError(f"pass {p} returned {type(result).__name__}, not PassResult")
+                result.seconds = seconds
+                if result.changed:
+                    ctx.analyses.invalidate()
+                    any_change = True
+                try:
+                    for inst in ctx.instruments:
+                        inst.after_pass(p, graph, ctx, result)
+                except OptcError as e:
+                    raise fail(p, " (check after it)", e) from e
+                reports.append({"pass": str(p), "name": p.name, "lossy": p.lossy, "changed": result.changed,
+                                "nodes_before": before, "nodes_after": len(graph.nodes),
+                                "seconds": round(seconds, 6), **result.report})
+                ran.append(str(p))
+        finally:
+            ctx.recovery_follows = recovering
         for inst in ctx.instruments:
             inst.after_pipeline(graph, ctx)
         return PipelineResult(any_change, reports, self.text)

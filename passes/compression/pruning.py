@@ -129,7 +129,11 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
             if cos < p.min_cosine:
                 raise PassError(f"{p.name}: removing {count} {kind} gives held-back calibration mean cosine {cos:.4f} "
                                 f"< min_cosine {p.min_cosine}; lower ratio or min_cosine")
-    refit_kept = keep_refit_if_better(probe, ev, state) if p.refit else None  # (budget searches too)
+    # prune_to_count checks each round's re-fits; a budget search's trials are checked here
+    refit_kept = None
+    if p.refit:
+        last = plan.log[-1] if plan.log else {}
+        refit_kept = last["refit_kept"] if "refit_kept" in last else keep_refit_if_better(probe, ev, state)
     kept = [state.kept_units(sites, i) for i in range(len(sites))]
     removed = sum(s.units - len(k) for s, k in zip(sites, kept))
     if removed == 0:
