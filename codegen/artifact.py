@@ -99,7 +99,8 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
             "passes": reports or [],
             "codegen": _codegen_pipeline(compiled.target),
             "build": {"seconds": compiled.timings, "fallback_scheduled": compiled.fallback_funcs,
-                      "unscheduled": compiled.unscheduled, "notes": list(compiled.notes)},
+                      "unscheduled": compiled.unscheduled, "notes": list(compiled.notes),
+                      "tuned": list(getattr(compiled, "tuned", [])), "buckets": list(getattr(compiled, "buckets", []))},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _usual_permissions(tmp)

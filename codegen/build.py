@@ -53,6 +53,8 @@ class CompiledModule:
     unscheduled: list[str] = field(default_factory=list)  # not even that
     timings: dict[str, float] = field(default_factory=dict)  # seconds per build phase
     notes: list[str] = field(default_factory=list)  # kernel choices worth knowing (e.g. a decomposed op)
+    tuned: list[str] = field(default_factory=list)  # kernels scheduled from a tuning database
+    buckets: list[dict] = field(default_factory=list)  # shape buckets with their own static function
     checked: bool = True  # run-time index/divisor/assumption checks compiled in
     checks: list[str] = field(default_factory=list)  # the message of each run-time check (codegen/checks.py)
 
@@ -155,7 +157,54 @@ def schedule_module(mod, target, fast_schedules: bool = True) -> tuple[Any, list
     return mod, fallback, after
 
 
-def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: bool = True) -> CompiledModule:
+def prepare_graph(graph: Graph, sizes: dict[str, int] | None = None) -> Graph:
+    """The graph as the build lowers it: its dims bound to ``sizes`` (a shape bucket), shape
+    chains folded, sibling projections merged. Tuning extracts its kernels from this same form,
+    so the kernels it records are the ones the build meets."""
+    from ..ir.specialize import specialize_dims
+
+    work = specialize_dims(graph, sizes) if sizes else graph.clone()
+    fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
+    merge_sibling_projections(work)  # Q/K/V as one GEMM (the passes keep them apart)
+    return work
+
+
+def _tuned_buckets(graph: Graph, tuning) -> list[dict[str, int]]:
+    """The buckets of ``tuning`` that bind exactly the graph's symbolic dims."""
+    from ..ir.specialize import symbolic_dims
+
+    dims = set(symbolic_dims(graph))
+    out = []
+    for label in tuning.buckets():
+        sizes = dict((k, int(v)) for k, v in (item.split("=") for item in label.split(",") if item))
+        if set(sizes) == dims and dims:
+            out.append(sizes)
+    return out
+
+
+def _lower_with_buckets(graph: Graph, target, checked: bool, buckets: list[dict[str, int]]):
+    """``main_any`` (the graph as is), a static ``main_<bucket>`` per bucket, and ``main``
+    dispatching on the input sizes (``codegen/dispatch.py``)."""
+    from tvm import relax
+
+    from .dispatch import bucket_function_name, emit_dispatch
+    from .lower import finish_module
+
+    bb = relax.BlockBuilder()
+    general = lower(prepare_graph(graph), target, checked=checked, builder=bb, name="main_any")
+    parts, named = [general], []
+    for sizes in buckets:
+        name = bucket_function_name(sizes)
+        parts.append(lower(prepare_graph(graph, sizes), target, checked=checked, builder=bb, name=name))
+        named.append((sizes, name))
+    emit_dispatch(bb, "main_any", named)
+    general.mod = finish_module(bb, parts)
+    general.checks = sorted({c for p in parts for c in p.checks})
+    return general
+
+
+def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: bool = True,
+          tuning=None) -> CompiledModule:
     """Compile ``graph`` for ``target`` (a name such as ``"x86"`` or an optc ``Target``).
 
     ``fast_schedules=False`` skips optc's kernel hooks (``relax_passes``/``schedule_rules``) so
@@ -166,6 +215,10 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     verified inside the module, which raises a one-line ``InvalidValueError`` instead of reading
     or writing out of bounds. ``checked=False`` trusts the inputs: out-of-range values are
     undefined behaviour (a wrong answer or a crash).
+
+    ``tuning`` (a ``codegen.tuning.TuningDatabase``) applies the kernels it kept tuned: for a
+    graph with symbolic dims, each bucket the database tuned gets its own static function behind
+    a size dispatch (``codegen/dispatch.py``); every other size runs the default schedules.
     """
     import tvm
 
@@ -176,10 +229,9 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     tvm_target = target.tvm()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    work = graph.clone()
-    fold_graph(work)  # shape chains the frontend left (e.g. Shape of a static tensor) become constants
-    merge_sibling_projections(work)  # Q/K/V as one GEMM (the passes keep them apart)
-    lowered = lower(work, target, checked=checked)
+    work = prepare_graph(graph)
+    buckets = _tuned_buckets(graph, tuning) if tuning is not None else []
+    lowered = _lower_with_buckets(graph, target, checked, buckets) if buckets else lower(work, target, checked=checked)
     mod = lowered.mod
     notes = target.build_notes(work)
     for note in notes:
@@ -192,6 +244,11 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
             mod = tvm.transform.Sequential(passes + target.legalize_passes(tvm_target))(mod)
             timings["legalize_fuse"] = time.perf_counter() - t
             t = time.perf_counter()
+            tuned: list[str] = []
+            if tuning is not None and fast_schedules:
+                from .tuning.apply import apply_tuned
+
+                mod, tuned = apply_tuned(mod, tuning)
             mod, fallback, unscheduled = schedule_module(mod, target, fast_schedules)
             timings["schedule"] = time.perf_counter() - t
             bad = target.check_scheduled(mod)
@@ -213,4 +270,4 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
                          f"{msg[-1] if msg else e}") from e
     timings["total"] = time.perf_counter() - t0
     return CompiledModule(ex, _specs(graph.inputs), _specs(graph.outputs), target, list(lowered.assumptions),
-                          fallback, unscheduled, timings, notes, checked, list(lowered.checks))
+                          fallback, unscheduled, timings, notes, tuned, buckets, checked, list(lowered.checks))

@@ -88,6 +88,7 @@ class Lowered:
     assumptions: list[Assumption] = field(default_factory=list)
     match_casts: int = 0  # how many values needed a run-time shape match (for diagnostics)
     checks: list[str] = field(default_factory=list)  # the message of every run-time check compiled in
+    branches: bool = False  # lowered into plain binding blocks (a run-time branch)
 
 
 class LowerContext:
@@ -122,7 +123,7 @@ class LowerContext:
     followed by ``enforce_assumptions(x)`` on the tensor the relying kernel reads.
     """
 
-    def __init__(self, graph: Graph, target, checked: bool = True):
+    def __init__(self, graph: Graph, target, checked: bool = True, builder=None):
         import tvm
         from tvm import relax, tirx
 
@@ -132,7 +133,7 @@ class LowerContext:
         self.R = R
         self.graph = graph
         self.target = target
-        self.bb = relax.BlockBuilder()
+        self.bb = builder if builder is not None else relax.BlockBuilder()
         self.vars: dict[str, Any] = {}  # symbolic dim name -> tirx.Var
         self.values: dict[int, Any] = {}  # id(ir Value) -> relax Expr
         self.assumptions: list[Assumption] = []
@@ -630,9 +631,12 @@ def _as_expr(tirx, d):
 
 
 # -----------------------------------------------------------------------------------------------
-def lower(graph: Graph, target=None, *, checked: bool = True) -> Lowered:
+def lower(graph: Graph, target=None, *, checked: bool = True, builder=None, name: str = "main") -> Lowered:
     """Lower ``graph`` to a Relax IRModule (see the module docstring); ``checked=False`` leaves
-    the run-time checks out."""
+    the run-time checks out. With ``builder`` (a ``relax.BlockBuilder``) the graph becomes the
+    function ``name`` of the builder's module (kernels shared with functions already there are
+    not duplicated) and ``Lowered.mod`` is ``None``: the caller takes the module when every
+    function is in (``finish_module``)."""
     from ..ir.subgraph import walk
     from ..ir.unroll import expand_control_flow, has_control_flow
     from . import lowering as registry
@@ -642,7 +646,7 @@ def lower(graph: Graph, target=None, *, checked: bool = True) -> Lowered:
         # so what a body computes from the iteration number folds to constants.
         graph = graph.clone()
         expand_control_flow(graph, strict=True)
-    ctx = LowerContext(graph, target, checked)
+    ctx = LowerContext(graph, target, checked, builder)
     relax = ctx.relax
     bb = ctx.bb
     # Find every op first: an unsupported op is reported before any work (and names the node).
@@ -666,7 +670,7 @@ def lower(graph: Graph, target=None, *, checked: bool = True) -> Lowered:
     for v in graph.constants.values():
         ctx.values[id(v)] = relax.const(np.array(to_storage(v.const, v.dtype), order="C", copy=None), TVM_DTYPE[v.dtype])
 
-    with bb.function("main", params):
+    with bb.function(name, params):
         if branches:
             # A run-time branch (relax.If) cannot sit in a dataflow block: lower into plain
             # binding blocks, and let ConvertToDataflow regroup the straight-line parts.
@@ -686,10 +690,19 @@ def lower(graph: Graph, target=None, *, checked: bool = True) -> Lowered:
                 ctx.node = None
                 gv = bb.emit_output(relax.Tuple([ctx[v] for v in graph.outputs]))
         bb.emit_func_output(gv)
+    lowered = Lowered(None, ctx.assumptions, ctx.match_casts, ctx.checks, branches)
+    if builder is None:
+        lowered.mod = finish_module(bb, [lowered])
+    return lowered
+
+
+def finish_module(bb, lowered: list[Lowered]):
+    """The builder's module; when a function has a run-time branch (lowered into plain binding
+    blocks), its straight-line runs regrouped into dataflow blocks."""
+    from tvm import relax
+
     mod = bb.get()
-    if branches:
-        mod = relax.transform.ConvertToDataflow()(mod)
-    return Lowered(mod, ctx.assumptions, ctx.match_casts, ctx.checks)
+    return relax.transform.ConvertToDataflow()(mod) if any(lw.branches for lw in lowered) else mod
 
 
 def lower_to_relax(graph: Graph, target=None):

@@ -150,13 +150,15 @@ def jsonable(value: Any) -> Any:
 @user_errors
 def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
             passes: str = "default", instruments: list | None = None, progress: bool = False,
-            calibration=None, budgets: dict[str, float] | None = None, checked: bool = True) -> Path:
+            calibration=None, budgets: dict[str, float] | None = None, checked: bool = True,
+            tuning_db: str | os.PathLike | None = None) -> Path:
     """Import ``model`` (.onnx, .pt2 or .optc-ir), run the pass pipeline ``passes`` on it (the
     lossy passes on ``calibration``: input sets or an ``InputsFile``, see ``optimize``), build
     it for ``target`` (a preset name — see ``optc targets`` —, a TVM target JSON, or a
     ``targets.Target``) and write the artifact folder ``out`` (atomically; an existing ``out`` is
     replaced only when it is an optc artifact); the manifest records the pipeline and each
     pass's report. ``checked=False`` drops the module's run-time index/divisor checks.
+    ``tuning_db``: a folder ``optc tune`` wrote; its kept kernels for ``target`` are applied.
     Returns the folder."""
     from .codegen.artifact import write_artifact
     from .codegen.build import build
@@ -171,6 +173,11 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
 
     if isinstance(calibration, InputsFile):
         calibration.check()
+    tuning = None
+    if tuning_db is not None:
+        from .codegen.tuning import TuningDatabase
+
+        tuning = TuningDatabase(tuning_db, tgt)
     graph = load_model(model)
     result = optimize(graph, passes, target=tgt, instruments=instruments, calibration=calibration,
                       budgets=budgets)
@@ -178,9 +185,9 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
         from .progress import Progress
 
         with Progress(f"compiling {Path(model).name} for {tgt.name}"):
-            compiled = build(graph, tgt, checked=checked)
+            compiled = build(graph, tgt, checked=checked, tuning=tuning)
     else:
-        compiled = build(graph, tgt, checked=checked)
+        compiled = build(graph, tgt, checked=checked, tuning=tuning)
     return write_artifact(compiled, out, model=model, pipeline=result.pipeline, reports=result.reports)
 
 

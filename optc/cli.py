@@ -102,12 +102,33 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
     comp.add_argument("--passes", default="default", metavar="PIPELINE",
                       help="pass pipeline, e.g. 'default,prune-heads{ratio=0.25}' (default: default, exact passes only; see optc passes)")
+    comp.add_argument("--tuning-db", metavar="DIR",
+                      help="apply the kernels optc tune kept for this target (a static function per tuned shape bucket)")
     comp.add_argument("--unchecked", action="store_true",
                       help="leave out the run-time checks of data-dependent indices and integer divisors "
                            "(out-of-range values then give undefined results)")
     _calib_flags(comp)
     _debug_flags(comp)
     comp.set_defaults(func=_cmd_compile)
+
+    tune = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule into a tuning database")
+    tune.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
+    tune.add_argument("--target", default="x86", help="a CPU preset this machine runs (default x86: this machine)")
+    tune.add_argument("--db", required=True, metavar="DIR", help="tuning database folder (created; extended when it exists)")
+    tune.add_argument("--trials", type=int, default=64, metavar="N", help="MetaSchedule trials per kernel (default 64)")
+    tune.add_argument("--time-budget", default=None, metavar="DURATION",
+                      help="stop starting kernels after this long, e.g. 90s, 20m, 1h (default: no limit)")
+    tune.add_argument("--buckets", default=None, metavar="DIM=SIZES",
+                      help="sizes to tune the symbolic dims at, e.g. 'seq=32,64,128 batch=1' (default: batch dims 1, "
+                           "others 128)")
+    tune.add_argument("--passes", default="default", metavar="PIPELINE",
+                      help="pass pipeline, as for compile (the kernels are the optimized model's)")
+    tune.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                      help="time the kernels on a board over TVM's RPC: a tracker (with --rpc-key) or a server")
+    tune.add_argument("--rpc-key", metavar="KEY", help="the board's key at the tracker")
+    tune.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _calib_flags(tune)
+    tune.set_defaults(func=_cmd_tune)
 
     opt = sub.add_parser("optimize", help="run a pass pipeline and write the optimized model file (.onnx or .optc-ir)")
     opt.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
@@ -336,11 +357,29 @@ def _cmd_compile(args) -> int:
     _warn_uncalibrated(args.passes, calibration)
     out = compile_model(args.model, args.output, target=args.target, passes=args.passes,
                         instruments=_instruments(args), progress=True, calibration=calibration,
-                        checked=not args.unchecked)
+                        checked=not args.unchecked, tuning_db=args.tuning_db)
     from .codegen.artifact import read_manifest
 
     _print_lossy_reports(read_manifest(out).get("passes") or [])
     print(f"wrote {out}/")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from dataclasses import asdict
+
+    from .api import jsonable
+    from .tuning import report_table, tune
+
+    report = tune(args.model, args.db, target=args.target, passes=args.passes, calibration=_calibration(args),
+                  trials=args.trials, time_budget=args.time_budget, buckets=args.buckets,
+                  rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
+    if args.json:
+        print(json.dumps(jsonable({**{k: v for k, v in vars(report).items() if k != "kernels"},
+                                   "gain": report.gain(), "kernels": [asdict(e) for e in report.kernels]})))
+    else:
+        print(report_table(report))
+        print(f"database: {report.database}")
     return 0
 
 

@@ -1,0 +1,52 @@
+"""Specialize a graph's named symbolic dims to sizes: the static graph one shape bucket runs.
+
+Kernel tuning measures static shapes (MetaSchedule cannot tune a loop of unknown extent), and a
+tuned artifact runs the specialized graph when its inputs have the bucket's sizes. Binding the
+sizes at the IR level, before lowering, lets shape chains fold to constants and every kernel —
+also those the lowering writes as TE with symbolic extents — come out static."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .errors import IRError
+from .folding import fold_graph
+from .graph import Graph
+from .types import TensorType
+
+
+def symbolic_dims(graph: Graph) -> list[str]:
+    """The named symbolic dims of the graph's inputs, in order of first appearance."""
+    out: list[str] = []
+    for v in graph.inputs:
+        for d in v.type.shape or ():
+            if isinstance(d, str) and d not in out:
+                out.append(d)
+    return out
+
+
+def specialize_dims(graph: Graph, sizes: Mapping[str, int]) -> Graph:
+    """A copy of ``graph`` with each named dim in ``sizes`` replaced by its size everywhere,
+    types re-inferred and shape chains folded. Raises ``IRError`` for a name no input has or a
+    size below 1."""
+    known = symbolic_dims(graph)
+    for name, n in sizes.items():
+        if name not in known:
+            raise IRError(f"graph {graph.name!r} has no symbolic dim {name!r} (it has: {', '.join(known) or 'none'})")
+        if int(n) < 1:
+            raise IRError(f"dim {name} must be at least 1, got {n}")
+    g = graph.clone()
+
+    def bind(ty: TensorType | None) -> TensorType | None:
+        if ty is None or ty.shape is None:
+            return ty
+        return TensorType(ty.dtype, tuple(int(sizes[d]) if isinstance(d, str) and d in sizes else d for d in ty.shape))
+
+    for v in g.inputs:
+        v.type = bind(v.type)
+    for node in g.nodes:
+        for out in node.outputs:
+            out.type = bind(out.type)
+    g.infer_types()
+    fold_graph(g)
+    return g
