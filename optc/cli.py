@@ -130,6 +130,26 @@ def _parser() -> argparse.ArgumentParser:
     _calib_flags(tune)
     tune.set_defaults(func=_cmd_tune)
 
+    sw = sub.add_parser("sweep", help="search compression settings for the accuracy/latency/size Pareto front")
+    sw.add_argument("model", nargs="?", help="an .onnx, .pt2 or .optc-ir file")
+    sw.add_argument("--show", metavar="RUN_DIR", help="print the Pareto front of a sweep folder and stop")
+    sw.add_argument("--space", metavar="SPACE.toml", help="the pass options and values to search (see docs)")
+    sw.add_argument("-o", "--output", metavar="RUN_DIR", help="sweep folder (created; a sweep there is resumed)")
+    sw.add_argument("--target", default="x86", help="a CPU preset this machine runs (default x86)")
+    sw.add_argument("--eval", metavar="FILE", help="held-out inputs for fidelity: .npz, or sentences with --tokenizer")
+    sw.add_argument("--eval-batch", type=int, default=None, metavar="N", help="rows per evaluation input set (default 8)")
+    sw.add_argument("--time-budget", default=None, metavar="DURATION", help="start no point after this, e.g. 45m")
+    sw.add_argument("--trials", type=int, default=None, metavar="N", help="measure at most N new points")
+    sw.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                    help="symbolic dim size for latency (repeatable; default batch dims 1, others 128)")
+    sw.add_argument("--workers", type=int, default=1, metavar="N", help="points measured at once, on Ray (default 1)")
+    sw.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a local Ray)")
+    sw.add_argument("--sampler", default="auto", choices=["auto", "grid", "nsga2", "tpe"],
+                    help="auto: the grid for spaces of up to 64 points, else NSGA-II")
+    sw.add_argument("--seed", type=int, default=0)
+    _calib_flags(sw)
+    sw.set_defaults(func=_cmd_sweep)
+
     opt = sub.add_parser("optimize", help="run a pass pipeline and write the optimized model file (.onnx or .optc-ir)")
     opt.add_argument("model", help="an .onnx, .pt2 or .optc-ir file")
     opt.add_argument("-o", "--output", required=True,
@@ -380,6 +400,32 @@ def _cmd_tune(args) -> int:
     else:
         print(report_table(report))
         print(f"database: {report.database}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .calibration import InputsFile
+    from .ir.errors import OptcError
+    from .sweep import show
+    from .sweep.run import run_sweep
+
+    if args.show:
+        print(show(args.show))
+        return 0
+    for flag, value in (("MODEL", args.model), ("--space", args.space), ("-o RUN_DIR", args.output)):
+        if value is None:
+            raise OptcError(f"optc sweep needs {flag} (or --show RUN_DIR)")
+    eval_inputs = None
+    if args.eval is not None:
+        eval_inputs = InputsFile(args.eval, args.tokenizer, args.max_length, args.eval_batch, flag="--eval")
+    report = run_sweep(args.model, args.space, args.output, target=args.target, calibration=_calibration(args),
+                       eval_inputs=eval_inputs, eval_label=args.eval, dims=_parse_dims(args.dim),
+                       time_budget=args.time_budget, trials=args.trials, workers=args.workers,
+                       ray_address=args.ray_address, sampler=args.sampler, seed=args.seed)
+    print(show(args.output))
+    print(f"{report.measured} point(s) measured, {report.reused} read back, {report.failed} without a measurement; "
+          f"{report.seconds / 60:.1f} min; stopped: {report.stopped}")
+    print(f"wrote {args.output}/pareto.csv, pareto.json, pareto.png, report.html")
     return 0
 
 
