@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.abc
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -133,7 +134,7 @@ class CompiledModel:
         self.check(inputs)
         args = [self._tensor(_native(to_storage(inputs[s.name], s.dtype))) for s in self.inputs]
         try:
-            res = self._main(*args)
+            res = call_fork_safe(self._main, args)
         except InvalidValueError as e:  # the module's own run-time checks (codegen/checks.py)
             raise InvalidValueError(_last_line(e)) from None
         except Exception as e:  # noqa: BLE001  (TVM's own checks)
@@ -150,6 +151,37 @@ class CompiledModel:
             t = tvm.runtime.empty(a.shape, str(a.dtype), self.device)
             t.copyfrom(a)
             return t
+
+
+# -- fork safety ----------------------------------------------------------------------------------
+# TVM's CPU thread pool belongs to the OS thread that first runs a parallel kernel, and it does not
+# survive fork(): in a child, the thread that forked still holds the parent's pool, whose worker
+# threads were not copied, and the next parallel kernel spins forever waiting for them (a process
+# that ran a model with TVM_NUM_THREADS=2, then forked — multiprocessing's default on Linux —
+# hung). A thread started in the child gets a pool of its own, so there the forking thread hands
+# its calls to one.
+_stale_pool_thread: int | None = None
+_child_executor = None
+
+
+def _after_fork_in_child() -> None:
+    global _stale_pool_thread, _child_executor
+    _stale_pool_thread, _child_executor = threading.get_ident(), None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def call_fork_safe(fn, args):
+    """``fn(*args)`` — on a thread with a working TVM thread pool (see above)."""
+    global _child_executor
+    if _stale_pool_thread != threading.get_ident():
+        return fn(*args)
+    if _child_executor is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _child_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optc-tvm")
+    return _child_executor.submit(fn, *args).result()
 
 
 def _native(a) -> np.ndarray:

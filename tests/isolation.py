@@ -8,6 +8,7 @@ The child is a fork of the test process (imports already loaded: ~10 ms a case, 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -34,7 +35,7 @@ class Outcome:
     def describe(self) -> str:
         end = (f"timed out after {self.seconds:.0f} s" if self.timed_out else
                f"killed by signal {signal.Signals(self.signal).name}" if self.signal else f"exit {self.status}")
-        return f"{end}; stderr: {self.stderr.strip()[-600:]!r}"
+        return f"{end}; stderr: {self.stderr.strip()[-3000 if self.timed_out else -600:]!r}"
 
 
 def run_isolated(fn: Callable[[], int | None], timeout: float = 120.0, cwd: str | os.PathLike | None = None) -> Outcome:
@@ -56,6 +57,8 @@ def run_isolated(fn: Callable[[], int | None], timeout: float = 120.0, cwd: str 
                 sys.stderr = open(2, "w", closefd=False)
                 if cwd is not None:
                     os.chdir(cwd)
+                # A hang shows where it hung: every thread's Python stack, just before the kill.
+                faulthandler.dump_traceback_later(max(timeout - 2.0, 0.5), file=sys.stderr)
                 result = fn()
                 code = 0 if result is None else int(result)
             except SystemExit as e:
@@ -73,11 +76,13 @@ def run_isolated(fn: Callable[[], int | None], timeout: float = 120.0, cwd: str 
                     os._exit(code)
         status = sig = None
         timed_out = False
+        hung_threads = ""
         while True:
             done, wstatus = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
             if time.monotonic() - t0 > timeout:
+                hung_threads = _threads(pid)
                 os.kill(pid, signal.SIGKILL)
                 _, wstatus = os.waitpid(pid, 0)
                 timed_out = True
@@ -87,8 +92,24 @@ def run_isolated(fn: Callable[[], int | None], timeout: float = 120.0, cwd: str 
             sig = os.WTERMSIG(wstatus)
         else:
             status = os.WEXITSTATUS(wstatus)
-        return Outcome(status, sig, timed_out, out_path.read_text(errors="replace"),
-                       err_path.read_text(errors="replace"), time.monotonic() - t0)
+        err = err_path.read_text(errors="replace")
+        if timed_out:  # what the child's threads were doing, and what this (forking) process runs
+            err += f"\n[child threads: {hung_threads}; parent threads: {_threads(os.getpid())}]"
+        return Outcome(status, sig, timed_out, out_path.read_text(errors="replace"), err, time.monotonic() - t0)
+
+
+def _threads(pid: int) -> str:
+    """``name:state:wchan`` of each native thread of ``pid`` (R = running, S + futex_* = waiting on a lock)."""
+    rows = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            name = (task / "comm").read_text().strip()
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = (task / "wchan").read_text().strip()
+        except OSError:
+            continue
+        rows.append(f"{name}:{state}:{wchan}")
+    return ", ".join(rows)
 
 
 def run_cli(argv: Sequence[str], timeout: float = 120.0, cwd: str | os.PathLike | None = None) -> Outcome:
