@@ -392,6 +392,17 @@ class Graph:
     def parameter_count(self) -> int:
         return int(sum(v.const.size for v in self.constants.values() if v.dtype.is_float))
 
+    def take_contents(self, other: "Graph") -> None:
+        """Make this graph hold ``other``'s inputs, nodes, constants and outputs (``other`` is
+        consumed): how a pass that worked on a clone commits, keeping the caller's object."""
+        for attr in ("inputs", "outputs", "nodes", "constants", "metadata", "num_captures", "_names", "_node_names",
+                     "_counter"):
+            setattr(self, attr, getattr(other, attr))
+        for v in list(self.values()):
+            v.graph = self
+        for n in self.nodes:
+            n.graph = self
+
     def clone(self) -> "Graph":
         """A structural copy; constant arrays are shared, not copied."""
         g = Graph(self.name)

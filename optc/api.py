@@ -99,13 +99,16 @@ def instruments(*, print_ir_after: str | None = None, time_passes: bool = False,
 
 @user_errors
 def optimize(graph: Graph, passes: str = "default", *, target=None, calibration=None, budgets=None,
-             instruments: list | None = None, dims: dict[str, int] | None = None):
+             instruments: list | None = None, dims: dict[str, int] | None = None, memo=None):
     """Run a pass pipeline on ``graph`` in place. Returns the ``PipelineResult`` (the expanded
     pipeline text and each pass's report, made JSON-serializable).
 
     ``calibration``: input sets (``[{input name: array}, ...]``, e.g. from
     ``optc.calibration.from_sentences``) or an ``optc.calibration.InputsFile`` (read here, once
-    the graph's inputs are known); the lossy passes calibrate and measure on them."""
+    the graph's inputs are known); the lossy passes calibrate and measure on them.
+
+    ``memo``: a ``PassMemo`` shared by several pipelines on the same model (a sweep): each starts
+    from the longest lossy prefix already computed and reuses calibration analyses."""
     from .calibration import InputsFile, check_input_sets
     from .passes import PassContext, PassManager
 
@@ -117,7 +120,7 @@ def optimize(graph: Graph, passes: str = "default", *, target=None, calibration=
     else:
         sets = []
     ctx = PassContext(target=target, calibration=sets, budgets=dict(budgets or {}),
-                      instruments=list(instruments or []), dims=dict(dims or {}))
+                      instruments=list(instruments or []), dims=dict(dims or {}), memo=memo)
     result = pm.run(graph, ctx)
     result.reports = jsonable(result.reports)
     return result

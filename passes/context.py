@@ -11,6 +11,7 @@ import numpy as np
 from ..ir.graph import Graph
 from ..ir.signature import check_generated_size
 from .analysis import AnalysisManager
+from .memo import PassMemo
 
 
 @dataclass
@@ -37,6 +38,9 @@ class PassContext:
     against the teacher (``distill``): a compressing pass then leaves the ruin check
     (``fidelity.refuse_ruin``) to that pass, which measures the pipeline's result."""
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
+    memo: PassMemo | None = None
+    """Results kept across pipelines on the same model (a sweep's trials): the pass manager starts
+    from the longest stored lossy prefix and calibration analyses are reused (``passes/memo.py``)."""
 
     def analysis(self, name: str, graph: Graph) -> Any:
         return self.analyses.get(name, graph)

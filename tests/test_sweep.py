@@ -161,7 +161,15 @@ def test_ray_workers_give_the_serial_results(serial, files, tmp_path):
             out[r["pipeline"]] = (r["error"] is None, round(r["fidelity"] or 0, 6), round(r["size_mb"] or 0, 6))
         return out
 
-    assert measured(tmp_path / "ray") == measured(run)
+    assert measured(tmp_path / "ray") == measured(run)  # whatever each worker's PassMemo reused
+
+
+def test_points_that_share_a_lossy_prefix_reuse_it(serial):
+    run, _ = serial
+    trials = [json.loads(p.read_text()) for p in (run / "trials").glob("*.json")]
+    # low-rank{keep=K} and low-rank{keep=K},quantize: whichever ran second started from the other's
+    # factored graph (twice: K = 0.95 and 0.6)
+    assert sum(t["reused_passes"] for t in trials) >= 2
 
 
 @pytest.mark.parametrize("args, msg", [

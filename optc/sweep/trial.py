@@ -3,8 +3,11 @@
 A ``TrialRunner`` holds what every trial shares — the imported model, the calibration sets, the
 held-out evaluation sets and the original's outputs on them (computed once by the reference
 interpreter, as ``optc eval`` computes them) — so a trial only pays for its own passes, build
-and measurements. Fidelity is ``optc eval``'s mean cosine of the compiled artifact's output
-against the original's on the evaluation sets: rebuilding a point with ``optc compile --passes``
+and measurements — and of its passes, only those no earlier trial of this runner ran: a
+``PassMemo`` keeps the graph after each lossy prefix (``prune-heads{ratio=0.25}`` is pruned once
+for every point that starts with it) and the calibration statistics of each graph state.
+Fidelity is ``optc eval``'s mean cosine of the compiled artifact's output against the
+original's on the evaluation sets: rebuilding a point with ``optc compile --passes``
 and running ``optc eval`` on it gives the same number.
 """
 
@@ -34,6 +37,7 @@ class TrialResult:
     latency_ms: float | None = None  # median, batch/seq from the sweep's dims
     size_mb: float | None = None  # the weights as stored (all constants)
     seconds: float = 0.0
+    reused_passes: int = 0  # passes of its pipeline an earlier trial had run (PassMemo)
     error: str | None = None  # one line: why the point has no measurement (a refused ruined result, ...)
 
     @property
@@ -51,6 +55,7 @@ class TrialRunner:
                  output: str | None = None) -> None:
         from ..api import load_model
         from ..ir.interpreter import Interpreter
+        from ..passes.memo import PassMemo
         from ..targets import get_target
 
         self.model = model
@@ -63,6 +68,7 @@ class TrialRunner:
         self.reference = [interp.run(feed) for feed in self.sets]
         self.dims = dict(dims)
         self.repeat = repeat
+        self.memo = PassMemo()  # pruned prefixes and calibration statistics shared by this runner's trials
 
     def run(self, pipeline: str) -> TrialResult:
         from ..api import optimize
@@ -73,9 +79,10 @@ class TrialRunner:
 
         t0 = time.perf_counter()
         result = TrialResult(pipeline)
+        skipped = self.memo.stats.passes_skipped
         try:
             graph = self.graph.clone()
-            optimize(graph, pipeline, target=self.target, calibration=self.calibration)
+            optimize(graph, pipeline, target=self.target, calibration=self.calibration, memo=self.memo)
             compiled = build(graph, self.target)
             model = compiled.load()
             outputs = [model.run(feed) for feed in self.sets]
@@ -87,6 +94,7 @@ class TrialRunner:
         except (OptcError, ValueError) as e:
             result.error = " ".join(str(e).split())[:400]
         result.seconds = time.perf_counter() - t0
+        result.reused_passes = self.memo.stats.passes_skipped - skipped
         return result
 
 

@@ -42,8 +42,16 @@ def rows(array: np.ndarray, feed: Mapping[str, np.ndarray]) -> np.ndarray:
 def input_gram(graph: Graph, value_names: Iterable[str], input_sets: list[Mapping[str, np.ndarray]]
                ) -> dict[str, tuple[np.ndarray, int]]:
     """``X^T X`` (float64) and the row count of each named value over the calibration inputs —
-    the second-moment statistics whitening and least-squares re-fits need."""
-    names = list(dict.fromkeys(value_names))
+    the second-moment statistics whitening and least-squares re-fits need (reused across the
+    pipelines of a sweep while a ``PassMemo`` is active)."""
+    from ..memo import memoized
+
+    names, sets = list(dict.fromkeys(value_names)), list(input_sets)
+    return memoized("input_gram", graph, sets, tuple(names), lambda: _input_gram(graph, names, sets))
+
+
+def _input_gram(graph: Graph, names: list[str], input_sets: list[Mapping[str, np.ndarray]]
+                ) -> dict[str, tuple[np.ndarray, int]]:
     out: dict[str, tuple[np.ndarray, int]] = {}
     for feed, values in zip(input_sets, capture(graph, names, input_sets)):
         for n in names:

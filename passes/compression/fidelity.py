@@ -83,7 +83,15 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], outputs: Iterable[Map
 
 
 def reference_outputs(graph: Graph, input_sets: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The reference interpreter's outputs for each input set."""
+    """The reference interpreter's outputs for each input set (reused across the pipelines of a
+    sweep while a ``PassMemo`` is active: read-only then)."""
+    from ..memo import memoized
+
+    sets = list(input_sets)
+    return memoized("outputs", graph, sets, (), lambda: _run(graph, sets))
+
+
+def _run(graph: Graph, input_sets: list[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     from ...ir.interpreter import Interpreter
 
     run = Interpreter(graph)
@@ -93,9 +101,10 @@ def reference_outputs(graph: Graph, input_sets: Iterable[Mapping[str, np.ndarray
 def measure(original: Graph, compressed: Graph, input_sets: list[Mapping[str, np.ndarray]],
             output: str | None = None, reference: list[Mapping[str, np.ndarray]] | None = None) -> Fidelity:
     """Run both graphs in the reference interpreter on ``input_sets`` and compare (``reference``:
-    the original's outputs when already known)."""
+    the original's outputs when already known). A candidate is never the same graph twice: only
+    the original's outputs are worth remembering."""
     ref = reference if reference is not None else reference_outputs(original, input_sets)
-    return compare(ref, reference_outputs(compressed, input_sets), input_sets, output)
+    return compare(ref, _run(compressed, list(input_sets)), input_sets, output)
 
 
 def held_back(sets: list) -> tuple[list, list]:

@@ -42,16 +42,6 @@ def _check_options(p) -> None:
         raise PassError(f"{name}: steps must be >= 1 and ridge >= 0")
 
 
-def adopt(graph: Graph, work: Graph) -> None:
-    """Make ``graph`` hold ``work``'s contents (the commit of a pass that worked on a clone)."""
-    for attr in ("inputs", "outputs", "nodes", "constants", "metadata", "_names", "_node_names", "_counter"):
-        setattr(graph, attr, getattr(work, attr))
-    for v in list(graph.values()):
-        v.graph = graph
-    for n in graph.nodes:
-        n.graph = graph
-
-
 def _apply_compensation(work: Graph, probe: Probe, state) -> None:
     """Give the compensation sites' projections in ``work`` their re-fitted weights."""
     nodes = {n.name: n for n in work.nodes}
@@ -188,5 +178,5 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
         "skipped": skipped, "steps": plan.log,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    adopt(graph, work)
+    graph.take_contents(work)
     return PassResult(True, report)

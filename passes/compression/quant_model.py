@@ -189,21 +189,11 @@ class QuantModel:
     def channel_ranges(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per layer input: per-channel (min, max) over the fitting rows (padding excluded)."""
         if self._ranges is None:
-            names = list(dict.fromkeys(l.input_name for l in self.layers))
-            out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            fit = self.fitting()
-            for feed, values in zip(fit, capture(self.graph, names, fit)):
-                for n in names:
-                    r = rows(values[n], feed)
-                    if r.shape[0] == 0:
-                        continue
-                    lo, hi = r.min(axis=0), r.max(axis=0)
-                    if n in out:
-                        lo, hi = np.minimum(out[n][0], lo), np.maximum(out[n][1], hi)
-                    out[n] = (lo, hi)
-            for n in names:
-                out.setdefault(n, (np.zeros(1), np.zeros(1)))
-            self._ranges = out
+            from ..memo import memoized
+
+            names, fit = list(dict.fromkeys(l.input_name for l in self.layers)), list(self.fitting())
+            self._ranges = memoized("channel_ranges", self.graph, fit, tuple(names),
+                                    lambda: _channel_ranges(self.graph, names, fit))
         return self._ranges
 
     # -- plans ---------------------------------------------------------------------------------
@@ -247,3 +237,20 @@ def static_params(lo: float, hi: float, qmax: int) -> tuple[float, int]:
 def model_bytes(graph: Graph) -> int:
     """Bytes of every constant in packed storage: what the model weighs."""
     return sum(v.dtype.nbytes(v.const.size) for v in graph.constants.values())
+
+
+def _channel_ranges(graph: Graph, names: list[str], fit: list[Mapping[str, np.ndarray]]
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for feed, values in zip(fit, capture(graph, names, fit)):
+        for n in names:
+            r = rows(values[n], feed)
+            if r.shape[0] == 0:
+                continue
+            lo, hi = r.min(axis=0), r.max(axis=0)
+            if n in out:
+                lo, hi = np.minimum(out[n][0], lo), np.maximum(out[n][1], hi)
+            out[n] = (lo, hi)
+    for n in names:
+        out.setdefault(n, (np.zeros(1), np.zeros(1)))
+    return out
