@@ -236,7 +236,7 @@ def sweep(model: str, target: str, space: Space, calibration, eval_inputs, run_d
             if r is not None:
                 results[r.pipeline] = r
     base_pipeline = space.base_pipeline()
-    baseline = load_result(trials_dir, base_pipeline) if base_pipeline else None
+    baseline = None  # measured again by every run: the speed-ups compare with this machine as it is now
     measured = reused = failed = 0
     stopped = "every point of the space is measured"
     grid_left = _enqueue_grid(study, space, set(results), options.seed) if kind == "grid" else None
@@ -252,11 +252,13 @@ def sweep(model: str, target: str, space: Space, calibration, eval_inputs, run_d
         write_outputs(run_dir, list(results.values()), baseline, {**meta, "model": model})
 
     try:
-        if base_pipeline and baseline is None:
+        if base_pipeline:
             say(f"measuring the uncompressed model ({base_pipeline})")
             pool.submit("baseline", base_pipeline)
             _, baseline = pool.next_done()
             save_result(trials_dir, baseline)
+            if base_pipeline in results:
+                results[base_pipeline] = baseline
         from tqdm import tqdm
 
         bar = tqdm(total=options.trials, unit="point", file=sys.stderr, dynamic_ncols=True, leave=True,
@@ -300,7 +302,8 @@ def sweep(model: str, target: str, space: Space, calibration, eval_inputs, run_d
             bar.set_postfix_str(f"front {len(front)}" + (f", best cos {best.fidelity:.4f}" if best else "") + left)
             say(f"[{measured}] {result.pipeline}: " + (f"cos {result.fidelity:.5f}, {result.latency_ms:.2f} ms, "
                                                        f"{result.size_mb:.2f} MB" if result.ok else f"no measurement: {result.error}")
-                + f" ({result.seconds:.0f} s{left})")
+                + f" ({result.seconds:.0f} s" + (f", {result.reused_passes} pass(es) reused" if result.reused_passes else "")
+                + f"{left})")
         bar.close()
     finally:
         pool.close()
