@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                     help="symbolic dim size for latency (repeatable; default batch dims 1, others 128)")
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="points measured at once, on Ray (default 1)")
+    sw.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="threads each point is timed with (default: every CPU this process may use, as optc bench; "
+                         "1 per Ray worker)")
     sw.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a local Ray)")
     sw.add_argument("--sampler", default="auto", choices=["auto", "grid", "nsga2", "tpe"],
                     help="auto: the grid for spaces of up to 64 points, else NSGA-II")
@@ -420,7 +423,7 @@ def _cmd_sweep(args) -> int:
         eval_inputs = InputsFile(args.eval, args.tokenizer, args.max_length, args.eval_batch, flag="--eval")
     report = run_sweep(args.model, args.space, args.output, target=args.target, calibration=_calibration(args),
                        eval_inputs=eval_inputs, eval_label=args.eval, dims=_parse_dims(args.dim),
-                       time_budget=args.time_budget, trials=args.trials, workers=args.workers,
+                       time_budget=args.time_budget, trials=args.trials, workers=args.workers, threads=args.threads,
                        ray_address=args.ray_address, sampler=args.sampler, seed=args.seed)
     print(show(args.output))
     print(f"{report.measured} point(s) measured, {report.reused} read back, {report.failed} without a measurement; "

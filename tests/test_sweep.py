@@ -6,6 +6,7 @@ low-rank × quantize, on random calibration and evaluation sets saved as ``.npz`
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -144,6 +145,11 @@ def test_a_restarted_sweep_never_measures_a_point_twice(files, tmp_path):
     assert again.measured == again.reused == 0 and again.total == 6
     with pytest.raises(Exception, match="another space"):
         run_sweep(model, parse_space({"passes": {"quantize": {"precision": ["off", "int8"]}}}), run, **kw)
+    meta = json.loads((run / "sweep.json").read_text())
+    assert meta["threads"] == len(os.sched_getaffinity(0))  # latencies timed as optc bench times them
+    if meta["threads"] > 1:
+        with pytest.raises(Exception, match="another threads"):
+            run_sweep(model, d / "space.toml", run, threads=1, **kw)
 
 
 def test_ray_workers_give_the_serial_results(serial, files, tmp_path):
@@ -179,6 +185,7 @@ def test_points_that_share_a_lossy_prefix_reuse_it(serial):
     (["--space", "SPACE", "-o", "RUN", "--calib", "CALIB", "--eval", "EVAL", "--time-budget", "soon"], "--time-budget"),
     (["--space", "SPACE", "-o", "RUN", "--calib", "CALIB", "--eval", "EVAL", "--target", "arm64"], "does not run here"),
     (["--space", "SPACE", "-o", "RUN", "--calib", "CALIB", "--eval", "EVAL", "--dim", "seq=8"], "no symbolic dim 'seq'"),
+    (["--space", "SPACE", "-o", "RUN", "--calib", "CALIB", "--eval", "EVAL", "--threads", "0"], "--threads must be"),
 ])
 def test_cli_bad_requests_are_one_line(files, tmp_path, capsys, args, msg):
     d, model = files

@@ -37,6 +37,7 @@ class SweepOptions:
     time_budget: float | None = None  # seconds: no new point starts after this
     trials: int | None = None  # new points this run at most (None: the grid, or until the budget)
     workers: int = 1
+    threads: int = 1  # per point: the serial process's (pinned before any runtime starts), or each Ray actor's
     ray_address: str | None = None
     sampler: str = "auto"  # auto | grid | nsga2 | tpe
     seed: int = 0
@@ -113,7 +114,7 @@ def _check_run_dir(run_dir: Path, meta: dict) -> None:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise OptcError(f"{path} is damaged ({e}): use a new run folder") from None
-        diff = [k for k in ("model", "target", "space", "dims", "eval") if old.get(k) != meta.get(k)]
+        diff = [k for k in ("model", "target", "space", "dims", "eval", "threads") if old.get(k) != meta.get(k)]
         if diff:
             raise OptcError(f"{run_dir} holds a sweep with another {', '.join(diff)}: resume it with the same settings, "
                             "or use a new run folder")
@@ -154,22 +155,22 @@ class _Serial:
 
 
 class _RayPool:
-    """Runs points on Ray actors (one CPU each), returns them as they finish."""
+    """Runs points on Ray actors (``threads`` CPUs each), returns them as they finish."""
 
-    def __init__(self, make_args: dict, workers: int, address: str | None) -> None:
+    def __init__(self, make_args: dict, workers: int, address: str | None, threads: int = 1) -> None:
         import ray
 
         self.started = not ray.is_initialized()
         if self.started:
-            kw = {"address": address} if address else {"num_cpus": workers}
+            kw = {"address": address} if address else {"num_cpus": workers * threads}
             try:
                 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise OptcError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
                                 f"{' '.join(str(e).split())[:300]}") from None
         self.ray = ray
-        actor = ray.remote(num_cpus=1)(_RayWorker)
-        self.actors = [actor.remote(make_args) for _ in range(workers)]
+        actor = ray.remote(num_cpus=threads)(_RayWorker)
+        self.actors = [actor.remote(make_args, threads) for _ in range(workers)]
         self.idle = list(self.actors)
         self.capacity = workers
         self.pending: dict = {}
@@ -192,10 +193,10 @@ class _RayPool:
 
 
 class _RayWorker:
-    def __init__(self, args: dict) -> None:
+    def __init__(self, args: dict, threads: int = 1) -> None:
         from ..benchmark import pin_threads
 
-        pin_threads(1)  # one CPU per actor: what Ray reserved for it
+        pin_threads(threads)  # the CPUs Ray reserved for this actor
         self.runner = TrialRunner(**args)
 
     def run(self, pipeline: str) -> dict:
@@ -213,7 +214,8 @@ def sweep(model: str, target: str, space: Space, calibration, eval_inputs, run_d
     t0 = time.monotonic()
     run_dir = Path(run_dir)
     meta = {"model": str(Path(model).resolve()), "target": target, "space": {"base": space.base,
-            "dimensions": space.dimensions()}, "dims": options.dims, "eval": eval_label}
+            "dimensions": space.dimensions()}, "dims": options.dims, "eval": eval_label,
+            "threads": options.threads}
     _check_run_dir(run_dir, meta)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "study.journal")))
@@ -228,7 +230,13 @@ def sweep(model: str, target: str, space: Space, calibration, eval_inputs, run_d
     runner_args = {"model": model, "target": target, "calibration": calibration, "eval_inputs": eval_inputs,
                    "dims": options.dims, "repeat": options.repeat}
     parallel = options.workers > 1 or options.ray_address is not None
-    pool = _RayPool(runner_args, options.workers, options.ray_address) if parallel else _Serial(lambda: TrialRunner(**runner_args))
+    if parallel:
+        pool = _RayPool(runner_args, options.workers, options.ray_address, options.threads)
+    else:
+        from ..benchmark import pin_threads
+
+        pin_threads(options.threads)  # the latencies are bench's: before this process starts a thread pool
+        pool = _Serial(lambda: TrialRunner(**runner_args))
     results: dict[str, TrialResult] = {}
     for t in study.get_trials(deepcopy=False):  # what earlier runs measured
         if t.state == optuna.trial.TrialState.COMPLETE or t.state == optuna.trial.TrialState.FAIL:

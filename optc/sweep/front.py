@@ -122,7 +122,9 @@ def show(run_dir: str | Path) -> str:
     except (OSError, ValueError) as e:
         raise OptcError(f"cannot read {path}: {e}") from None
     rows = data["front"]
-    lines = [f"{data.get('model', '?')} on {data.get('target', '?')}: {len(rows)} Pareto point(s) of {data['points']} measured"]
+    threads = f", {data['threads']} thread(s)" if data.get("threads") else ""
+    lines = [f"{data.get('model', '?')} on {data.get('target', '?')}{threads}: {len(rows)} Pareto point(s) of "
+             f"{data['points']} measured"]
     if data.get("baseline"):
         b = data["baseline"]
         lines.append(f"uncompressed: fidelity {b['fidelity']:.5f}, {b['latency_ms']:.2f} ms, {b['size_mb']:.1f} MB")

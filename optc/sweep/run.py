@@ -24,7 +24,7 @@ def _lossy(space: Space) -> list[str]:
 def run_sweep(model: str | os.PathLike, space: str | os.PathLike | Space, run_dir: str | os.PathLike, *,
               target: str = "x86", calibration=None, eval_inputs=None, eval_label: str | None = None,
               dims: dict[str, int] | None = None, time_budget=None, trials: int | None = None, workers: int = 1,
-              ray_address: str | None = None, sampler: str = "auto", seed: int = 0, say=None) -> SweepReport:
+              threads: int | None = None, ray_address: str | None = None, sampler: str = "auto", seed: int = 0, say=None) -> SweepReport:
     """Check the request (each problem one line, before any work), then sweep."""
     from ..api import load_model
     from ..ir.specialize import symbolic_dims
@@ -45,6 +45,12 @@ def run_sweep(model: str | os.PathLike, space: str | os.PathLike | Space, run_di
         raise OptcError(f"--trials must be at least 1, got {trials}")
     if workers < 1:
         raise OptcError(f"--workers must be at least 1, got {workers}")
+    parallel = workers > 1 or ray_address is not None
+    cores = len(os.sched_getaffinity(0))
+    if threads is None:
+        threads = 1 if parallel else cores
+    elif threads < 1 or (threads > cores and ray_address is None):  # a cluster's machines may have more
+        raise OptcError(f"--threads must be between 1 and {cores} (the CPUs this process may use), got {threads}")
     budget = parse_duration(time_budget)
     for f in (calibration, eval_inputs):
         if hasattr(f, "check"):
@@ -55,7 +61,7 @@ def run_sweep(model: str | os.PathLike, space: str | os.PathLike | Space, run_di
         if k not in sizes:
             raise OptcError(f"--dim {k}: the model has no symbolic dim {k!r} (it has: {', '.join(sizes) or 'none'})")
         sizes[k] = int(v)
-    options = SweepOptions(time_budget=budget, trials=trials, workers=workers, ray_address=ray_address,
+    options = SweepOptions(time_budget=budget, trials=trials, workers=workers, threads=threads, ray_address=ray_address,
                            sampler=sampler, seed=seed, dims=sizes)
     return sweep(str(Path(model)), tgt.name, space, calibration, eval_inputs, run_dir, options, say=say,
                  eval_label=eval_label)
