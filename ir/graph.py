@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import IRError
+from .node_list import NodeList
+from .use_list import UseList
 from .schema import InferContext, get_schema
 from .types import DType, TensorType, types_compatible
 
@@ -34,7 +36,7 @@ class Value:
         self.name = name
         self.type = type
         self.producer = producer
-        self.uses: list[tuple[Node, int]] = []
+        self.uses = UseList()
         self.const = const
         self._sym: tuple | None = None
 
@@ -133,7 +135,7 @@ class Graph:
         self.name = name
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
-        self.nodes: list[Node] = []
+        self._nodes = NodeList()
         self.constants: dict[str, Value] = {}
         self.metadata: dict[str, str] = {}
         # A subgraph (an If branch, a Loop/Scan body) reads values of the enclosing graph only
@@ -143,6 +145,16 @@ class Graph:
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._counter = itertools.count()
+        self._value_index: dict[str, Value] = {}  # a cache for value(name), checked on every hit
+
+    @property
+    def nodes(self) -> NodeList:
+        """The nodes in topological order (O(1) membership, insertion next to a node, removal)."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes: Iterable["Node"]) -> None:
+        self._nodes = nodes if isinstance(nodes, NodeList) else NodeList(nodes)
 
     # -- naming ---------------------------------------------------------------------------
     def unique_name(self, hint: str | None = None) -> str:
@@ -270,9 +282,9 @@ class Graph:
 
     def _insert(self, node: Node, before: Node | None, after: Node | None) -> None:
         if before is not None:
-            self.nodes.insert(self.nodes.index(before), node)
+            self.nodes.insert_before(before, node)
         elif after is not None:
-            self.nodes.insert(self.nodes.index(after) + 1, node)
+            self.nodes.insert_after(after, node)
         else:
             self.nodes.append(node)
 
@@ -355,10 +367,22 @@ class Graph:
             yield from n.outputs
 
     def value(self, name: str) -> Value:
-        for v in self.values():
-            if v.name == name:
-                return v
-        raise KeyError(name)
+        """The value called ``name``. O(1) from a name index that is rebuilt only when it
+        misses (names are unique; the index is checked against the graph on every hit)."""
+        v = self._value_index.get(name)
+        if v is None or not self._holds(v, name):
+            self._value_index = {u.name: u for u in self.values()}
+            v = self._value_index.get(name)
+            if v is None:
+                raise KeyError(name)
+        return v
+
+    def _holds(self, v: Value, name: str) -> bool:
+        if v.name != name or v.graph is not self:
+            return False
+        if v.producer is not None:
+            return v.producer in self._nodes and v in v.producer.outputs
+        return self.constants.get(name) is v or any(u is v for u in self.inputs)
 
     def input_names(self) -> list[str]:
         return [v.name for v in self.inputs]
@@ -395,9 +419,10 @@ class Graph:
     def take_contents(self, other: "Graph") -> None:
         """Make this graph hold ``other``'s inputs, nodes, constants and outputs (``other`` is
         consumed): how a pass that worked on a clone commits, keeping the caller's object."""
-        for attr in ("inputs", "outputs", "nodes", "constants", "metadata", "num_captures", "_names", "_node_names",
+        for attr in ("inputs", "outputs", "_nodes", "constants", "metadata", "num_captures", "_names", "_node_names",
                      "_counter"):
             setattr(self, attr, getattr(other, attr))
+        self._value_index = {}
         for v in list(self.values()):
             v.graph = self
         for n in self.nodes:
