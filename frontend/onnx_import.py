@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from ..ir import DType, Graph, IRError, ModelFileError, TensorType, UnsupportedOpError, get_schema
 from ..ir.folding import fold_graph
+from ..ir.tying import tie_transposed_weights
 from ..ir.verifier import verify
 
 MIN_OPSET = 13
@@ -257,6 +258,7 @@ class _Importer:
         graph.set_outputs(outputs)
         if fold:
             fold_graph(graph)
+            tie_transposed_weights(graph)  # a tied head exported as a transposed copy of the embedding
         verify(graph)  # an importer bug must surface here, not as a wrong answer later
         return graph
 

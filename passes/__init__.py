@@ -13,7 +13,7 @@ from .manager import PassManager, PipelineResult, run_pipeline
 from .pipeline import CLEANUP_PIPELINE, DEFAULT_PIPELINE, default_pipeline_text, format_pipeline, parse_pipeline
 
 # Register the built-in passes.
-from . import cse, dce, fold_constants, fold_shapes, simplify  # noqa: E402,F401
+from . import cse, dce, fold_constants, fold_shapes, simplify, tie_weights  # noqa: E402,F401
 from . import unroll  # noqa: E402,F401  (unroll-control-flow)
 from . import fusion_passes  # noqa: E402,F401  (fuse-* passes, once passes/fusion has them)
 from . import compression  # noqa: E402,F401  (lossy passes)

@@ -14,7 +14,7 @@ from .base import Pass, PassError, get_pass, option_type, registered_passes
 
 # The cleanup passes, and the default pipeline: exact passes only (no lossy pass runs unless
 # asked for): cleanup, then every fusion, then the dead code fusion leaves behind.
-CLEANUP_PIPELINE = "fold-shapes,fold-constants,simplify,cse,dce"
+CLEANUP_PIPELINE = "fold-shapes,fold-constants,simplify,cse,tie-weights,dce"
 DEFAULT_PIPELINE = CLEANUP_PIPELINE + ",fuse,dce"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")

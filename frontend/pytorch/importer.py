@@ -22,6 +22,7 @@ import torch.fx
 
 from ...ir import DType, Graph, IRError, TensorType, UnsupportedOpError, Value
 from ...ir.folding import eliminate_dead_code
+from ...ir.tying import tie_transposed_weights
 from ...ir.symbolic import mul_dims
 from .decomposition import Refused, decomposable
 from .dtypes import to_numpy, torch_dtype
@@ -421,6 +422,7 @@ class Importer:
         user = [a for a, s in zip(outs, sig.output_specs) if s.kind.name == "USER_OUTPUT"]
         self._set_outputs(user, out_names)
         eliminate_dead_code(g)
+        tie_transposed_weights(g)  # a tied head reads the embedding table pre-transposed (derived_param)
         for sym, name in self._sym_names.items():
             vr = self.ep.range_constraints.get(sym)
             if vr is not None:
