@@ -141,9 +141,15 @@ def _load_tokenizer(folder: str):
         raise CalibrationError("tokenizing text needs the transformers package (pip install transformers tokenizers)") from None
     try:
         hf_logging.set_verbosity_error()
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CalibrationError(f"{folder}: not a Hugging Face tokenizer folder ({' '.join(str(e).split())[:200]})") from None
+    # A decoder's tokenizer has no pad token: batches pad with end-of-text, which the attention
+    # mask hides; on the right, so every row keeps the positions it has unpadded.
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
 
 
 def tokenizer(folder: str | os.PathLike | None = None):

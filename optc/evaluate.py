@@ -83,6 +83,9 @@ class EvalResult:
                 f"  relative error  {f.relative_error:.4g}"]
         if f.top1 is not None:
             out.append(f"  top-1 agreement {f.top1:.4f}")
+        if f.perplexity is not None:
+            out.append(f"  perplexity      {f.perplexity_reference:.4f} -> {f.perplexity:.4f} "
+                       f"({f.perplexity_change:+.2%}, next token of the inputs)")
         if self.sizes:
             o, c = self.sizes["original"], self.sizes["compressed"]
             bound = ", ".join(f"{k}={v}" for k, v in self.flops_dims.items())

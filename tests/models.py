@@ -72,3 +72,18 @@ def llama_gqa_small(batch: int = 2, seq: int = 16, seed: int = 0, pad: int = 0):
     )
     model = LlamaModel(config).eval()
     return model, _token_inputs(batch, seq, config.vocab_size, seed, pad_last=pad)
+
+
+def llama_causal_small(batch: int = 2, seq: int = 16, seed: int = 0, pad: int = 0):
+    """``llama_gqa_small`` with its language-model head (tied to the embedding, as SmolLM2's):
+    a causal LM returning ``logits [batch, seq, vocab]``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256, use_cache=False,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    return model, _token_inputs(batch, seq, config.vocab_size, seed, pad_last=pad)

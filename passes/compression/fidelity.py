@@ -5,6 +5,11 @@ The outputs are compared as *vectors*: for an encoder's hidden states ``[batch, 
 with an attention-mask input, the mask-weighted mean over the sequence (the sentence embedding);
 for logits (an output whose name says so) every position's row, with top-1 agreement; otherwise
 the rows along the last axis.
+
+Logits ``[batch, seq, vocab]`` of a model that takes token ids ``[batch, seq]`` are also scored
+as a language model is: the perplexity of each side on the next token of its own inputs
+(positions the attention mask keeps, the last position predicting nothing) — how the field
+measures a compressed decoder, beside how far its logits moved.
 """
 
 from __future__ import annotations
@@ -24,13 +29,25 @@ class Fidelity:
     relative_error: float  # ||new - ref|| / ||ref|| over all compared vectors
     top1: float | None  # fraction of rows whose argmax agrees (logits only)
     vectors: int
+    perplexity_reference: float | None = None  # next-token perplexity (causal-LM logits only)
+    perplexity: float | None = None
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     def __str__(self) -> str:
         s = f"mean cosine {self.mean_cosine:.4f}, worst {self.worst_cosine:.4f}, rel. error {self.relative_error:.3g}"
-        return s + (f", top-1 agreement {self.top1:.3f}" if self.top1 is not None else "") + f" ({self.vectors} vectors)"
+        s += f", top-1 agreement {self.top1:.3f}" if self.top1 is not None else ""
+        if self.perplexity is not None:
+            s += f", perplexity {self.perplexity_reference:.3f} -> {self.perplexity:.3f} ({self.perplexity_change:+.2%})"
+        return s + f" ({self.vectors} vectors)"
+
+    @property
+    def perplexity_change(self) -> float | None:
+        """Relative change of the perplexity (0.03: 3% higher than the reference's)."""
+        if self.perplexity is None or not self.perplexity_reference:
+            return None
+        return self.perplexity / self.perplexity_reference - 1.0
 
 
 def mask_for(shape, inputs: Mapping[str, np.ndarray], dtype=np.float64) -> np.ndarray | None:
@@ -64,8 +81,15 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], outputs: Iterable[Map
     named output (default: the first)."""
     refs, news = [], []
     top_hits = top_rows = 0
+    nll = {"ref": [0.0, 0], "new": [0.0, 0]}
     for ref, new, feed in zip(reference, outputs, inputs, strict=True):
         name = output or next(iter(ref))
+        if is_logits(name):
+            for side, out in (("ref", ref), ("new", new)):
+                scored = next_token_nll(out[name], feed)
+                if scored is not None:
+                    nll[side][0] += scored[0]
+                    nll[side][1] += scored[1]
         r, n = output_vectors(name, ref[name], feed), output_vectors(name, new[name], feed)
         if r.shape != n.shape:
             raise ValueError(f"output {name!r}: shapes differ ({r.shape} vs {n.shape})")
@@ -79,7 +103,47 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], outputs: Iterable[Map
     cos = (r * n).sum(-1) / np.maximum(nr * nn, 1e-30)
     cos[(nr == 0) & (nn == 0)] = 1.0  # two zero vectors (e.g. a ReLU row) agree
     rel = float(np.linalg.norm(n - r) / max(np.linalg.norm(r), 1e-30))
-    return Fidelity(float(cos.mean()), float(cos.min()), rel, top_hits / top_rows if top_rows else None, int(r.shape[0]))
+    ppl = {side: float(np.exp(total / count)) if count else None for side, (total, count) in nll.items()}
+    return Fidelity(float(cos.mean()), float(cos.min()), rel, top_hits / top_rows if top_rows else None, int(r.shape[0]),
+                    ppl["ref"], ppl["new"])
+
+
+def token_ids(shape, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The integer input ``[batch, seq]`` of token ids matching the leading dims of ``shape``
+    (one named like ``input_ids`` first; any other integer one that is not a mask), or None."""
+    found = [(name, x) for name, x in inputs.items() if np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(shape[:2])
+             and np.issubdtype(np.asarray(x).dtype, np.integer) and "mask" not in name.lower()]
+    found.sort(key=lambda kv: "ids" not in kv[0].lower())
+    return np.asarray(found[0][1]) if found else None
+
+
+def next_token_nll(logits: np.ndarray, inputs: Mapping[str, np.ndarray]) -> tuple[float, int] | None:
+    """(summed negative log-likelihood, positions) of each next token under causal-LM
+    ``logits [batch, seq, vocab]``: position t predicts ``ids[:, t + 1]``, counted where the
+    attention mask keeps both; None when the model's inputs hold no token ids or an id is
+    outside the vocabulary."""
+    a = np.asarray(logits)
+    if a.ndim != 3 or a.shape[1] < 2:
+        return None
+    ids = token_ids(a.shape, inputs)
+    if ids is None or ids.min() < 0 or ids.max() >= a.shape[-1]:
+        return None
+    keep = np.ones(ids.shape, bool)
+    mask = mask_for(a.shape, inputs)
+    if mask is not None:
+        keep = mask != 0
+    keep = keep[:, :-1] & keep[:, 1:]
+    b, t = np.nonzero(keep)
+    if not len(b):
+        return None
+    target = ids[b, t + 1]
+    total = 0.0
+    for i in range(0, len(b), 256):  # float64 rows of a 50k vocabulary, a few MB at a time
+        rows = a[b[i:i + 256], t[i:i + 256]].astype(np.float64)
+        top = rows.max(axis=-1)
+        logz = np.log(np.exp(rows - top[:, None]).sum(axis=-1)) + top
+        total += float((logz - rows[np.arange(len(rows)), target[i:i + 256]]).sum())
+    return total, int(len(b))
 
 
 def reference_outputs(graph: Graph, input_sets: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
