@@ -92,7 +92,19 @@ def run_structured(p, graph: Graph, ctx, *, kind: str, sites_of: Callable[[Graph
 
 def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0,
          compensation_of, ctx) -> PassResult:
-    plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist)
+    from ...progress import Progress
+
+    plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist,
+                name=p.name)
+    with Progress(f"{p.name}: analysing the {kind} and their calibration activations") as plan.progress:
+        result = _select_and_rewrite(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped,
+                                     t0, compensation_of, ctx, plan)
+        plan.say(f"{result.report.get('removed', 0)} {kind} removed")
+        return result
+
+
+def _select_and_rewrite(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped, t0,
+                        compensation_of, ctx, plan) -> PassResult:
     residual = p.refit and p.refit_target == "residual"
     fitted = p.refit or p.importance != "magnitude"  # else nothing is fitted: measure on every set
     probe = Probe(graph, sites_of, inputs, compensation_of if residual else None, hold_back=fitted)  # nothing to restore locally

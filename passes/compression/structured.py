@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -404,6 +404,12 @@ class Plan:
     shortlist: int = 2
     seed: int = 0
     log: list[dict] = field(default_factory=list)
+    progress: Any = None  # an optc.progress.Progress whose label says which round runs
+    name: str = ""  # the pass, first in every progress label
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.label = f"{self.name}: {text}"
 
 
 def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndarray]:
@@ -462,12 +468,16 @@ def prune_to_count(plan: Plan, probe: Probe, ev: Evaluator, targets, total: int,
     removed = 0
     for k in range(steps):
         want = math.ceil((total - removed) / (steps - k))
+        head = f"round {k + 1}/{steps} ({removed}/{total} removed)"
+        plan.say(f"{head}: scoring by {plan.importance}")
         scores = score(plan, probe, ev, state)
         if plan.shortlist > 1 and plan.importance == "fisher":
+            plan.say(f"{head}: measuring {plan.shortlist * want} candidates")
             scores = measured(probe, ev, state, scores, plan.shortlist * want, quota)
         removed += remove_lowest(state, scores, want, quota)
         entry = {"step": k + 1, "removed": removed}
         if plan.refit:  # the in-order residual re-fit once, at the end (selection needs only local ones)
+            plan.say(f"{head}: re-fitting")
             refit(probe, state, targets if k == steps - 1 else None, plan.ridge)
             entry["refit_kept"] = keep_refit_if_better(probe, ev, state)
         plan.log.append(entry)
@@ -504,6 +514,7 @@ def prune_to_budget(plan: Plan, probe: Probe, ev: Evaluator, targets, min_cosine
         n = remove_lowest(trial, scores, step, None)
         if n == 0:
             break
+        plan.say(f"{removed + n}/{limit} removed, best calibration cosine {best_cos:.4f}")
         if plan.refit:
             refit(probe, trial, targets, plan.ridge)
         cos = ev.cosine(trial)[0]
