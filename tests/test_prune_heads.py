@@ -262,3 +262,17 @@ def test_a_ruined_result_is_refused_unless_distill_follows():
     assert ctx.recovery_follows is False  # restored after the pipeline
     rep = run("prune-heads{layer_ratio=1.0,importance=magnitude,refit=false}", pm.graph("gpt2"), calib, refuse_ruin=False)
     assert rep["calibration_fidelity"]["mean_cosine"] < 0.8
+
+
+def test_progress_names_the_round_and_phase(monkeypatch, capsys):
+    """A long analysis says where it is (on stderr; here shown from the first moment)."""
+    import functools
+
+    from optc import progress
+
+    monkeypatch.setattr(progress.Progress, "__init__", functools.partialmethod(progress.Progress.__init__, after=0.0,
+                                                                              every=0.001))
+    g = pm.graph("bert")
+    run("prune-heads{ratio=0.5}", g, pm.calibration("bert", 3))
+    err = capsys.readouterr().err
+    assert "prune-heads: round 1/" in err and "heads removed ... done in" in err
