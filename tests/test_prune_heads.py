@@ -276,3 +276,28 @@ def test_progress_names_the_round_and_phase(monkeypatch, capsys):
     run("prune-heads{ratio=0.5}", g, pm.calibration("bert", 3))
     err = capsys.readouterr().err
     assert "prune-heads: round 1/" in err and "heads removed ... done in" in err
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_trials_from_the_changed_layer_equal_whole_forwards(name):
+    """The shortlist measures each candidate by re-running only what its layer's mask reaches,
+    from the values before it: the same cosines as whole forward passes."""
+    from optc.passes.compression.prune_heads import head_sites
+    from optc.passes.compression.structured import Evaluator, Probe, State
+
+    g = pm.graph(name)
+    probe = Probe(g, head_sites, pm.calibration(name, 3), None, hold_back=True)
+    ev = Evaluator(probe)
+    state = State([set() for _ in probe.sites], [None] * len(probe.sites))
+    state.removed[0].add(0)
+    for site in range(len(probe.sites)):
+        trials = []
+        for grp in range(len(probe.sites[site].groups)):
+            if grp not in state.removed[site]:
+                t = state.copy()
+                t.removed[site].add(grp)
+                trials.append(t)
+        got = ev.trial_cosines(state, site, trials, probe.fit)
+        want = [ev.cosine(t, probe.fit)[0] for t in trials]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert len(probe.suffix(site)[0].graph.nodes) < len(probe.graph.nodes) or site == 0
