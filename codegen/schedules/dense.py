@@ -4,7 +4,9 @@ Two halves:
 
 ``PackDenseWeights`` (a Relax pass, before legalization) rewrites ``matmul(x, W)`` where ``W`` is a
 2-D constant (also ``matmul(x, permute_dims(W))``) into a ``call_tir`` of optc's dense kernel that
-reads the weight packed as ``[ceil(N/nb), K, nb]`` -- the packing happens once, here, in numpy. The
+reads the weight packed as ``[ceil(N/nb), K, nb]`` -- the packing happens once, here, in numpy; a
+``take`` of the same constant (a tied embedding) then reads the packed copy too, so the module
+holds the table once. The
 kernel computes into a row/column padded buffer ``optc_dense_pad`` (rows padded to the register tile
 by clamping the row index of ``x``, columns by zero weight columns), so the schedule never needs a
 predicate in its inner loop, even for a symbolic number of rows; the copy block ``optc_dense_out``
@@ -202,6 +204,72 @@ def _as_constant_weight(expr, lookup):
     return None
 
 
+def _resolve(expr, lookup):
+    """``expr`` with variable bindings followed (at most 8 deep)."""
+    seen = 0
+    while isinstance(expr, relax.Var) and seen < 8:
+        bound = lookup(expr)
+        if bound is None:
+            break
+        expr, seen = bound, seen + 1
+    return expr
+
+
+def take_packed_te(packed: te.Tensor, idx: te.Tensor, n: int, axis: int) -> te.Tensor:
+    """``take(W, idx, axis)`` of a ``[K, N]`` weight read from its packed form
+    ``[ceil(N/nb), K, nb]`` (``pack_weight``): ``axis=1`` gathers columns (an embedding tied to
+    the dense head: ``[K, *idx]``), ``axis=0`` rows (``[*idx, N]``). Indices are clipped into
+    range, as the ``clip`` take they replace (the lowering checked them before)."""
+    nb = int(packed.shape[2])
+    k = packed.shape[1]
+
+    def col(i):
+        c = idx[i].astype("int64")
+        return tirx.max(tirx.min(c, tirx.const(n - 1, "int64")), tirx.const(0, "int64"))
+
+    if axis == 1:
+        def at(kk, *i):
+            c = col(i)
+            return packed[tirx.floordiv(c, nb), kk, tirx.floormod(c, nb)]
+
+        return te.compute((k, *idx.shape), at, name="optc_take_packed")
+
+    def at_row(*args):
+        i, j = args[:-1], args[-1]
+        r = tirx.max(tirx.min(idx[i].astype("int64"), k.astype("int64") - 1), tirx.const(0, "int64"))
+        return packed[tirx.floordiv(j, nb), r, tirx.floormod(j, nb)]
+
+    return te.compute((*idx.shape, n), at_row, name="optc_take_packed")
+
+
+@mutator
+class _TakeFromPacked(PyExprMutator):
+    """``take`` of a weight constant that ``_DenseRewriter`` packed reads the packed copy, so
+    the module holds one copy of a tied embedding/head table (``ir/tying.py``)."""
+
+    def __init__(self, mod, packed: dict):
+        super().__init__(mod)
+        self.packed = packed  # hash of the weight Constant -> (Constant, packed Constant, N)
+        self.rewritten = 0
+
+    def visit_call_(self, call):  # noqa: N802
+        call = super().visit_call_(call)
+        if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.take"):
+            return call
+        data = _resolve(call.args[0], self.lookup_binding)
+        hit = self.packed.get(hash(data)) if isinstance(data, tvm.ir.expr.Constant) else None
+        if hit is None or not hit[0].same_as(data) or str(call.attrs.mode) not in ("clip", "fast"):
+            return call
+        axis = int(call.attrs.axis) if call.attrs.axis is not None else None
+        if axis is None or axis not in (0, 1, -1, -2):
+            return call
+        axis %= 2
+        _, packed, n = hit
+        self.rewritten += 1
+        return self.builder_.call_te(lambda p, i: take_packed_te(p, i, n, axis), packed, call.args[1],
+                                     primfunc_name_hint="optc_take_packed")
+
+
 @mutator
 class _DenseRewriter(PyExprMutator):
     def __init__(self, mod, tiles: CPUTiles, min_flops: int):
@@ -209,6 +277,7 @@ class _DenseRewriter(PyExprMutator):
         self.tiles = tiles
         self.min_flops = min_flops
         self.rewritten = 0
+        self.packed: dict = {}  # hash of a plain weight Constant -> (Constant, packed Constant, N)
 
     def visit_call_(self, call):  # noqa: N802  (TVM's visitor naming)
         call = super().visit_call_(call)
@@ -231,7 +300,14 @@ class _DenseRewriter(PyExprMutator):
         if str(out_dtype) not in ("float32", ""):
             return call
         nb = self.tiles.nb if n >= self.tiles.nb else max(self.tiles.lanes, 1 << (n - 1).bit_length())
-        packed = relax.const(pack_weight(weight, nb), "float32")
+        plain = _resolve(w, self.lookup_binding)
+        hit = self.packed.get(hash(plain)) if isinstance(plain, tvm.ir.expr.Constant) else None
+        if hit is not None and hit[0].same_as(plain) and int(hit[1].data.shape[2]) == nb:
+            packed = hit[1]  # one packed copy per weight, however many layers read it
+        else:
+            packed = relax.const(pack_weight(weight, nb), "float32")
+            if isinstance(plain, tvm.ir.expr.Constant):
+                self.packed[hash(plain)] = (plain, packed, n)
         mi = self.tiles.mi
 
         def kernel(xt, wt):
@@ -281,7 +357,14 @@ class PackDenseWeights:
             if isinstance(func, relax.Function):
                 new = rw.visit_expr(func)
                 rw.builder_.update_func(gv, new)
-        return rw.builder_.get()
+        mod = rw.builder_.get()
+        if not rw.packed:
+            return mod
+        takes = _TakeFromPacked(mod, rw.packed)  # a gather of a packed weight reads the packed copy
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                takes.builder_.update_func(gv, takes.visit_expr(func))
+        return takes.builder_.get()
 
 
 class DenseRule(s_tir.dlight.ScheduleRule):
