@@ -290,6 +290,7 @@ def test_trials_from_the_changed_layer_equal_whole_forwards(name):
     ev = Evaluator(probe)
     state = State([set() for _ in probe.sites], [None] * len(probe.sites))
     state.removed[0].add(0)
+    shared = ev.upstream(state, list(range(len(probe.sites))), probe.fit)  # one run for every site
     for site in range(len(probe.sites)):
         trials = []
         for grp in range(len(probe.sites[site].groups)):
@@ -300,4 +301,5 @@ def test_trials_from_the_changed_layer_equal_whole_forwards(name):
         got = ev.trial_cosines(state, site, trials, probe.fit)
         want = [ev.cosine(t, probe.fit)[0] for t in trials]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ev.trial_cosines(state, site, trials, probe.fit, shared), want, rtol=0, atol=1e-6)
         assert len(probe.suffix(site)[0].graph.nodes) < len(probe.graph.nodes) or site == 0

@@ -223,12 +223,19 @@ class Evaluator:
         base = State([set() for _ in probe.sites], [None] * len(probe.sites))
         self.ref = [pooled(probe.forward(base, b)[probe.output_name], probe.inputs[b]) for b in range(len(probe.inputs))]
 
-    def trial_cosines(self, state: State, site: int, trials: list[State], batches: list[int]) -> list[float]:
+    def upstream(self, state: State, sites: list[int], batches: list[int]) -> dict[int, dict[str, torch.Tensor]]:
+        """Per batch, the values the suffixes of ``sites`` read, from one run of ``state``."""
+        names = sorted({n for i in sites for n in self.probe.suffix(i)[1]})
+        return {b: self.probe.forward(state, b, only=tuple(names)) for b in batches}
+
+    def trial_cosines(self, state: State, site: int, trials: list[State], batches: list[int],
+                      upstream: dict[int, dict[str, torch.Tensor]] | None = None) -> list[float]:
         """Mean cosine on ``batches`` of each trial state, every one of which differs from
         ``state`` only in site ``site``'s removed groups: the layers before the site run once
-        per batch, each trial runs the rest (``Probe.suffix``); the same numbers as ``cosine``."""
+        per batch (``upstream``, shareable between sites), each trial runs the rest
+        (``Probe.suffix``); the same numbers as ``cosine``."""
         run, names = self.probe.suffix(site)
-        upstream = {b: self.probe.forward(state, b, only=tuple(names)) for b in batches}
+        upstream = upstream or self.upstream(state, [site], batches)
         out = []
         for trial in trials:
             ov = {k: v for k, v in self.probe.overrides(trial).items() if k in run.graph.constants}
@@ -481,13 +488,14 @@ def measured(probe: Probe, ev: Evaluator, state: State, scores: list[np.ndarray]
     by_site: dict[int, list[int]] = {}
     for _, i, g in cands:
         by_site.setdefault(i, []).append(g)
+    upstream = ev.upstream(state, list(by_site), batches)  # one run serves every site's candidates
     for i, groups in by_site.items():
         trials = []
         for g in groups:
             trial = state.copy()
             trial.removed[i].add(g)
             trials.append(trial)
-        for g, cos in zip(groups, ev.trial_cosines(state, i, trials, batches)):
+        for g, cos in zip(groups, ev.trial_cosines(state, i, trials, batches, upstream)):
             out[i][g] = 1.0 - cos
     return out
 
