@@ -185,12 +185,7 @@ def _same_shape_prefix(xs, ws, n: int) -> bool:
 
 def _as_constant_weight(expr, lookup):
     """The constant [K, N] numpy weight behind ``expr`` (a Constant, or permute_dims of one), else None."""
-    seen = 0
-    while isinstance(expr, relax.Var) and seen < 8:
-        bound = lookup(expr)
-        if bound is None:
-            break
-        expr, seen = bound, seen + 1
+    expr = _resolve(expr, lookup)
     if isinstance(expr, tvm.ir.expr.Constant):
         arr = expr.value.numpy()
         return arr if arr.ndim == 2 else None
