@@ -70,14 +70,23 @@ def _tvm_ffi_version() -> str:
 
 
 def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.PathLike | None = None,
-                   pipeline: str | None = None, reports: list | None = None) -> Path:
-    """Write ``compiled`` (a ``codegen.build.CompiledModule``) as an artifact folder."""
+                   pipeline: str | None = None, reports: list | None = None,
+                   tokenizer: str | os.PathLike | None = None) -> Path:
+    """Write ``compiled`` (a ``codegen.build.CompiledModule``) as an artifact folder; with
+    ``tokenizer`` (a Hugging Face tokenizer or model folder) its tokenizer files go along, so
+    ``optc generate`` takes text."""
+    import shutil
+
     from ..fileio import atomic_path, check_output_dir
 
     out = check_output_dir(out_dir)
+    shipped_tokenizer = tokenizer_files(tokenizer) if tokenizer is not None else []
     with atomic_path(out, folder=True) as tmp:
         compiled.export(tmp / LIBRARY)
         files = {LIBRARY: _digest(tmp / LIBRARY)}
+        for f in shipped_tokenizer:
+            shutil.copyfile(f, tmp / f.name)
+            files[f.name] = _digest(tmp / f.name)
         runner = None
         runner_arch = compiled.target.extra.get("native_runner") if compiled.target is not None else None
         if runner_arch:
@@ -97,6 +106,7 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
             "model": file_fingerprint(model) if model is not None else None,
             "pipeline": pipeline,
             "passes": reports or [],
+            "tokenizer": [f.name for f in shipped_tokenizer],
             "codegen": _codegen_pipeline(compiled.target),
             "build": {"seconds": compiled.timings, "fallback_scheduled": compiled.fallback_funcs,
                       "unscheduled": compiled.unscheduled, "notes": list(compiled.notes),
@@ -105,6 +115,24 @@ def write_artifact(compiled, out_dir: str | os.PathLike, *, model: str | os.Path
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _usual_permissions(tmp)
     return out
+
+
+_TOKENIZER_FILE = re.compile(r"tokenizer[\w.-]*\.(json|model|txt)|special_tokens_map\.json|added_tokens\.json|"
+                             r"vocab\.(json|txt)|merges\.txt|spiece\.model|chat_template\.(json|jinja)")
+
+
+def tokenizer_files(folder: str | os.PathLike) -> list[Path]:
+    """The tokenizer files of a Hugging Face folder (not its weights or config): what an
+    artifact carries to turn text into token ids and back."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ArtifactError(f"{folder}: no such tokenizer folder")
+    found = sorted(f for f in path.iterdir() if f.is_file() and _TOKENIZER_FILE.fullmatch(f.name))
+    if not any(f.name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+               for f in found):
+        raise ArtifactError(f"{folder}: not a Hugging Face tokenizer folder (no tokenizer.json, "
+                            "tokenizer_config.json or vocabulary)")
+    return found
 
 
 def _codegen_pipeline(target) -> dict:
@@ -181,6 +209,9 @@ def _check_manifest(m: dict, path: Path) -> None:
     for key, kind in (("passes", list), ("build", dict), ("codegen", dict)):
         expect(m.get(key) is None or isinstance(m.get(key), kind), f"{key!r} must be a {kind.__name__}")
     expect(m.get("pipeline") is None or isinstance(m.get("pipeline"), str), "'pipeline' must be a string")
+    tok = m.get("tokenizer") or []
+    expect(isinstance(tok, list) and all(isinstance(n, str) and n in files for n in tok),
+           "'tokenizer' must list tokenizer files, each listed in 'files'")
     try:
         Signature.from_json(m)
     except ArtifactError as e:
@@ -285,6 +316,45 @@ class Artifact:
         return self.model.run(inputs)
 
     __call__ = run
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return bool(self.manifest.get("tokenizer"))
+
+    def generate(self, prompt, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
+                 seed: int | None = None, tokenizer: str | os.PathLike | None = None, on_text=None):
+        """Generate text with a decoder artifact: ``prompt`` is text (tokenized with the
+        artifact's tokenizer, or ``tokenizer``) or a list of token ids. Greedy by default;
+        ``temperature`` > 0 samples (``top_k``, ``seed``). Stops at the tokenizer's end-of-text
+        token. ``on_text`` receives the decoded text as it grows (streaming). Returns a
+        ``codegen.generate.Generation`` with ``.text`` set when a tokenizer was used."""
+        from .generate import Generator, Sampling
+
+        gen = Generator(self.model)
+        tok = self._tokenizer(tokenizer) if isinstance(prompt, str) or tokenizer is not None else None
+        ids = list(prompt) if tok is None else tok(prompt)["input_ids"]
+        stop = [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
+        streamed: list[int] = []
+
+        def on_token(t: int) -> None:
+            streamed.append(t)
+            if on_text is not None and tok is not None:
+                on_text(tok.decode(streamed, skip_special_tokens=True))
+
+        result = gen.generate(ids, max_new_tokens, Sampling(temperature, top_k, seed), stop_tokens=stop,
+                              on_token=on_token)
+        result.text = tok.decode(result.tokens, skip_special_tokens=True) if tok is not None else None
+        return result
+
+    def _tokenizer(self, folder):
+        from ..calibration import tokenizer as load_tokenizer
+
+        if folder is None:
+            if not self.has_tokenizer:
+                raise ArtifactError(f"{self.folder} carries no tokenizer (compile it with --tokenizer DIR, or pass "
+                                    "--tokenizer to generate)")
+            folder = self.folder
+        return load_tokenizer(folder)
 
     def __repr__(self) -> str:
         t = self.manifest.get("target") or {}

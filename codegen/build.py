@@ -57,13 +57,18 @@ class CompiledModule:
     buckets: list[dict] = field(default_factory=list)  # shape buckets with their own static function
     checked: bool = True  # run-time index/divisor/assumption checks compiled in
     checks: list[str] = field(default_factory=list)  # the message of each run-time check (codegen/checks.py)
+    entries: dict[str, Signature] = field(default_factory=dict)  # functions besides main (a decoder's decode)
+    kv_cache: dict | None = None  # a decoder's cache (ir/decoder.py)
 
     @property
     def signature(self) -> Signature:
         """What the module takes, returns and assumes (also embedded in the library)."""
-        return Signature(list(self.inputs), list(self.outputs), list(self.assumptions),
-                         self.target.describe() if self.target is not None else None,
-                         bool(getattr(self, "checked", True)))
+        target = self.target.describe() if self.target is not None else None
+        checked = bool(getattr(self, "checked", True))
+        entries = {name: Signature(e.inputs, e.outputs, e.assumptions, target, checked)
+                   for name, e in getattr(self, "entries", {}).items()}
+        return Signature(list(self.inputs), list(self.outputs), list(self.assumptions), target, checked,
+                         entries, getattr(self, "kv_cache", None))
 
     def load(self):
         """The module ready to run: a ``CompiledModel`` in this process, or — built for another
@@ -203,6 +208,25 @@ def _lower_with_buckets(graph: Graph, target, checked: bool, buckets: list[dict[
     return general
 
 
+def _lower_decoder(graph: Graph, target, checked: bool, cache):
+    """A decoder's two steps (``ir/decoder.py``) as the functions ``main`` (prefill: the prompt,
+    no cache) and ``decode`` (one token onto a cache) of one module, sharing their weights.
+    Returns the combined ``Lowered`` (``main``'s assumptions) and each step's graph and lowering."""
+    from tvm import relax
+
+    from ..ir.decoder import decode_graph, prefill_graph
+    from .lower import finish_module
+
+    bb, shared = relax.BlockBuilder(), {}
+    steps = {"main": prepare_graph(prefill_graph(graph, cache)), "decode": prepare_graph(decode_graph(graph, cache))}
+    parts = {name: lower(g, target, checked=checked, builder=bb, name=name, constants=shared)
+             for name, g in steps.items()}
+    main = parts["main"]
+    main.mod = finish_module(bb, list(parts.values()))
+    main.checks = sorted({c for p in parts.values() for c in p.checks})
+    return main, steps, parts
+
+
 def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: bool = True,
           tuning=None) -> CompiledModule:
     """Compile ``graph`` for ``target`` (a name such as ``"x86"`` or an optc ``Target``).
@@ -219,6 +243,10 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     ``tuning`` (a ``codegen.tuning.TuningDatabase``) applies the kernels it kept tuned: for a
     graph with symbolic dims, each bucket the database tuned gets its own static function behind
     a size dispatch (``codegen/dispatch.py``); every other size runs the default schedules.
+
+    A decoder graph with a KV cache (``ir/decoder.py``) builds into two functions sharing their
+    weights: ``main`` runs the prompt (``input_ids`` alone, returning the logits and the cache)
+    and ``decode`` one token onto a cache; the signature lists ``decode`` under ``entries``.
     """
     import tvm
 
@@ -229,9 +257,19 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
     tvm_target = target.tvm()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    work = prepare_graph(graph)
-    buckets = _tuned_buckets(graph, tuning) if tuning is not None else []
-    lowered = _lower_with_buckets(graph, target, checked, buckets) if buckets else lower(work, target, checked=checked)
+    from ..ir.decoder import find_kv_cache
+
+    cache = find_kv_cache(graph)
+    entries: dict[str, Signature] = {}
+    if cache is not None:
+        lowered, steps, parts = _lower_decoder(graph, target, checked, cache)
+        work, buckets = steps["main"], []
+        entries = {name: Signature(_specs(g.inputs), _specs(g.outputs), list(parts[name].assumptions))
+                   for name, g in steps.items() if name != "main"}
+    else:
+        work = prepare_graph(graph)
+        buckets = _tuned_buckets(graph, tuning) if tuning is not None else []
+        lowered = _lower_with_buckets(graph, target, checked, buckets) if buckets else lower(work, target, checked=checked)
     mod = lowered.mod
     notes = target.build_notes(work)
     for note in notes:
@@ -257,8 +295,12 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
                                  f"scheduled (no thread binding): {', '.join(bad)}")
             t = time.perf_counter()
             mod = tvm.transform.Sequential(target.lower_passes(tvm_target) + target.finalize_passes())(mod)
-            sig = Signature(_specs(graph.inputs), _specs(graph.outputs), list(lowered.assumptions),
-                            target.describe(), checked)
+            io = work if cache is not None else graph  # a decoder's main is its prefill step
+            sig = Signature(_specs(io.inputs), _specs(io.outputs), list(lowered.assumptions),
+                            target.describe(), checked,
+                            {name: Signature(e.inputs, e.outputs, e.assumptions, target.describe(), checked)
+                             for name, e in entries.items()},
+                            cache.to_json() if cache is not None else None)
             ex = tvm.compile(embed_signature(mod, sig), tvm_target, relax_pipeline=None)
             target.check_executable(ex)
             timings["compile"] = time.perf_counter() - t
@@ -269,5 +311,6 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
         raise BuildError(f"TVM could not build graph {graph.name!r}: {type(e).__name__}: "
                          f"{msg[-1] if msg else e}") from e
     timings["total"] = time.perf_counter() - t0
-    return CompiledModule(ex, _specs(graph.inputs), _specs(graph.outputs), target, list(lowered.assumptions),
-                          fallback, unscheduled, timings, notes, tuned, buckets, checked, list(lowered.checks))
+    return CompiledModule(ex, list(sig.inputs), list(sig.outputs), target, list(lowered.assumptions),
+                          fallback, unscheduled, timings, notes, tuned, buckets, checked, list(lowered.checks),
+                          entries, sig.kv_cache)

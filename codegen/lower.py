@@ -43,7 +43,7 @@ import numpy as np
 from ..ir import DType, Graph, Node, UnsupportedOpError, Value
 from ..ir import checks as ir_checks
 from ..ir.errors import InvalidValueError, IRError, OptcError
-from ..ir.symbolic import Monomial
+from ..ir.symbolic import Polynomial
 from .storage import check_node as check_storage, to_storage, tvm_dtype
 
 
@@ -167,21 +167,22 @@ class LowerContext:
 
     def dim(self, d, *, fresh_for_unknown: bool = False):
         """An IR dim as a PrimExpr (int64): ints stay ints, symbolic monomials become products of
-        the shared vars. Unknown dims give None (or a fresh var)."""
+        the shared vars, sums (``past+seq``) sums of them. Unknown dims give None (or a fresh var)."""
         if isinstance(d, (int, np.integer)):
             return self.tirx.IntImm("int64", int(d))
         if d is None:
             return self.fresh_var() if fresh_for_unknown else None
-        m = Monomial.of(d)
-        if m is None:
+        p = Polynomial.of(d)
+        if p is None:
             return self.fresh_var() if fresh_for_unknown else None
-        expr = self.tirx.IntImm("int64", m.coef)
-        first = m.coef == 1
-        for name in sorted(m.symbols.elements()):
-            v = self.sym_var(name)
-            expr = v if first else expr * v
-            first = False
-        return expr
+        total = None
+        for syms, coef in sorted(p.terms.items(), key=lambda kv: (-len(kv[0]), kv[0])):
+            term = None if coef == 1 and syms else self.tirx.IntImm("int64", coef)
+            for name in syms:
+                v = self.sym_var(name)
+                term = v if term is None else term * v
+            total = term if total is None else total + term
+        return total
 
     def int_or_expr(self, d):
         """Like ``dim`` but returns a Python int for static dims (what relax.op signatures like)."""
@@ -631,12 +632,14 @@ def _as_expr(tirx, d):
 
 
 # -----------------------------------------------------------------------------------------------
-def lower(graph: Graph, target=None, *, checked: bool = True, builder=None, name: str = "main") -> Lowered:
+def lower(graph: Graph, target=None, *, checked: bool = True, builder=None, name: str = "main",
+          constants: dict | None = None) -> Lowered:
     """Lower ``graph`` to a Relax IRModule (see the module docstring); ``checked=False`` leaves
     the run-time checks out. With ``builder`` (a ``relax.BlockBuilder``) the graph becomes the
     function ``name`` of the builder's module (kernels shared with functions already there are
     not duplicated) and ``Lowered.mod`` is ``None``: the caller takes the module when every
-    function is in (``finish_module``)."""
+    function is in (``finish_module``). Functions lowered with the same ``constants`` dict share
+    one Relax constant per distinct weight (equal contents), so the library stores it once."""
     from ..ir.subgraph import walk
     from ..ir.unroll import expand_control_flow, has_control_flow
     from . import lowering as registry
@@ -668,7 +671,7 @@ def lower(graph: Graph, target=None, *, checked: bool = True, builder=None, name
         params.append(p)
         ctx.values[id(v)] = p
     for v in graph.constants.values():
-        ctx.values[id(v)] = relax.const(np.array(to_storage(v.const, v.dtype), order="C", copy=None), TVM_DTYPE[v.dtype])
+        ctx.values[id(v)] = _constant(relax, v, constants)
 
     with bb.function(name, params):
         if branches:
@@ -694,6 +697,21 @@ def lower(graph: Graph, target=None, *, checked: bool = True, builder=None, name
     if builder is None:
         lowered.mod = finish_module(bb, [lowered])
     return lowered
+
+
+def _constant(relax, v: Value, shared: dict | None):
+    """The Relax constant of ``v``; from ``shared`` (keyed by dtype, shape and a digest of the
+    bytes) when another function of the module already has the same array."""
+    array = np.array(to_storage(v.const, v.dtype), order="C", copy=None)
+    if shared is None:
+        return relax.const(array, TVM_DTYPE[v.dtype])
+    import hashlib
+
+    key = (v.dtype, array.shape, hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=16).digest())
+    c = shared.get(key)
+    if c is None:
+        c = shared[key] = relax.const(array, TVM_DTYPE[v.dtype])
+    return c
 
 
 def finish_module(bb, lowered: list[Lowered]):

@@ -83,13 +83,15 @@ def host_problem(target: Mapping[str, Any] | None) -> str | None:
 class CompiledModel:
     """A compiled module ready to run in this process."""
 
-    def __init__(self, module: Any, signature: Signature, vm: Any = None):
+    def __init__(self, module: Any, signature: Signature, vm: Any = None, function: str = "main"):
         import tvm
         from tvm import relax
 
         from ..targets import device_for
 
         self._tvm = tvm
+        self._module = module
+        self.function = function
         self.signature = signature
         self.inputs: list[TensorSpec] = list(signature.inputs)
         self.outputs: list[TensorSpec] = list(signature.outputs)
@@ -100,7 +102,12 @@ class CompiledModel:
             raise ArtifactError(problem)
         self.device = device_for(self.target)
         self.vm = vm if vm is not None else relax.VirtualMachine(module, self.device)
-        self._main = self.vm["main"]
+        self._main = self.vm[function]
+
+    def step(self, name: str) -> "CompiledModel":
+        """Another function of the same module (a decoder's ``"decode"``), sharing its VM and
+        weights, with that function's signature."""
+        return CompiledModel(self._module, self.signature.entry(name), self.vm, name)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CompiledModel":
@@ -132,14 +139,20 @@ class CompiledModel:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on numpy arrays keyed by input name; numpy outputs keyed by output name."""
         self.check(inputs)
-        args = [self._tensor(_native(to_storage(inputs[s.name], s.dtype))) for s in self.inputs]
+        res = self.run_tensors([self._tensor(_native(to_storage(inputs[s.name], s.dtype))) for s in self.inputs])
+        return {s.name: from_storage(res[i].numpy(), s.dtype) for i, s in enumerate(self.outputs)}
+
+    def run_tensors(self, args: list) -> list:
+        """Run on device tensors in input order, unchecked (the caller made them from checked
+        arrays, or from this module's own outputs); device tensors in output order. A generation
+        loop feeds each step's cache back without copying it through numpy."""
         try:
             res = call_fork_safe(self._main, args)
         except InvalidValueError as e:  # the module's own run-time checks (codegen/checks.py)
             raise InvalidValueError(_last_line(e)) from None
         except Exception as e:  # noqa: BLE001  (TVM's own checks)
             raise RunError(f"the compiled model failed: {_last_line(e)}") from None
-        return {s.name: from_storage(res[i].numpy(), s.dtype) for i, s in enumerate(self.outputs)}
+        return [res[i] for i in range(len(self.outputs))]
 
     __call__ = run
 

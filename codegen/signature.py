@@ -70,11 +70,30 @@ class Signature:
     assumptions: list[Any] = field(default_factory=list)  # codegen.lower.Assumption
     target: dict | None = None
     checked: bool = True
+    # Further functions of the module (a decoder's "decode" step), each with its own inputs,
+    # outputs and assumptions; the fields above describe "main".
+    entries: dict[str, "Signature"] = field(default_factory=dict)
+    kv_cache: dict | None = None  # a decoder's cache (ir/decoder.py KVCache.to_json())
 
     def to_json(self) -> dict:
-        return {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
-                "assumptions": [a.to_json() for a in self.assumptions], "target": self.target,
-                "checked": self.checked}
+        d = {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+             "assumptions": [a.to_json() for a in self.assumptions], "target": self.target,
+             "checked": self.checked}
+        if self.entries:
+            d["entries"] = {name: {k: v for k, v in sig.to_json().items() if k in _ENTRY_KEYS}
+                            for name, sig in self.entries.items()}
+        if self.kv_cache is not None:
+            d["kv_cache"] = self.kv_cache
+        return d
+
+    def entry(self, name: str) -> "Signature":
+        """The signature of function ``name`` (``"main"`` is this one)."""
+        if name == "main":
+            return self
+        if name not in self.entries:
+            raise ArtifactError(f"the compiled module has no function {name!r} (it has: "
+                                f"{', '.join(['main', *self.entries])})")
+        return self.entries[name]
 
     def check(self, inputs: Any) -> dict[str, int]:
         """Validate ``inputs`` (name -> array) as the reference interpreter does, plus the
@@ -117,8 +136,17 @@ class Signature:
                     "target features must be a list of strings")
         checked = d.get("checked", True)
         _expect(isinstance(checked, bool), "checked must be true or false")
+        entries = d.get("entries", {})
+        _expect(isinstance(entries, dict) and all(isinstance(k, str) and k and k != "main" and isinstance(v, dict)
+                                                  and set(v) <= _ENTRY_KEYS for k, v in entries.items()),
+                "entries must map function names to their inputs, outputs and assumptions")
+        kv_cache = d.get("kv_cache")
+        _expect(kv_cache is None or _is_kv_cache(kv_cache), "kv_cache must name pairs of past/present tensors "
+                "and the seq and past dims")
         return Signature([TensorSpec.from_json(x) for x in ins], [TensorSpec.from_json(x) for x in outs],
-                         assumptions, target, checked)
+                         assumptions, target, checked,
+                         {k: Signature.from_json({**v, "target": target, "checked": checked}) for k, v in entries.items()},
+                         kv_cache)
 
     @staticmethod
     def loads(text: str) -> "Signature":
@@ -126,6 +154,15 @@ class Signature:
             return Signature.from_json(json.loads(text))
         except ValueError as e:
             raise ArtifactError(f"the embedded signature is not valid JSON ({e})") from None
+
+
+_ENTRY_KEYS = {"inputs", "outputs", "assumptions"}
+
+
+def _is_kv_cache(d: Any) -> bool:
+    return (isinstance(d, dict) and set(d) == {"pairs", "seq_dim", "past_dim"}
+            and isinstance(d["seq_dim"], str) and isinstance(d["past_dim"], str) and isinstance(d["pairs"], list)
+            and all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in d["pairs"]))
 
 
 def _expect(cond: bool, msg: str) -> None:

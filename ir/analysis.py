@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .graph import Graph, Node
-from .symbolic import Monomial, mul_dims
+from .symbolic import Polynomial as SymbolicDim, mul_dims
 from .types import TensorType
 
 # Approximate FLOPs per output element for ops that are more than one arithmetic step.
@@ -38,11 +38,11 @@ class Polynomial:
         self.unknown = 0  # how many nodes had a cost we could not express
 
     def add(self, dim) -> None:
-        m = Monomial.of(dim)
-        if m is None:
+        p = SymbolicDim.of(dim)
+        if p is None:
             self.unknown += 1
             return
-        self.terms[tuple(sorted(m.symbols.elements()))] += m.coef
+        self.terms.update(p.terms)
 
     def evaluate(self, dims: dict[str, int]) -> int:
         total = 0

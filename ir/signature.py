@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidValueError, IRError
-from .symbolic import Monomial
+from .symbolic import eval_dim  # noqa: F401  (re-exported: callers import it from here)
 from .types import DType
 
 
@@ -79,21 +79,6 @@ def numpy_dtype(x: Any) -> DType | None:
         return DType.from_numpy(np.asarray(x).dtype)
     except TypeError:
         return None
-
-
-def eval_dim(dim: Any, bindings: Mapping[str, int]) -> int | None:
-    """The value of a (possibly symbolic) dim under ``bindings``; None if not determined."""
-    if isinstance(dim, int):
-        return dim
-    if dim is None:
-        return None
-    m = Monomial.of(dim)
-    if m is None or any(s not in bindings for s in m.symbols):
-        return None
-    value = m.coef
-    for s, p in m.symbols.items():
-        value *= bindings[s] ** p
-    return value
 
 
 GENERATED_INPUT_LIMIT = 1 << 30

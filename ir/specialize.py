@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from .errors import IRError
 from .folding import fold_graph
 from .graph import Graph
+from .symbolic import substitute_dim
 from .types import TensorType
 
 
@@ -26,21 +27,28 @@ def symbolic_dims(graph: Graph) -> list[str]:
 
 
 def specialize_dims(graph: Graph, sizes: Mapping[str, int]) -> Graph:
-    """A copy of ``graph`` with each named dim in ``sizes`` replaced by its size everywhere,
-    types re-inferred and shape chains folded. Raises ``IRError`` for a name no input has or a
-    size below 1."""
+    """A copy of ``graph`` with each named dim in ``sizes`` replaced by its size everywhere
+    (also inside sums and products: ``past+seq`` with ``seq=1`` is ``past+1``), types re-inferred
+    and shape chains folded. Raises ``IRError`` for a name no input has or a size below 1."""
+    small = [(name, n) for name, n in sizes.items() if int(n) < 1]
+    if small and small[0][0] in symbolic_dims(graph):
+        raise IRError(f"dim {small[0][0]} must be at least 1, got {small[0][1]}")
+    return bind_dims(graph, sizes)
+
+
+def bind_dims(graph: Graph, sizes: Mapping[str, int]) -> Graph:
+    """``specialize_dims`` without the lower bound: a size may be 0, which only a caller that
+    then removes the empty values may ask for (``ir/decoder.py``: a prefill has no past keys)."""
     known = symbolic_dims(graph)
-    for name, n in sizes.items():
+    for name in sizes:
         if name not in known:
             raise IRError(f"graph {graph.name!r} has no symbolic dim {name!r} (it has: {', '.join(known) or 'none'})")
-        if int(n) < 1:
-            raise IRError(f"dim {name} must be at least 1, got {n}")
     g = graph.clone()
 
     def bind(ty: TensorType | None) -> TensorType | None:
         if ty is None or ty.shape is None:
             return ty
-        return TensorType(ty.dtype, tuple(int(sizes[d]) if isinstance(d, str) and d in sizes else d for d in ty.shape))
+        return TensorType(ty.dtype, tuple(substitute_dim(d, sizes) for d in ty.shape))
 
     for v in g.inputs:
         v.type = bind(v.type)

@@ -154,7 +154,7 @@ def jsonable(value: Any) -> Any:
 def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
             passes: str = "default", instruments: list | None = None, progress: bool = False,
             calibration=None, budgets: dict[str, float] | None = None, checked: bool = True,
-            tuning_db: str | os.PathLike | None = None) -> Path:
+            tuning_db: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None) -> Path:
     """Import ``model`` (.onnx, .pt2 or .optc-ir), run the pass pipeline ``passes`` on it (the
     lossy passes on ``calibration``: input sets or an ``InputsFile``, see ``optimize``), build
     it for ``target`` (a preset name — see ``optc targets`` —, a TVM target JSON, or a
@@ -162,13 +162,18 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
     replaced only when it is an optc artifact); the manifest records the pipeline and each
     pass's report. ``checked=False`` drops the module's run-time index/divisor checks.
     ``tuning_db``: a folder ``optc tune`` wrote; its kept kernels for ``target`` are applied.
-    Returns the folder."""
+    ``tokenizer``: a Hugging Face tokenizer folder whose files the artifact carries (a decoder
+    artifact then generates from text: ``optc.load(out).generate("...")``). Returns the folder."""
     from .codegen.artifact import write_artifact
     from .codegen.build import build
     from .passes import PassManager
     from .targets import get_target
 
     check_output_dir(out)  # refuse before the (slow) work, not after
+    if tokenizer is not None:
+        from .codegen.artifact import tokenizer_files
+
+        tokenizer_files(tokenizer)  # a wrong folder fails before the work, too
     tgt = get_target(target)
     tgt.check_toolchain()  # a missing cross compiler or nvcc fails before the (slow) work
     PassManager.parse(passes)  # a bad pipeline fails before the (slow) import
@@ -191,7 +196,8 @@ def compile(model: str | os.PathLike, out: str | os.PathLike, *, target="x86",
             compiled = build(graph, tgt, checked=checked, tuning=tuning)
     else:
         compiled = build(graph, tgt, checked=checked, tuning=tuning)
-    return write_artifact(compiled, out, model=model, pipeline=result.pipeline, reports=result.reports)
+    return write_artifact(compiled, out, model=model, pipeline=result.pipeline, reports=result.reports,
+                          tokenizer=tokenizer)
 
 
 @user_errors

@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--unchecked", action="store_true",
                       help="leave out the run-time checks of data-dependent indices and integer divisors "
                            "(out-of-range values then give undefined results)")
-    _calib_flags(comp)
+    _calib_flags(comp, "Hugging Face tokenizer folder: tokenizes a text --calib file, and the artifact carries "
+                       "its tokenizer files (optc generate takes text)")
     _debug_flags(comp)
     comp.set_defaults(func=_cmd_compile)
 
@@ -194,6 +195,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="run a model file through the reference interpreter")
     run.set_defaults(func=_cmd_run)
 
+    gen = sub.add_parser("generate", help="generate text with a compiled decoder (KV cache): streamed, with tokens/s")
+    gen.add_argument("artifact", help="an artifact folder compiled from a decoder with its KV cache")
+    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate at most (default 64)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="0 (default): greedy; above 0: sample from the softmax of logits / temperature")
+    gen.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely tokens (0: all)")
+    gen.add_argument("--seed", type=int, default=None, help="seed of the sampling")
+    gen.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the one the artifact carries)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
+    gen.set_defaults(func=_cmd_generate)
+
     bench = sub.add_parser("bench", help="measure a compiled artifact's latency (and compare)")
     bench.add_argument("artifact", help="an artifact folder from optc compile")
     bench.add_argument("--inputs", help=".npz of inputs (default: random inputs; see --dim)")
@@ -213,23 +226,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _calib_flags(p: argparse.ArgumentParser) -> None:
+def _calib_flags(p: argparse.ArgumentParser,
+                 tokenizer_help: str = "Hugging Face tokenizer folder, for a text --calib file") -> None:
     p.add_argument("--calib", metavar="FILE",
                    help="calibration inputs for lossy passes: .npz of model inputs (leading batch axis), "
                         "or a text file of sentences (one per line) with --tokenizer")
-    p.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder, for a text --calib file")
+    p.add_argument("--tokenizer", metavar="DIR", help=tokenizer_help)
     p.add_argument("--max-length", type=int, default=128, metavar="N", help="truncate sentences to N tokens (default 128)")
     p.add_argument("--calib-batch", type=int, default=None, metavar="N",
                    help="rows (sentences) per calibration input set (default 8, or the model's fixed batch)")
 
 
-def _calibration(args):
-    """The ``--calib`` file as an ``InputsFile`` (checked now, read once the model is loaded)."""
+def _calibration(args, tokenizer_alone: bool = False):
+    """The ``--calib`` file as an ``InputsFile`` (checked now, read once the model is loaded).
+    ``tokenizer_alone``: ``--tokenizer`` is meaningful without ``--calib`` (compile bundles it)."""
     from .calibration import InputsFile
     from .ir.errors import OptcError
 
     if args.calib is None:
-        for flag, value, default in (("--tokenizer", args.tokenizer, None), ("--calib-batch", args.calib_batch, None)):
+        checks = [("--calib-batch", args.calib_batch, None)] + ([] if tokenizer_alone else [("--tokenizer", args.tokenizer, None)])
+        for flag, value, default in checks:
             if value != default:
                 raise OptcError(f"{flag} needs --calib FILE")
         return None
@@ -376,11 +392,11 @@ def _cmd_compile(args) -> int:
     check_output_dir(args.output)
     get_target(args.target).check_toolchain()
     PassManager.parse(args.passes)
-    calibration = _calibration(args)
+    calibration = _calibration(args, tokenizer_alone=True)
     _warn_uncalibrated(args.passes, calibration)
     out = compile_model(args.model, args.output, target=args.target, passes=args.passes,
                         instruments=_instruments(args), progress=True, calibration=calibration,
-                        checked=not args.unchecked, tuning_db=args.tuning_db)
+                        checked=not args.unchecked, tuning_db=args.tuning_db, tokenizer=args.tokenizer)
     from .codegen.artifact import read_manifest
 
     _print_lossy_reports(read_manifest(out).get("passes") or [])
@@ -608,6 +624,38 @@ def _cmd_run(args) -> int:
     save_outputs(args.output, outputs)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype}{list(arr.shape)}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    import json
+
+    from .api import load
+
+    artifact = load(args.artifact)
+    if not hasattr(artifact, "generate"):
+        from .ir.errors import OptcError
+
+        raise OptcError(f"{args.artifact}: generation runs artifacts this machine can run in-process "
+                        "(this one runs through its native runner)")
+    shown = [0]
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text[shown[0]:])
+        sys.stdout.flush()
+        shown[0] = len(text)
+
+    r = artifact.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          seed=args.seed, tokenizer=args.tokenizer, on_text=None if args.json else stream)
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": r.text, "tokens": r.tokens, "prompt_tokens": len(r.prompt),
+                          "stopped": r.stopped, "prefill_s": r.prefill_s, "decode_s": r.decode_s,
+                          "prefill_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s}))
+        return 0
+    print()
+    print(f"prefill: {len(r.prompt)} tokens in {r.prefill_s * 1e3:.1f} ms ({r.prefill_tokens_per_s:.0f} tokens/s); "
+          f"decode: {len(r.tokens) - 1} tokens in {r.decode_s * 1e3:.1f} ms ({r.decode_tokens_per_s:.1f} tokens/s)"
+          f"{'; stopped at the end-of-text token' if r.stopped == 'stop token' else ''}", file=sys.stderr)
     return 0
 
 

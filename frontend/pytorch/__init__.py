@@ -22,6 +22,9 @@ reads a ``torch.export.save`` archive):
   op mapped here, so only the unmapped ops decompose (into core ATen); an op still unmapped then
   raises :class:`optc.ir.UnsupportedOpError`.
 
+``export_decoder(model)`` (``decoder.py``) imports a Hugging Face causal LM with its KV cache as
+inputs and outputs, the graph ``ir/decoder.py`` derives prefill and decode steps from.
+
 Python scalars in op arguments become constants of the dtype torch would compute in (the result
 dtype recorded in the metadata); inputs are cast where torch's type promotion would.
 
@@ -33,6 +36,7 @@ handler module registers on import, so each is imported here.
 """
 
 from .api import export_module, import_exported_program, load_pt2
+from .decoder import export_decoder
 from .dtypes import torch_dtype
 from .registry import mapped_ops
 from . import (  # noqa: E402,F401  (register handlers)
@@ -45,4 +49,4 @@ from . import (  # noqa: E402,F401  (register handlers)
     handlers_shape,
 )
 
-__all__ = ["import_exported_program", "load_pt2", "export_module", "torch_dtype", "mapped_ops"]
+__all__ = ["import_exported_program", "load_pt2", "export_module", "export_decoder", "torch_dtype", "mapped_ops"]

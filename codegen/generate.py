@@ -1,0 +1,129 @@
+"""Token generation with a compiled decoder: prefill once, then one decode step per token.
+
+A decoder artifact (``ir/decoder.py``, ``codegen/build.py``) has two functions: ``main`` runs the
+prompt and returns the logits and the KV cache, ``decode`` takes one token and the cache and
+returns the next logits and the cache one longer. The cache stays in device tensors between steps
+(each step's outputs are the next step's inputs, never copied through numpy); only the last
+position's logits come back to pick the next token. Batch 1. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.errors import InvalidValueError
+from .signature import ArtifactError
+
+
+@dataclass
+class Generation:
+    """What one ``generate`` call produced, and how fast."""
+
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)  # the new tokens
+    prefill_s: float = 0.0  # the prompt's forward pass
+    decode_s: float = 0.0  # every decode step together
+    stopped: str = "length"  # "length" or "stop token"
+    text: str | None = None  # the new tokens decoded, when a tokenizer was used
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return len(self.prompt) / self.prefill_s if self.prefill_s else float("nan")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second of the decode steps (the first new token comes from the prefill)."""
+        steps = max(len(self.tokens) - 1, 0)
+        return steps / self.decode_s if self.decode_s and steps else float("nan")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: greedy (temperature 0), or sampled from the softmax of
+    ``logits / temperature`` restricted to the ``top_k`` most likely tokens (0: all)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+            raise InvalidValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidValueError(f"top-k must be >= 0, got {self.top_k}")
+
+    def picker(self) -> Callable[[np.ndarray], int]:
+        if self.temperature == 0.0:
+            return lambda logits: int(np.argmax(logits))
+        rng = np.random.default_rng(self.seed)
+
+        def pick(logits: np.ndarray) -> int:
+            z = logits.astype(np.float64) / self.temperature
+            if 0 < self.top_k < z.size:
+                cut = np.partition(z, -self.top_k)[-self.top_k]
+                z = np.where(z >= cut, z, -np.inf)
+            p = np.exp(z - z.max())
+            return int(rng.choice(z.size, p=p / p.sum()))
+
+        return pick
+
+
+class Generator:
+    """Runs a compiled decoder (a ``runtime.CompiledModel`` whose signature has a KV cache)."""
+
+    def __init__(self, model):
+        cache = model.signature.kv_cache
+        if cache is None or "decode" not in model.signature.entries:
+            raise ArtifactError("this compiled model is not a decoder with a KV cache (compile a causal language "
+                                "model exported with its cache: optc.frontend.pytorch.export_decoder, or an ONNX "
+                                "export with past_key_values inputs)")
+        self.prefill = model
+        self.decode = model.step("decode")
+        present_of = {past: present for past, present in cache["pairs"]}
+        outs = {s.name: i for i, s in enumerate(self.prefill.outputs)}
+        self.logits = outs["logits"]
+        # decode's inputs, in order: the token, then each past tensor from the previous step's
+        # output of the same present name (main and decode return them in the same order).
+        if [s.name for s in self.decode.outputs] != list(outs):
+            raise ArtifactError("the decode step's outputs are not the prefill's (compiled by another optc?)")
+        self.feed = [None if s.name == "input_ids" else outs[present_of[s.name]] for s in self.decode.inputs]
+        if self.feed.count(None) != 1 or any(s.name not in ("input_ids", *present_of) for s in self.decode.inputs):
+            raise ArtifactError("the decode step takes inputs other than input_ids and the cache: "
+                                f"{', '.join(s.name for s in self.decode.inputs)}")
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), *,
+                 stop_tokens: Sequence[int] = (), on_token: Callable[[int], None] | None = None) -> Generation:
+        """Generate up to ``max_new_tokens`` after the token ids ``prompt``, stopping early at a
+        token of ``stop_tokens`` (included in the result). ``on_token`` sees each new token as it
+        is picked (streaming)."""
+        ids = np.asarray(prompt, dtype=np.int64).reshape(1, -1)
+        if ids.size == 0:
+            raise InvalidValueError("the prompt is empty: generation needs at least one token")
+        if max_new_tokens < 1:
+            raise InvalidValueError(f"max-new-tokens must be >= 1, got {max_new_tokens}")
+        self.prefill.check({"input_ids": ids})
+        out = Generation([int(t) for t in ids[0]])
+        pick, stop = sampling.picker(), set(int(t) for t in stop_tokens)
+        t0 = time.perf_counter()
+        state = self.prefill.run_tensors([self.prefill._tensor(ids)])
+        token = pick(state[self.logits].numpy()[0, -1])
+        out.prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        while True:
+            out.tokens.append(token)
+            if on_token is not None:
+                on_token(token)
+            if token in stop:
+                out.stopped = "stop token"
+                break
+            if len(out.tokens) >= max_new_tokens:
+                break
+            step = self.decode._tensor(np.array([[token]], dtype=np.int64))
+            state = self.decode.run_tensors([step if i is None else state[i] for i in self.feed])
+            token = pick(state[self.logits].numpy()[0, -1])
+        out.decode_s = time.perf_counter() - t0
+        return out

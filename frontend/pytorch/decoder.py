@@ -1,0 +1,92 @@
+"""Export a Hugging Face causal language model with its KV cache as an explicit input/output.
+
+``torch.export`` of the model as it is traces one forward without a cache. Generation needs the
+step that takes the cache of the tokens so far and returns it grown, so the model is wrapped in a
+module whose inputs are ``input_ids`` and the flat list of past keys and values (a
+``DynamicCache`` is filled from them inside the traced forward) and whose outputs are the logits
+and the updated keys and values. The past length is a symbolic dim ``past`` that may be 0, the new
+tokens' count ``seq``: the imported graph's cache outputs are ``past+seq`` long, and
+``ir/decoder.py`` derives the prefill (``past`` = 0) and decode (``seq`` = 1) steps from it.
+Values are renamed to the convention of Hugging Face's ONNX exports
+(``past_key_values.{i}.key``, ``present.{i}.key``, ``logits``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ...ir import Graph, UnsupportedOpError
+from ...ir.decoder import INPUT_IDS, LOGITS, find_kv_cache
+from .api import export_module
+
+_EXAMPLE = {"batch": 2, "seq": 3, "past": 5}  # >= 2 each: torch.export specializes sizes 0 and 1
+
+
+class _CacheStep(torch.nn.Module):
+    """``(input_ids, past) -> (logits, *present)`` around a causal LM; ``past`` is a list of
+    tensors, keys then values, layer by layer."""
+
+    def __init__(self, model: torch.nn.Module, layers: int):
+        super().__init__()
+        self.model = model
+        self.layers = layers
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def forward(self, input_ids, past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, use_cache=True, **{self.cache_arg: cache})
+        grown = out.past_key_values
+        flat = []
+        for i in range(self.layers):
+            layer = grown.layers[i]
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def cache_geometry(config) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of a Hugging Face decoder config."""
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return layers, kv_heads, head_dim
+
+
+def export_decoder(model: torch.nn.Module, *, max_length: int | None = None) -> Graph:
+    """Import a Hugging Face causal LM (Llama-architecture and alike) with its KV cache: a graph
+    ``(input_ids [batch, seq], past_key_values.{i}.key|value [batch, kv_heads, past, head_dim])
+    -> (logits [batch, seq, vocab], present.{i}.key|value [batch, kv_heads, past+seq, head_dim])``.
+
+    ``max_length`` bounds ``past`` and ``seq`` (default: the config's
+    ``max_position_embeddings``)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        raise UnsupportedOpError(f"export_decoder: {type(model).__name__} is not a Hugging Face causal LM "
+                                 "(no config with num_hidden_layers)")
+    layers, kv_heads, head_dim = cache_geometry(config)
+    limit = int(max_length or getattr(config, "max_position_embeddings", 4096))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq = torch.export.Dim("seq", min=1, max=limit)
+    past = torch.export.Dim("past", min=0, max=limit)
+    ids = torch.zeros((_EXAMPLE["batch"], _EXAMPLE["seq"]), dtype=torch.long)
+    dtype = next(model.parameters()).dtype
+    cache = [torch.zeros((_EXAMPLE["batch"], kv_heads, _EXAMPLE["past"], head_dim), dtype=dtype)
+             for _ in range(2 * layers)]
+    dynamic = {"input_ids": {0: batch, 1: seq}, "past": [{0: batch, 2: past} for _ in cache]}
+    graph = export_module(_CacheStep(model, layers), (ids, cache), dynamic_shapes=dynamic)
+    graph.name = type(model).__name__
+    names = [INPUT_IDS] + [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    for v, name in zip(list(graph.inputs), names):
+        graph.rename_value(v, name)
+    outs = [LOGITS] + [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    for v, name in zip(list(graph.outputs), outs):
+        graph.rename_value(v, name)
+    find_kv_cache(graph)  # the convention holds (raises naming what does not)
+    return graph

@@ -1,0 +1,122 @@
+"""A decoder with a KV cache: one graph, and the prefill and decode steps derived from it.
+
+A causal language model that carries its attention keys and values between calls is imported as
+one graph (from ``torch.export`` through ``frontend/pytorch/decoder.py``, or from an ONNX export
+with past key/values as inputs): it takes ``input_ids [batch, seq]`` and the cache of the tokens
+before them, ``past_key_values.{i}.key|value [batch, kv_heads, past, head_dim]``, and returns
+``logits [batch, seq, vocab]`` and the grown cache ``present.{i}.key|value [.., past+seq, ..]``.
+These names are the convention Hugging Face's ONNX exports (optimum) use; optc's torch frontend
+writes the same, so both frontends meet here. Every pass runs on that one graph.
+
+Code generation builds two functions from it, sharing their weights:
+
+- **prefill** (``prefill_graph``): ``past`` bound to 0. The past inputs are gone (an empty cache
+  is never passed in: zero-size inputs are refused), the concatenations that appended to them
+  are copies of the new keys, and ``seq`` stays symbolic — a prompt of any length;
+- **decode** (``decode_graph``): ``seq`` bound to 1 — one new token, every projection a
+  matrix-vector product, the cache of any length ``past >= 1``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import IRError
+from .folding import eliminate_dead_code, fold_graph
+from .graph import Graph
+from .specialize import bind_dims, specialize_dims
+
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+_PRESENT = re.compile(r"present\.(\d+)\.(key|value)")
+INPUT_IDS = "input_ids"
+LOGITS = "logits"
+SEQ_AXIS, CACHE_AXIS = 1, 2
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Where a decoder graph keeps its cache: ``pairs`` of (past input, present output) names in
+    layer order (key, then value), and the symbolic dims of the new tokens and the cache."""
+
+    pairs: tuple[tuple[str, str], ...]
+    seq_dim: str
+    past_dim: str
+
+    @property
+    def past_names(self) -> list[str]:
+        return [p for p, _ in self.pairs]
+
+    def to_json(self) -> dict:
+        return {"pairs": [list(p) for p in self.pairs], "seq_dim": self.seq_dim, "past_dim": self.past_dim}
+
+    @staticmethod
+    def from_json(d: dict) -> "KVCache":
+        return KVCache(tuple((str(a), str(b)) for a, b in d["pairs"]), str(d["seq_dim"]), str(d["past_dim"]))
+
+
+def find_kv_cache(graph: Graph) -> KVCache | None:
+    """The graph's KV cache, when its inputs and outputs follow the naming convention above;
+    None for a graph without past inputs. A graph that has some but not a consistent set of
+    them (a past without its present, a cache axis that is not one symbolic dim) raises
+    ``IRError`` naming what is wrong."""
+    past = {m.groups(): v for v in graph.inputs if (m := _PAST.fullmatch(v.name))}
+    if not past:
+        return None
+    present = {m.groups(): v for v in graph.outputs if (m := _PRESENT.fullmatch(v.name))}
+    where = f"decoder graph {graph.name!r}"
+    missing = sorted(set(past) - set(present), key=lambda k: (int(k[0]), k[1]))
+    if missing:
+        layer, kind = missing[0]
+        raise IRError(f"{where}: input past_key_values.{layer}.{kind} has no output present.{layer}.{kind}")
+    ids = next((v for v in graph.inputs if v.name == INPUT_IDS), None)
+    if ids is None or ids.type.shape is None or len(ids.type.shape) != 2 or not isinstance(ids.type.shape[SEQ_AXIS], str):
+        raise IRError(f"{where}: needs an input {INPUT_IDS!r} of shape [batch, seq] with a symbolic seq")
+    if not any(v.name == LOGITS for v in graph.outputs):
+        raise IRError(f"{where}: needs an output {LOGITS!r}")
+    seq_dim = ids.type.shape[SEQ_AXIS]
+    past_dims = {v.type.shape[CACHE_AXIS] if v.type.shape is not None and len(v.type.shape) == 4 else None
+                 for v in past.values()}
+    if len(past_dims) != 1 or not isinstance(next(iter(past_dims)), str) or not next(iter(past_dims)).isidentifier():
+        raise IRError(f"{where}: the past keys/values must be [batch, heads, past, head_dim] with one symbolic "
+                      f"past length (got {sorted(map(str, past_dims))})")
+    past_dim = next(iter(past_dims))
+    keys = sorted(past, key=lambda k: (int(k[0]), k[1]))
+    return KVCache(tuple((past[k].name, present[k].name) for k in keys), seq_dim, past_dim)
+
+
+def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
+    """The graph run on an empty cache: ``past`` = 0, the past inputs removed.
+
+    With the cache empty, each concatenation onto a past input keeps only its other operands
+    (the shapes read from the past fold to 0 first). A past input used any other way cannot be
+    dropped and raises ``IRError`` naming the node."""
+    g = bind_dims(graph, {cache.past_dim: 0})
+    past = {id(g.value(name)): name for name in cache.past_names}
+    for node in list(g.nodes):
+        if node.op != "Concat" or not any(id(v) in past for v in node.inputs if v is not None):
+            continue
+        rest = [v for v in node.inputs if v is not None and id(v) not in past]
+        if not rest:
+            raise IRError(f"node {node.name} (Concat) concatenates only past keys/values")
+        kept = g.add_node("Concat", rest, dict(node.attrs), before=node).output  # one operand: a copy
+        out, name = node.output, node.output.name
+        out.replace_all_uses_with(kept)
+        g.remove_node(node)
+        g.rename_value(kept, name)
+    for name in cache.past_names:
+        v = g.value(name)
+        if v.uses:
+            user, _ = next(iter(v.uses))
+            raise IRError(f"cannot derive the prefill step: {user.op} node {user.name} reads the past input "
+                          f"{name!r} other than by appending to it")
+    g.inputs = [v for v in g.inputs if id(v) not in past]
+    eliminate_dead_code(g)
+    g.infer_types()
+    fold_graph(g)
+    return g
+
+
+def decode_graph(graph: Graph, cache: KVCache) -> Graph:
+    """The graph run on one new token: ``seq`` = 1 (GEMV-shaped projections)."""
+    return specialize_dims(graph, {cache.seq_dim: 1})

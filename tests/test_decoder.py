@@ -1,0 +1,281 @@
+"""Decoders with a KV cache (ir/decoder.py, frontend/pytorch/decoder.py, codegen/generate.py):
+sums of symbolic dims, the prefill and decode steps derived from one graph, compiled into one
+module that stores each weight once, and generation that reproduces PyTorch's logits and greedy
+tokens step by step."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from optc.ir.symbolic import Polynomial, add_dims, div_dims, eval_dim, mul_dims, sub_dims, substitute_dim
+
+
+# -- symbolic sums ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, canonical", [
+    ("past+seq", "past+seq"), ("seq+past", "past+seq"), ("2*batch*seq", "2*batch*seq"),
+    ("batch*seq+batch*past", "batch*past+batch*seq"), ("past-1", "past-1"), ("-1*past+seq", "-past+seq"),
+    ("past+seq-seq", "past"), ("1+past+seq", "past+seq+1"),
+])
+def test_polynomial_dims_have_one_spelling(text, canonical):
+    assert Polynomial.of(text).to_dim() == canonical
+
+
+def test_dim_arithmetic_with_sums():
+    assert add_dims("past", "seq") == "past+seq"
+    assert add_dims("past+seq", 1) == "past+seq+1"
+    assert add_dims("seq", "seq") == "2*seq"
+    assert mul_dims(["batch", "past+seq"]) == "batch*past+batch*seq"
+    assert div_dims("batch*past+batch*seq", "batch") == "past+seq"
+    assert div_dims("past+seq", "past+seq") == 1
+    assert div_dims("past+seq", "past") is None  # not exact
+    assert sub_dims("past+seq", "seq") == "past"
+    assert eval_dim("past+seq", {"past": 3, "seq": 2}) == 5
+    assert eval_dim("past+seq", {"past": 3}) is None
+    assert substitute_dim("past+seq", {"seq": 1}) == "past+1"
+    assert substitute_dim("past+seq", {"past": 0}) == "seq"
+    assert Polynomial.of("past+") is None and Polynomial.of("a/b") is None
+
+
+def test_signature_checks_a_sum_dim():
+    from optc.ir import DType, IRError
+    from optc.ir.signature import check_inputs, numpy_dtype
+    from optc.codegen.signature import TensorSpec
+
+    specs = [TensorSpec("a", DType.FLOAT32, ("past",)), TensorSpec("b", DType.FLOAT32, ("seq",)),
+             TensorSpec("ab", DType.FLOAT32, ("past+seq",))]
+    feed = {"a": np.zeros(3, np.float32), "b": np.zeros(2, np.float32), "ab": np.zeros(5, np.float32)}
+    assert check_inputs(specs, feed, "run", numpy_dtype, np.shape) == {"past": 3, "seq": 2}
+    feed["ab"] = np.zeros(4, np.float32)
+    with pytest.raises(IRError, match=r"'past\+seq'=5"):
+        check_inputs(specs, feed, "run", numpy_dtype, np.shape)
+
+
+# -- the imported decoder and its two steps ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def decoder():
+    import models
+    from optc.frontend.pytorch import export_decoder
+
+    model = models.llama_decoder_small()
+    return model, export_decoder(model)
+
+
+def test_export_names_the_cache_and_sums_its_length(decoder):
+    from optc.ir.decoder import find_kv_cache
+
+    _, g = decoder
+    cache = find_kv_cache(g)
+    assert (cache.seq_dim, cache.past_dim) == ("seq", "past")
+    assert cache.pairs[:2] == (("past_key_values.0.key", "present.0.key"), ("past_key_values.0.value", "present.0.value"))
+    assert len(cache.pairs) == 4
+    assert g.value("past_key_values.1.value").shape == ("batch", 2, "past", 16)
+    assert g.value("present.1.value").shape == ("batch", 2, "past+seq", 16)
+    assert g.value("logits").shape == ("batch", "seq", 30522)
+
+
+def test_steps_match_pytorch_in_the_interpreter(decoder):
+    import torch
+
+    from optc.ir.decoder import decode_graph, find_kv_cache, prefill_graph
+    from optc.ir.interpreter import Interpreter
+
+    model, g = decoder
+    cache = find_kv_cache(g)
+    prefill, decode = prefill_graph(g, cache), decode_graph(g, cache)
+    assert prefill.input_names() == ["input_ids"]
+    assert prefill.value("present.0.key").shape == ("batch", 2, "seq", 16)
+    assert decode.value("input_ids").shape == ("batch", 1)
+    assert decode.value("present.0.key").shape == ("batch", 2, "past+1", 16)
+
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 2088, 999, 102, 0]])
+    with torch.no_grad():
+        ref = model(ids, use_cache=True)
+    state = Interpreter(prefill).run({"input_ids": ids.numpy()})
+    np.testing.assert_allclose(state["logits"], ref.logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(state["present.1.value"], ref.past_key_values.layers[1].values.numpy(), atol=1e-5)
+    nxt = torch.tensor([[2000], [2001]])
+    with torch.no_grad():
+        ref = model(nxt, past_key_values=ref.past_key_values, use_cache=True)
+    out = Interpreter(decode).run({"input_ids": nxt.numpy(), **{p: state[q] for p, q in cache.pairs}})
+    np.testing.assert_allclose(out["logits"], ref.logits.numpy(), atol=1e-4)
+    assert out["present.0.key"].shape == (2, 2, 7, 16)
+
+
+def test_a_cache_without_its_outputs_is_refused():
+    from optc.ir import DType, Graph, IRError, TensorType
+    from optc.ir.decoder import find_kv_cache, prefill_graph
+
+    g = Graph("half")
+    ids = g.add_input("input_ids", TensorType(DType.INT64, ("batch", "seq")))
+    past = g.add_input("past_key_values.0.key", TensorType(DType.FLOAT32, ("batch", 2, "past", 4)))
+    g.set_outputs([g.op("Cast", ids, to=DType.FLOAT32)])
+    g.rename_value(g.outputs[0], "logits")
+    with pytest.raises(IRError, match=r"past_key_values\.0\.key has no output present\.0\.key"):
+        find_kv_cache(g)
+    # a past read other than by appending to it cannot be dropped from the prefill step
+    g.set_outputs([g.outputs[0], g.op("Relu", past)])
+    g.rename_value(g.outputs[1], "present.0.key")
+    cache = find_kv_cache(g)
+    with pytest.raises(IRError, match="Relu node .* reads the past input 'past_key_values.0.key'"):
+        prefill_graph(g, cache)
+    assert find_kv_cache(Graph("plain")) is None
+
+
+# -- compiled: one module, two functions, each weight once ------------------------------------------------
+def _constants(mod) -> set[str]:
+    return set(re.findall(r'metadata\["ir.GenericConst"\]\[(\d+)\]', mod.script(show_meta=False)))
+
+
+def test_prefill_and_decode_share_their_weights(decoder):
+    from optc.codegen.build import _lower_decoder
+    from optc.codegen.lower import lower
+    from optc.ir.decoder import find_kv_cache
+    from optc.targets import get_target
+
+    _, g = decoder
+    target = get_target("x86")
+    lowered, steps, _ = _lower_decoder(g, target, True, find_kv_cache(g))
+    assert set(re.findall(r"def (main|decode)\(", lowered.mod.script(show_meta=False))) == {"main", "decode"}
+    alone = [len(_constants(lower(steps[name], target).mod)) for name in ("main", "decode")]
+    # both functions together hold no more constants than either alone: every weight (also the
+    # merged QKV, concatenated anew in each step) is one Relax constant, stored once
+    assert len(_constants(lowered.mod)) <= max(alone) < sum(alone) - 15
+
+
+@pytest.fixture(scope="module")
+def compiled(decoder):
+    from optc.codegen.build import build
+
+    _, g = decoder
+    return build(g, "x86")
+
+
+def test_compiled_steps_match_pytorch_through_decoding(decoder, compiled):
+    import torch
+
+    model, _ = decoder
+    m = compiled.load()
+    dec = m.step("decode")
+    pairs = m.signature.kv_cache["pairs"]
+    assert [s.name for s in m.inputs] == ["input_ids"]
+    assert [s.name for s in dec.inputs][:2] == ["input_ids", "past_key_values.0.key"]
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231]])
+    with torch.no_grad():
+        ref = model(ids, use_cache=True)
+    state = m.run({"input_ids": ids.numpy()})
+    worst = np.abs(state["logits"] - ref.logits.numpy()).max()
+    token = int(ref.logits[0, -1].argmax())
+    for _ in range(8):
+        with torch.no_grad():
+            ref = model(torch.tensor([[token]]), past_key_values=ref.past_key_values, use_cache=True)
+        state = dec.run({"input_ids": np.array([[token]]), **{p: state[q] for p, q in pairs}})
+        worst = max(worst, np.abs(state["logits"] - ref.logits.numpy()).max())
+        token = int(ref.logits[0, -1].argmax())
+    assert worst < 1e-3
+    assert state["present.0.key"].shape == (1, 2, 13, 16)
+
+
+def test_greedy_generation_is_pytorchs(decoder, compiled):
+    import torch
+
+    from optc.codegen.generate import Generator, Sampling
+
+    model, _ = decoder
+    gen = Generator(compiled.load())
+    for prompt in ([101, 2023, 2003, 1037, 3231], [101, 7592], [101, 1996, 4248, 2829, 4419, 14523, 2058]):
+        with torch.no_grad():
+            want = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[0, len(prompt):].tolist()
+        r = gen.generate(prompt, 16)
+        assert r.tokens == want
+        assert r.prefill_s > 0 and r.decode_s > 0 and r.stopped == "length"
+    # sampling is reproducible with a seed, and stops at a stop token
+    a = gen.generate([101, 2023], 12, Sampling(0.9, 50, seed=3))
+    b = gen.generate([101, 2023], 12, Sampling(0.9, 50, seed=3))
+    assert a.tokens == b.tokens and len(a.tokens) == 12
+    stop = gen.generate([101, 2023], 12, Sampling(0.9, 50, seed=3), stop_tokens=[a.tokens[3]])
+    assert stop.tokens == a.tokens[:a.tokens.index(a.tokens[3]) + 1] and stop.stopped == "stop token"
+
+
+def test_generate_refuses_bad_requests(compiled):
+    from optc.codegen.generate import Generator, Sampling
+    from optc.ir.errors import InvalidValueError
+
+    gen = Generator(compiled.load())
+    with pytest.raises(InvalidValueError, match="the prompt is empty"):
+        gen.generate([], 4)
+    with pytest.raises(InvalidValueError, match="max-new-tokens must be >= 1"):
+        gen.generate([1], 0)
+    with pytest.raises(InvalidValueError, match="temperature"):
+        Sampling(-1.0)
+    with pytest.raises(Exception, match="dim 1 .* is 30522|30522"):
+        gen.generate([30522], 2)  # a token id outside the vocabulary: the checked gather refuses it
+
+
+# -- the artifact: tokenizer inside, optc generate --------------------------------------------------------
+@pytest.fixture(scope="module")
+def artifact(decoder, compiled, tmp_path_factory):
+    from optc import zoo
+    from optc.codegen.artifact import write_artifact
+
+    out = tmp_path_factory.mktemp("gen") / "lm"
+    write_artifact(compiled, out, tokenizer=zoo.minilm_dir())
+    return out
+
+
+def test_artifact_generates_from_text(decoder, artifact):
+    import torch
+
+    import optc
+    from optc.calibration import tokenizer
+
+    model, _ = decoder
+    a = optc.load(artifact)
+    assert a.has_tokenizer and "tokenizer.json" in a.manifest["tokenizer"]
+    assert "model.safetensors" not in a.manifest["files"]
+    seen = []
+    r = a.generate("the weather today is", 6, on_text=seen.append)
+    ids = tokenizer(None)("the weather today is")["input_ids"]
+    with torch.no_grad():
+        want = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)[0, len(ids):].tolist()
+    assert r.prompt == ids and r.tokens == want
+    assert len(seen) == 6 and seen[-1] == r.text
+
+
+def test_cli_generate(artifact, tmp_path):
+    from isolation import assert_user_error_or_success, run_cli
+
+    o = run_cli(["generate", str(artifact), "--prompt", "the weather today is", "--max-new-tokens", "5", "--json"])
+    assert o.status == 0, o.describe()
+    d = json.loads(o.stdout)
+    assert len(d["tokens"]) == 5 and d["prompt_tokens"] == 6 and d["decode_tokens_per_s"] > 0
+    o = run_cli(["generate", str(artifact), "--prompt", "hello", "--max-new-tokens", "3"])
+    assert o.status == 0 and "tokens/s" in o.stderr, o.describe()
+    o = run_cli(["generate", str(artifact), "--prompt", "hello", "--max-new-tokens", "0"])
+    assert_user_error_or_success(o, "zero tokens")
+    assert o.status == 2 and "max-new-tokens must be >= 1" in o.stderr
+
+
+def test_cli_generate_on_an_encoder_is_one_line(tmp_path):
+    from isolation import assert_user_error_or_success, run_cli
+
+    from optc import compile as compile_model
+    from optc.ir import DType, Graph, TensorType
+    from optc.api import save_model
+
+    g = Graph("enc")
+    x = g.add_input("x", TensorType(DType.FLOAT32, ("batch", 4)))
+    g.set_outputs([g.op("Relu", x)])
+    save_model(g, tmp_path / "enc.optc-ir")
+    out = compile_model(tmp_path / "enc.optc-ir", tmp_path / "enc")
+    o = run_cli(["generate", str(out), "--prompt", "hi"])
+    assert_user_error_or_success(o, "an encoder")
+    assert o.status == 2 and "not a decoder with a KV cache" in o.stderr
+    o = run_cli(["compile", str(tmp_path / "enc.optc-ir"), "-o", str(tmp_path / "x"), "--tokenizer", str(tmp_path)])
+    assert o.status == 2 and "not a Hugging Face tokenizer folder" in o.stderr
+    assert not (tmp_path / "x").exists()
