@@ -210,7 +210,8 @@ def _lower_with_buckets(graph: Graph, target, checked: bool, buckets: list[dict[
 
 def _lower_decoder(graph: Graph, target, checked: bool, cache):
     """A decoder's two steps (``ir/decoder.py``) as the functions ``main`` (prefill: the prompt,
-    no cache) and ``decode`` (one token onto a cache) of one module, sharing their weights.
+    no cache) and ``decode`` (one token of one sequence onto a cache) of one module, sharing
+    their weights.
     Returns the combined ``Lowered`` (``main``'s assumptions) and each step's graph and lowering."""
     from tvm import relax
 
@@ -218,7 +219,8 @@ def _lower_decoder(graph: Graph, target, checked: bool, cache):
     from .lower import finish_module
 
     bb, shared = relax.BlockBuilder(), {}
-    steps = {"main": prepare_graph(prefill_graph(graph, cache)), "decode": prepare_graph(decode_graph(graph, cache))}
+    steps = {"main": prepare_graph(prefill_graph(graph, cache)),
+             "decode": prepare_graph(decode_graph(graph, cache, batch=1))}
     parts = {name: lower(g, target, checked=checked, builder=bb, name=name, constants=shared)
              for name, g in steps.items()}
     main = parts["main"]

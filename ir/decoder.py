@@ -13,8 +13,10 @@ Code generation builds two functions from it, sharing their weights:
 - **prefill** (``prefill_graph``): ``past`` bound to 0. The past inputs are gone (an empty cache
   is never passed in: zero-size inputs are refused), the concatenations that appended to them
   are copies of the new keys, and ``seq`` stays symbolic — a prompt of any length;
-- **decode** (``decode_graph``): ``seq`` bound to 1 — one new token, every projection a
-  matrix-vector product, the cache of any length ``past >= 1``.
+- **decode** (``decode_graph``): ``seq`` bound to 1 — one new token, the cache of any length
+  ``past >= 1``. Code generation also binds the batch to 1 (generation runs one sequence), so
+  every projection is a matrix-vector product of static shape (``schedules/dense.py``
+  ``tile_rows``: a one-row register tile; low-precision weights decoded inside the product).
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
     return g
 
 
-def decode_graph(graph: Graph, cache: KVCache) -> Graph:
-    """The graph run on one new token: ``seq`` = 1 (GEMV-shaped projections)."""
-    return specialize_dims(graph, {cache.seq_dim: 1})
+def decode_graph(graph: Graph, cache: KVCache, batch: int | None = None) -> Graph:
+    """The graph run on one new token: ``seq`` = 1; with ``batch``, the batch size bound too
+    (``batch=1``: one sequence, every projection a matrix-vector product with a static shape)."""
+    sizes = {cache.seq_dim: 1}
+    lead = graph.value(INPUT_IDS).type.shape[0]
+    if batch is not None and isinstance(lead, str):
+        sizes[lead] = batch
+    return specialize_dims(graph, sizes)

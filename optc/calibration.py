@@ -166,16 +166,19 @@ def tokenizer(folder: str | os.PathLike | None = None):
 
 def from_sentences(sentences: Sequence[str], model: Any, *, tokenizer_dir: str | os.PathLike | None = None,
                    max_length: int = DEFAULT_MAX_LENGTH, batch: int | None = None,
-                   where: str = "sentences") -> InputSets:
+                   where: str = "sentences", windows: bool | None = None) -> InputSets:
     """Tokenize ``sentences`` in batches of ``batch`` (padded to the longest in each batch, or
     to the model's fixed sequence length) into input sets named and typed like the model's
     inputs (only those the model takes: e.g. ``input_ids``, ``attention_mask``,
-    ``token_type_ids``). ``tokenizer_dir`` None: MiniLM's tokenizer."""
+    ``token_type_ids``). ``tokenizer_dir`` None: MiniLM's tokenizer. A decoder (``windows``;
+    None: a graph or artifact with a KV cache) gets ``token_windows`` of ``max_length`` instead."""
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise CalibrationError(f"{where}: no sentences")
     if max_length < 1:
         raise CalibrationError(f"{where}: max_length must be at least 1, got {max_length}")
+    if windows or (windows is None and _is_decoder(model)):
+        return token_windows(sentences, model, tokenizer_dir=tokenizer_dir, length=max_length, batch=batch, where=where)
     specs = input_specs(model)
     for s in specs:
         if s.name not in TOKENIZER_OUTPUTS:
@@ -203,6 +206,58 @@ def from_sentences(sentences: Sequence[str], model: Any, *, tokenizer_dir: str |
     if _static_batch(specs) is not None and len(sentences) % size:
         raise CalibrationError(f"{where}: {len(sentences)} sentences do not split into batches of the model's fixed batch size {size}")
     return check_input_sets(sets, specs, where)
+
+
+def _is_decoder(model: Any) -> bool:
+    """A decoder with a KV cache: its graph (``ir/decoder.py``) or its compiled artifact."""
+    if isinstance(model, Graph):
+        from .ir.decoder import find_kv_cache
+
+        return find_kv_cache(model) is not None
+    signature = getattr(getattr(model, "model", model), "signature", None)
+    return getattr(signature, "kv_cache", None) is not None
+
+
+def token_windows(sentences: Sequence[str], model: Any, *, tokenizer_dir: str | os.PathLike | None = None,
+                  length: int = DEFAULT_MAX_LENGTH, batch: int | None = None, where: str = "sentences") -> InputSets:
+    """A decoder's inputs from text: the sentences tokenized, joined (end-of-text between them)
+    and cut into windows of ``length`` tokens, ``batch`` windows per set — no padding, every
+    position a real next-token prediction (how language-model perplexity is measured).
+
+    A decoder graph with a KV cache takes a cache as well: each window is one token longer, and
+    its first token is run through the prefill step (the reference interpreter) to make the past
+    keys and values the rest of the window attends to."""
+    from .ir.decoder import find_kv_cache, prefill_graph
+
+    tok = tokenizer(tokenizer_dir)
+    cache = find_kv_cache(model) if isinstance(model, Graph) else None
+    size = length + (1 if cache is not None else 0)
+    sep = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    stream: list[int] = []
+    for s in sentences:
+        stream += tok(s, add_special_tokens=False)["input_ids"] + sep
+    count = len(stream) // size
+    if count == 0:
+        raise CalibrationError(f"{where}: {len(stream)} tokens of text, fewer than one window of {size} "
+                               f"(give more text or a smaller --max-length)")
+    windows = np.asarray(stream[:count * size], dtype=np.int64).reshape(count, size)
+    rows = _batch_size(batch, None, where)
+    prefill = None
+    if cache is not None:
+        from .ir.interpreter import Interpreter
+
+        prefill = Interpreter(prefill_graph(model, cache))
+    sets = []
+    for i in range(0, count, rows):
+        chunk = windows[i:i + rows]
+        if prefill is None:
+            sets.append({"input_ids": np.ascontiguousarray(chunk)})
+            continue
+        first = prefill.run({"input_ids": np.ascontiguousarray(chunk[:, :1])})
+        feed = {"input_ids": np.ascontiguousarray(chunk[:, 1:])}
+        feed.update({past: first[present] for past, present in cache.pairs})
+        sets.append(feed)
+    return check_input_sets(sets, model, where)
 
 
 def news_calibration(model: Any, sentences: int = 256, passages: int = 128, *, split: str = "calib",
@@ -261,12 +316,12 @@ class InputsFile:
         if self.tokenizer is not None and not Path(self.tokenizer).is_dir():
             raise CalibrationError(f"--tokenizer {self.tokenizer}: no such folder")
 
-    def load(self, model: Any) -> InputSets:
+    def load(self, model: Any, windows: bool | None = None) -> InputSets:
         self.check()
         if Path(self.path).suffix.lower() == ".npz":
             return from_npz(self.path, model, self.batch)
         return from_sentences(read_sentences(self.path), model, tokenizer_dir=self.tokenizer,
-                              max_length=self.max_length, batch=self.batch, where=self.path)
+                              max_length=self.max_length, batch=self.batch, where=self.path, windows=windows)
 
 
 def load_inputs_file(path: str | os.PathLike, model: Any, *, tokenizer: str | os.PathLike | None = None,

@@ -34,21 +34,30 @@ class Side:
     output_names: list[str]
     graph: Graph | None = None
     manifest: dict | None = None
+    decoder: bool = False  # a decoder with a KV cache, run (and fed) as its prefill step
 
 
 def open_side(path: str | os.PathLike) -> Side:
-    """A model file (reference interpreter) or an artifact folder (compiled module)."""
+    """A model file (reference interpreter) or an artifact folder (compiled module). A decoder
+    with a KV cache runs its prefill step on either side (an artifact's ``main``): the text in
+    windows, no cache passed in."""
     path = Path(path)
     if path.is_dir():
         from .api import load
 
         art = load(path)
-        return Side(str(path), "artifact", art.run, list(art.inputs), art.output_names(), manifest=art.manifest)
+        decoder = getattr(getattr(art, "signature", None), "kv_cache", None) is not None
+        return Side(str(path), "artifact", art.run, list(art.inputs), art.output_names(), manifest=art.manifest,
+                    decoder=decoder)
     from .api import load_model
+    from .ir.decoder import find_kv_cache, prefill_graph
     from .ir.interpreter import Interpreter
 
     graph = load_model(path)
-    return Side(str(path), "model", Interpreter(graph).run, list(graph.inputs), graph.output_names(), graph=graph)
+    cache = find_kv_cache(graph)
+    runs = prefill_graph(graph, cache) if cache is not None else graph
+    return Side(str(path), "model", Interpreter(runs).run, list(runs.inputs), runs.output_names(), graph=graph,
+                decoder=cache is not None)
 
 
 @dataclass
@@ -114,7 +123,8 @@ def evaluate(original: str | os.PathLike, compressed: str | os.PathLike, inputs:
     and compare output ``output`` (default: the original's first). Parameters and FLOPs are
     reported when both sides are model files."""
     orig, comp = open_side(original), open_side(compressed)
-    sets = inputs.load(orig.inputs) if isinstance(inputs, InputsFile) else check_input_sets(list(inputs), orig.inputs, "inputs")
+    sets = (inputs.load(orig.inputs, windows=orig.decoder) if isinstance(inputs, InputsFile)
+            else check_input_sets(list(inputs), orig.inputs, "inputs"))
     o_names = sorted(v.name for v in orig.inputs)
     c_names = sorted(v.name for v in comp.inputs)
     if o_names != c_names:

@@ -146,12 +146,14 @@ def _norms():
     g = Graph("norms")
     x = g.add_input("x", TensorType(F32, (2, 3, 8)))
     img = g.add_input("img", TensorType(F32, (1, 4, 6, 6)))
+    row = g.add_input("row", TensorType(F32, (1, 1, 8)))  # one row (a decode step): serial reductions
     s8, b8 = _const(g, _rand(8)), _const(g, _rand(8))
     c4 = [_const(g, _rand(4)) for _ in range(3)] + [_const(g, _rand(4, lo=0.5, hi=2.0))]
     ln = g.add_node("LayerNormalization", [x, s8, b8], {"epsilon": 1e-5}, num_outputs=3).outputs
     outs = [
         g.op("LayerNormalization", x, s8, b8), *ln, g.op("LayerNormalization", x, s8),
         g.op("RMSNormalization", x, s8), g.op("Softmax", x, axis=1), g.op("LogSoftmax", x), g.op("Hardmax", x),
+        g.op("RMSNormalization", row, s8), g.op("LayerNormalization", row, s8, b8), g.op("Softmax", row),
         g.op("BatchNormalization", img, *c4), g.op("InstanceNormalization", img, c4[0], c4[1]),
         g.op("GroupNormalization", img, c4[0], c4[1], num_groups=2), g.op("LpNormalization", x, axis=-1),
         g.op("MeanVarianceNormalization", img),
@@ -164,7 +166,7 @@ def _norms():
         g.op("ConvTranspose", img, _const(g, _rand(4, 2, 3, 3)), strides=(2, 2), pads=(1, 1, 1, 1)),
     ]
     g.set_outputs(outs)
-    return g, [{"x": _rand(2, 3, 8), "img": _rand(1, 4, 6, 6)}]
+    return g, [{"x": _rand(2, 3, 8), "img": _rand(1, 4, 6, 6), "row": _rand(1, 1, 8)}]
 
 
 @pytest.mark.parametrize("make", [_linear_algebra, _norms], ids=["linear_algebra", "norms_conv_pool"])

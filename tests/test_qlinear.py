@@ -187,6 +187,25 @@ def test_compiled_matches_interpreter(case):
     assert float(np.abs(got - ref).max()) <= 2e-6 * scale, case
 
 
+@pytest.mark.parametrize("case", ["bf16", "int8-weight-only", "int4-g32", "uint4-g64-zero-point"])
+@pytest.mark.parametrize("rows", [(1, 1), (2, 1)])
+def test_compiled_gemv_matches_interpreter(case, rows):
+    """A static row count of 1 or 2 (a decode step): the weight decoded inside the product
+    loop, a register tile of just those rows (schedules/dense_lowp.py GEMV_ROWS)."""
+    from optc.codegen.build import build
+
+    k, n = 100, 70
+    w, s, z, attrs = CASES[case](k, n)
+    b = RNG.standard_normal(n).astype(np.float32)
+    g = _graph(w, s, z, b, x_shape=(*rows, None), activation="silu", **attrs)
+    cm = build(g, "x86")
+    assert not cm.unscheduled and not cm.fallback_funcs
+    x = (RNG.standard_normal((*rows, k)) * 2).astype(np.float32)
+    ref = run(g, {"x": x})["qlinear"]
+    got = cm.load().run({"x": x})["qlinear"]
+    assert float(np.abs(got - ref).max()) <= 2e-6 * float(np.abs(ref).max()), case
+
+
 def test_codes_wider_than_the_target_kernel_multiplies_are_a_clear_error():
     from optc.codegen.build import build
     from optc.ir import UnsupportedOpError

@@ -64,6 +64,23 @@ def _unflatten(r, lead):
     return idx
 
 
+def static_rows(lead) -> int | None:
+    """The number of rows ``x [..., K]`` holds when its leading dims are all constants."""
+    m = 1
+    for d in lead:
+        if not isinstance(d, (int, tirx.IntImm)):
+            return None
+        m *= int(d)
+    return m
+
+
+def tile_rows(lead, mi: int) -> int:
+    """Rows of the register tile: the target's ``mi``, or fewer when the product has fewer rows
+    (a decode step's matrix-vector product has one: a 6-row tile would compute 5 padding rows)."""
+    m = static_rows(lead)
+    return max(1, min(mi, m)) if m is not None else mi
+
+
 def dense_packed_te(x: te.Tensor, wp: te.Tensor, n: int, mi: int, out_dtype: str, weight_at=None):
     """TE of the packed dense: x [..., K] x wp [Nb, K, nb] -> [..., n].
 
@@ -303,7 +320,7 @@ class _DenseRewriter(PyExprMutator):
             packed = relax.const(pack_weight(weight, nb), "float32")
             if isinstance(plain, tvm.ir.expr.Constant):
                 self.packed[hash(plain)] = (plain, packed, n)
-        mi = self.tiles.mi
+        mi = tile_rows(xs.shape.values[:-1], self.tiles.mi)
 
         def kernel(xt, wt):
             return dense_packed_te(xt, wt, n, mi, "float32")

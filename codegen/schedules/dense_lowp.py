@@ -23,7 +23,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from .dense import DECODE_BLOCK, dense_packed_te, pack_weight
+from .dense import DECODE_BLOCK, dense_packed_te, pack_weight, static_rows
+
+GEMV_ROWS = 2
+"""At most this many rows (a static count), the weight is decoded inside the product loop."""
 
 
 def pack_params(p: np.ndarray, nb: int) -> np.ndarray:
@@ -54,8 +57,10 @@ def weight_decoder(codes: te.Tensor, scale: te.Tensor | None, zero: te.Tensor | 
             q = codes[jb, kk, jj].astype("int32")
         else:
             byte = codes[jb, kk // 2, jj].astype("int32")
-            nib = tirx.bitwise_and(tirx.shift_right(byte, (kk % 2) * 4), 15)
-            q = tirx.Select(nib >= 8, nib - 16, nib) if kind == "int4" else nib
+            # int32 shift amount: an int64 one (the loop variable's type) widens every lane to
+            # 64 bits, and the vectorized decode ran 4x slower
+            nib = tirx.bitwise_and(tirx.shift_right(byte, ((kk % 2) * 4).astype("int32")), 15)
+            q = tirx.bitwise_xor(nib, 8) - 8 if kind == "int4" else nib  # 4-bit two's complement
         g = 0 if group_size == 0 else kk // group_size
         if zero is not None:
             q = q - zero[jb, g, jj].astype("int32")
@@ -86,7 +91,13 @@ def decoded_dense_te(x: te.Tensor, codes: te.Tensor, scale: te.Tensor | None, ze
     nblk, nb = codes.shape[0], codes.shape[-1]
     kdim = x.shape[-1]
     decode = weight_decoder(codes, scale, zero, kind, group_size)
-    w = te.compute((nblk, kdim, nb), lambda jb, kk, jj: decode(jb, kk, jj), name=DECODE_BLOCK)
     if act_round is not None:  # once per element, not once per weight panel
         x = te.compute(x.shape, lambda *i: round_to(x(*i), act_round), name=f"round_{act_round}")
+    rows = static_rows(x.shape[:-1])
+    if rows is not None and rows <= GEMV_ROWS:
+        # a matrix-vector product (a decode step): each weight is read once anyway, so it is
+        # decoded in registers inside the multiply-add loop, with a tile of just these rows —
+        # no scratch panel written and read back (that made int4 decode as slow as fp32)
+        return dense_packed_te(x, codes, n, rows, "float32", weight_at=decode)
+    w = te.compute((nblk, kdim, nb), lambda jb, kk, jj: decode(jb, kk, jj), name=DECODE_BLOCK)
     return dense_packed_te(x, w, n, mi, "float32")
