@@ -95,6 +95,10 @@ def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
     dropped and raises ``IRError`` naming the node."""
     g = bind_dims(graph, {cache.past_dim: 0})
     past = {id(g.value(name)): name for name in cache.past_names}
+    for name in cache.past_names:
+        for node, _ in list(g.value(name).uses):
+            if node.op == "Shape":
+                _shape_without_past(g, node)
     for node in list(g.nodes):
         if node.op != "Concat" or not any(id(v) in past for v in node.inputs if v is not None):
             continue
@@ -117,6 +121,30 @@ def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
     g.infer_types()
     fold_graph(g)
     return g
+
+
+def _shape_without_past(g: Graph, node) -> None:
+    """``Shape(past)[start:end]`` (an export reading the batch size off the cache) rebuilt from
+    ``input_ids``' batch dim and the constant dims, so the empty past input can go."""
+    import numpy as np
+
+    past = node.input(0)
+    shape, ids = past.type.shape, g.value(INPUT_IDS)
+    rank = len(shape)
+    start, end = node.attrs.get("start", 0) or 0, node.attrs.get("end")
+    start = start + rank if start < 0 else start
+    end = rank if end is None else (end + rank if end < 0 else end)
+    pieces = []
+    for axis in range(max(start, 0), min(end, rank)):
+        if isinstance(shape[axis], int):
+            pieces.append(g.add_constant(np.array([shape[axis]], np.int64)))
+        elif axis == 0 and shape[0] == ids.type.shape[0]:
+            pieces.append(g.add_node("Shape", [ids], {"start": 0, "end": 1}, before=node).output)
+        else:
+            return  # left for the check below to name
+    new = pieces[0] if len(pieces) == 1 else g.add_node("Concat", pieces, {"axis": 0}, before=node).output
+    node.output.replace_all_uses_with(new)
+    g.remove_node(node)
 
 
 def decode_graph(graph: Graph, cache: KVCache, batch: int | None = None) -> Graph:

@@ -125,6 +125,59 @@ def test_a_cache_without_its_outputs_is_refused():
     assert find_kv_cache(Graph("plain")) is None
 
 
+# -- calibrating and compressing a decoder -------------------------------------------------------------------
+def test_text_becomes_token_windows_with_a_cache(decoder):
+    from optc import datasets
+    from optc.calibration import token_windows
+    from optc.ir.decoder import find_kv_cache, prefill_graph
+    from optc.ir.interpreter import Interpreter
+
+    _, g = decoder
+    sets = token_windows(datasets.news_sentences("calib", 40), g, length=16, batch=4)
+    cache = find_kv_cache(g)
+    assert len(sets) >= 2 and sets[0]["input_ids"].shape == (4, 16)
+    assert sets[0]["past_key_values.0.key"].shape == (4, 2, 1, 16)
+    # the windows without a cache: one token longer, the first one what made the past
+    plain = token_windows(datasets.news_sentences("calib", 40), prefill_graph(g, cache), length=17, batch=4)
+    np.testing.assert_array_equal(plain[0]["input_ids"][:, 1:], sets[0]["input_ids"])
+    full = Interpreter(prefill_graph(g, cache)).run(plain[0])
+    step = Interpreter(g).run(sets[0])
+    np.testing.assert_allclose(step["logits"], full["logits"][:, 1:], atol=1e-4)
+    with pytest.raises(Exception, match="fewer than one window of 513"):
+        token_windows(["a short text"], g, length=512)
+
+
+def test_quantized_decoder_with_its_tied_head(decoder):
+    """int8 weight-only on every projection, the head tied to the embedding included: the
+    lookup keeps the float table, the head reads codes; the compiled steps match the
+    interpreter's."""
+    from optc import datasets
+    from optc.api import optimize
+    from optc.calibration import token_windows
+    from optc.codegen.build import build
+    from optc.ir.decoder import find_kv_cache
+    from optc.ir.interpreter import Interpreter
+
+    _, g0 = decoder
+    g = g0.clone()
+    calib = token_windows(datasets.news_sentences("calib", 60), g, length=16, batch=4)
+    res = optimize(g, "default,quantize{precision=int8,act=none,exclude=}", calibration=calib)
+    report = res.reports[-1]
+    assert report["fidelity"]["perplexity"] is not None
+    attention = [n for n in g.nodes if n.op == "Attention"]
+    assert len(attention) == 2 and all(n.input(1).shape[1] == 2 for n in attention)  # reads the 2 KV heads, not 4 copies
+    heads = [n for n in g.nodes if n.op == "QLinear" and n.output.shape[-1] == 30522]
+    assert len(heads) == 1 and sum(n.op == "QLinear" for n in g.nodes) == 15
+    assert any(n.op == "Gather" and n.input(0).dtype.value == "f32" for n in g.nodes)
+    m = build(g, "x86").load()
+    dec, pairs = m.step("decode"), find_kv_cache(g).pairs
+    state = m.run({"input_ids": np.array([[101, 2023, 2003]])})
+    feed = {"input_ids": np.array([[1037]]), **{p: state[q] for p, q in pairs}}
+    got = dec.run(feed)["logits"]
+    want = Interpreter(g).run(feed)["logits"]
+    assert float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max())
+
+
 # -- compiled: one module, two functions, each weight once ------------------------------------------------
 def _constants(mod) -> set[str]:
     return set(re.findall(r'metadata\["ir.GenericConst"\]\[(\d+)\]', mod.script(show_meta=False)))
@@ -214,6 +267,42 @@ def test_generate_refuses_bad_requests(compiled):
         Sampling(-1.0)
     with pytest.raises(Exception, match="dim 1 .* is 30522|30522"):
         gen.generate([30522], 2)  # a token id outside the vocabulary: the checked gather refuses it
+
+
+def test_onnx_export_with_a_cache_generates_what_pytorch_does(decoder, tmp_path):
+    """The same step exported to ONNX (dynamo) with past/present inputs and outputs: imported
+    with ``past+seq`` dims, the batch size it reads off the cache rebuilt from ``input_ids``,
+    compiled into prefill + decode; greedy tokens = PyTorch's."""
+    import torch
+
+    from optc import load_model
+    from optc.api import optimize
+    from optc.codegen.build import build
+    from optc.codegen.generate import Generator
+    from optc.frontend.pytorch.decoder import _CacheStep, cache_geometry
+    from optc.ir.decoder import find_kv_cache
+
+    model, _ = decoder
+    layers, kv_heads, head_dim = cache_geometry(model.config)
+    past = [torch.zeros((2, kv_heads, 5, head_dim)) for _ in range(2 * layers)]
+    dims = {"batch": torch.export.Dim("batch", max=64), "seq": torch.export.Dim("seq", max=256),
+            "past": torch.export.Dim("past", min=0, max=256)}
+    names = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    path = tmp_path / "step.onnx"
+    torch.onnx.export(_CacheStep(model, layers), (torch.zeros((2, 3), dtype=torch.long), past), str(path), dynamo=True,
+                      input_names=["input_ids"] + [f"past_key_values.{n}" for n in names],
+                      output_names=["logits"] + [f"present.{n}" for n in names],
+                      dynamic_shapes={"input_ids": {0: dims["batch"], 1: dims["seq"]},
+                                      "past": [{0: dims["batch"], 2: dims["past"]} for _ in past]})
+    g = load_model(path)
+    assert find_kv_cache(g) is not None and g.value("present.1.value").shape == ("batch", 2, "past+seq", 16)
+    optimize(g, "default")
+    gen = Generator(build(g, "x86").load())
+    prompt = [101, 2023, 2003, 1037, 3231]
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)[0, len(prompt):].tolist()
+    assert gen.generate(prompt, 12).tokens == want
 
 
 # -- the artifact: tokenizer inside, optc generate --------------------------------------------------------

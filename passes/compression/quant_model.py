@@ -59,6 +59,15 @@ class QuantConfig:
         return "gptq" if precision == "int4" else "rtn"
 
 
+def _shared_beyond_lookups(p) -> bool:
+    """Whether the projection's weight has uses other than the projection and table lookups.
+    A language model's head tied to its embedding (``ir/tying.py``) is also read by a
+    ``Gather``: the head may still be quantized — the lookup keeps reading the float table, the
+    head gets its codes (1/8 of the table more at int4, and a decode step reads the codes)."""
+    others = [(node, i) for node, i in p.weight.uses if node is not p.node]
+    return any(node.op != "Gather" or i != 0 for node, i in others) or len(others) + 1 != len(p.weight.uses)
+
+
 @dataclass
 class QLayer:
     """One quantizable projection."""
@@ -82,7 +91,7 @@ def eligible(graph: Graph, include: str = "", exclude: str = "") -> tuple[list[Q
             skipped[p.name] = "not included"
         elif exc and name_matches(p.name, exc):
             skipped[p.name] = "excluded"
-        elif len(p.weight.uses) > 1 or p.weight in graph.outputs:
+        elif _shared_beyond_lookups(p) or p.weight in graph.outputs:
             skipped[p.name] = "weight shared"
         elif p.weight.dtype is not DType.FLOAT32 or p.input.dtype is not DType.FLOAT32:
             skipped[p.name] = f"not float32 ({p.weight.dtype.value})"

