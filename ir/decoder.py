@@ -57,6 +57,15 @@ class KVCache:
         return KVCache(tuple((str(a), str(b)) for a, b in d["pairs"]), str(d["seq_dim"]), str(d["past_dim"]))
 
 
+def empty_cache_dims(graph: Graph) -> tuple[str, ...]:
+    """The symbolic past length(s) of the graph's past inputs, which the reference interpreter
+    lets be 0 (an empty cache); () for a graph without past inputs. Never raises: also for a
+    derived step (decode has ``seq`` bound)."""
+    dims = {v.type.shape[CACHE_AXIS] for v in graph.inputs if _PAST.fullmatch(v.name)
+            and v.type.shape is not None and len(v.type.shape) == 4}
+    return tuple(sorted(d for d in dims if isinstance(d, str)))
+
+
 def find_kv_cache(graph: Graph) -> KVCache | None:
     """The graph's KV cache, when its inputs and outputs follow the naming convention above;
     None for a graph without past inputs. A graph that has some but not a consistent set of

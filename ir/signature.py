@@ -5,7 +5,7 @@ running an artifact never needs torch)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -15,14 +15,17 @@ from .types import DType
 
 
 def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: str,
-                 dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple]) -> dict[str, int]:
+                 dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple],
+                 empty_ok: Collection[str] = ()) -> dict[str, int]:
     """Validate names, dtypes, ranks and dims of the given inputs; return the symbol bindings.
 
     ``graph_inputs`` are the declared inputs: graph input ``Value``s, or anything with the same
     ``name``, ``dtype``, ``shape`` and ``type`` (the compiled runtime passes its signature's
     ``TensorSpec``s), so the interpreter and compiled modules check inputs the same way.
     ``dtype_of``/``shape_of`` read a given array's IR element type (None if it has none) and
-    shape. Raises ``IRError`` naming the input."""
+    shape. ``empty_ok`` names symbolic dims that may be 0 (a decoder's past length, which the
+    reference interpreter runs empty; compiled modules never take an empty cache). Raises
+    ``IRError`` naming the input."""
     names = [v.name for v in graph_inputs]
     missing = [n for n in names if n not in given]
     unexpected = sorted(set(given) - set(names))
@@ -49,7 +52,7 @@ def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: st
         if len(shape) != len(declared):
             raise IRError(f"input {v.name!r}: expected rank {len(declared)} {v.type}, got shape {list(shape)}")
         for axis, (d, n) in enumerate(zip(declared, shape)):
-            if n == 0 and not isinstance(d, int):
+            if n == 0 and not isinstance(d, int) and d not in empty_ok:
                 # ir/checks.py: both backends refuse zero-size values of dims not fixed at compile
                 # time (compiled kernels index with them; checked modules refuse them too).
                 raise InvalidValueError(f"input {v.name!r}: dim {axis} ({'?' if d is None else d}) is 0; a dim not "

@@ -126,7 +126,9 @@ def test_a_cache_without_its_outputs_is_refused():
 
 
 # -- calibrating and compressing a decoder -------------------------------------------------------------------
-def test_text_becomes_token_windows_with_a_cache(decoder):
+def test_text_becomes_token_windows_with_an_empty_cache(decoder):
+    """A decoder calibrates on windows of text; its KV graph on an empty cache (which only the
+    interpreter runs) computes every position itself: the same logits as the prefill step."""
     from optc import datasets
     from optc.calibration import token_windows
     from optc.ir.decoder import find_kv_cache, prefill_graph
@@ -136,14 +138,14 @@ def test_text_becomes_token_windows_with_a_cache(decoder):
     sets = token_windows(datasets.news_sentences("calib", 40), g, length=16, batch=4)
     cache = find_kv_cache(g)
     assert len(sets) >= 2 and sets[0]["input_ids"].shape == (4, 16)
-    assert sets[0]["past_key_values.0.key"].shape == (4, 2, 1, 16)
-    # the windows without a cache: one token longer, the first one what made the past
-    plain = token_windows(datasets.news_sentences("calib", 40), prefill_graph(g, cache), length=17, batch=4)
-    np.testing.assert_array_equal(plain[0]["input_ids"][:, 1:], sets[0]["input_ids"])
+    assert sets[0]["past_key_values.0.key"].shape == (4, 2, 0, 16)
+    plain = token_windows(datasets.news_sentences("calib", 40), prefill_graph(g, cache), length=16, batch=4)
+    np.testing.assert_array_equal(plain[0]["input_ids"], sets[0]["input_ids"])
     full = Interpreter(prefill_graph(g, cache)).run(plain[0])
     step = Interpreter(g).run(sets[0])
-    np.testing.assert_allclose(step["logits"], full["logits"][:, 1:], atol=1e-4)
-    with pytest.raises(Exception, match="fewer than one window of 513"):
+    np.testing.assert_allclose(step["logits"], full["logits"], atol=1e-5)
+    assert step["present.0.key"].shape == (4, 2, 16, 16)
+    with pytest.raises(Exception, match="fewer than one window of 512"):
         token_windows(["a short text"], g, length=512)
 
 

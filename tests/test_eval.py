@@ -242,6 +242,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     ("eval_other_inputs", "the models take different inputs"),
     ("compile_text_without_tokenizer", "--calib .*: a text file needs --tokenizer"),
     ("tokenizer_without_calib", "--tokenizer needs --calib"),
+    ("compile_tokenizer_not_one", "not a Hugging Face tokenizer folder"),
     ("optimize_bad_suffix", "ending in .onnx or .optc-ir"),
     ("optimize_bad_calib", "--calib .*nope.npz: no such file"),
     ("inspect_calib_without_passes", "--calib needs --passes"),
@@ -266,7 +267,9 @@ def test_user_errors_are_one_line_exit_2(case, match, models, capsys):
         "eval_no_output": ["eval", orig, orig, "--inputs", inputs, "--output", "z"],
         "eval_other_inputs": ["eval", orig, str(other), "--inputs", inputs],
         "compile_text_without_tokenizer": ["compile", orig, "-o", str(d / "art"), "--calib", str(d / "s.txt")],
-        "tokenizer_without_calib": ["compile", orig, "-o", str(d / "art"), "--tokenizer", str(d)],
+        "tokenizer_without_calib": ["optimize", orig, "-o", str(d / "out.onnx"), "--tokenizer", str(d)],
+        # compile takes --tokenizer alone (the artifact carries it), but it must be one
+        "compile_tokenizer_not_one": ["compile", orig, "-o", str(d / "art"), "--tokenizer", str(d)],
         "optimize_bad_suffix": ["optimize", orig, "-o", str(d / "out.txt")],
         "optimize_bad_calib": ["optimize", orig, "-o", str(d / "out.onnx"), "--calib", str(d / "nope.npz")],
         "inspect_calib_without_passes": ["inspect", orig, "--calib", inputs],

@@ -229,6 +229,11 @@ class Interpreter:
             return slot[id(v)]
 
         self._input_slots = [(v, slot_of(v)) for v in graph.inputs]
+        from ..decoder import empty_cache_dims
+
+        # a decoder runs here with an empty cache too (the whole window computed by the model
+        # itself: what calibration measures); compiled modules take no empty inputs
+        self._empty_ok = empty_cache_dims(graph)
         self._const_slots: list[tuple[Value, int, torch.Tensor]] = []
         for v in graph.constants.values():
             self._const_slots.append((v, slot_of(v), numpy_to_compute(v.const, v.dtype)))
@@ -278,7 +283,8 @@ class Interpreter:
             if v.dtype not in TORCH_DTYPE:
                 raise IRError(f"input {v.name!r}: element type {v.dtype.value} has no torch dtype; run the graph "
                               f"with numpy (ml_dtypes) arrays through Interpreter.run")
-        bindings = _check_inputs(self.graph.inputs, inputs, "run_torch", _torch_dtype, lambda t: tuple(t.shape))
+        bindings = _check_inputs(self.graph.inputs, inputs, "run_torch", _torch_dtype, lambda t: tuple(t.shape),
+                                 self._empty_ok)
         overrides: dict[str, torch.Tensor] = {}
         for name, t in (constants or {}).items():
             v = self.graph.constants.get(name)
@@ -293,7 +299,7 @@ class Interpreter:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on numpy arrays; returns numpy arrays of the declared output dtypes."""
-        bindings = _check_inputs(self.graph.inputs, inputs, "run", _numpy_dtype, lambda a: np.shape(a))
+        bindings = _check_inputs(self.graph.inputs, inputs, "run", _numpy_dtype, lambda a: np.shape(a), self._empty_ok)
         feed = {v.name: numpy_to_compute(np.asarray(inputs[v.name]), v.dtype) for v, _ in self._input_slots}
         ptrs = self._const_ptrs | {t.untyped_storage().data_ptr() for t in feed.values() if t.numel()}
         with torch.inference_mode():
