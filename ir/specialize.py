@@ -30,19 +30,24 @@ def specialize_dims(graph: Graph, sizes: Mapping[str, int]) -> Graph:
     """A copy of ``graph`` with each named dim in ``sizes`` replaced by its size everywhere
     (also inside sums and products: ``past+seq`` with ``seq=1`` is ``past+1``), types re-inferred
     and shape chains folded. Raises ``IRError`` for a name no input has or a size below 1."""
-    small = [(name, n) for name, n in sizes.items() if int(n) < 1]
-    if small and small[0][0] in symbolic_dims(graph):
-        raise IRError(f"dim {small[0][0]} must be at least 1, got {small[0][1]}")
+    _check_names(graph, sizes)
+    for name, n in sizes.items():
+        if int(n) < 1:
+            raise IRError(f"dim {name} must be at least 1, got {n}")
     return bind_dims(graph, sizes)
+
+
+def _check_names(graph: Graph, sizes: Mapping[str, int]) -> None:
+    known = symbolic_dims(graph)
+    for name in sizes:
+        if name not in known:
+            raise IRError(f"graph {graph.name!r} has no symbolic dim {name!r} (it has: {', '.join(known) or 'none'})")
 
 
 def bind_dims(graph: Graph, sizes: Mapping[str, int]) -> Graph:
     """``specialize_dims`` without the lower bound: a size may be 0, which only a caller that
     then removes the empty values may ask for (``ir/decoder.py``: a prefill has no past keys)."""
-    known = symbolic_dims(graph)
-    for name in sizes:
-        if name not in known:
-            raise IRError(f"graph {graph.name!r} has no symbolic dim {name!r} (it has: {', '.join(known) or 'none'})")
+    _check_names(graph, sizes)
     g = graph.clone()
 
     def bind(ty: TensorType | None) -> TensorType | None:
