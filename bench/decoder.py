@@ -11,7 +11,7 @@ median over interleaved rounds, so a shared machine's load hits every model alik
 PyTorch eager decodes with the same cache loop (``model(token, past_key_values=...)`` per
 token); ``generate()`` adds its own per-token overhead, reported beside it.
 
-    [OPTC_BENCH_THREADS=2] python bench/decoder.py [--variants fp32,int8,int4,int4-rtn]
+    [OPTC_BENCH_THREADS=2] python bench/decoder.py [--variants fp32,int8,int4,int4-rtn,int4-q4_1,int4-q4_1-head8]
         [--calib 32] [--holdout 16] [--new-tokens 64] [--rounds 5] [--json FILE]
 """
 
@@ -50,6 +50,11 @@ VARIANTS = {
     "int8": "default,quantize{precision=int8,act=none}",
     "int4": "default,quantize{precision=int4,act=none,group_size=32}",
     "int4-rtn": "default,quantize{precision=int4,method=rtn,act=none,group_size=32}",
+    # the GGUF file's own grid: its linear layers are Q4_1 blocks of 32 (d * q + m), which
+    # grid=minmax stores back exactly; the head (Q8_0 in the file) stays fp32 or goes int8
+    "int4-q4_1": "default,quantize{precision=int4,method=rtn,act=none,group_size=32,grid=minmax}",
+    "int4-q4_1-head8": "default,quantize{precision=int4,method=rtn,act=none,group_size=32,grid=minmax},"
+                       "quantize{precision=int8,act=none,include=lm_head,exclude=}",
 }
 PROMPT = ("The city council met on Tuesday to discuss the new budget for public transport. After a long "
           "debate, the members agreed that more buses would run in the evening, and that the old tram line")
@@ -152,12 +157,12 @@ def main(argv=None) -> int:
     fp32_tps = statistics.median(timings["fp32"]["decode"]) if "fp32" in timings else None
     print(f"\nbatch 1, {THREADS} threads, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, "
           f"median of {args.rounds} rounds; perplexity on {len(held)} held-out windows of 128 tokens")
-    print(f"{'model':10s} {'prefill ms':>11s} {'decode tok/s':>13s} {'x torch':>8s} {'x fp32':>7s} {'perplexity':>11s}")
+    print(f"{'model':16s} {'prefill ms':>11s} {'decode tok/s':>13s} {'x torch':>8s} {'x fp32':>7s} {'perplexity':>11s}")
     for name in ["torch", *variants]:
         pre = statistics.median(timings[name]["prefill"]) * 1e3
         tps = statistics.median(timings[name]["decode"])
         vs_fp32 = f"{tps / fp32_tps:7.2f}" if fp32_tps and name != "torch" else f"{'':7s}"
-        print(f"{name:10s} {pre:11.1f} {tps:13.1f} {tps / base_tps:8.2f} {vs_fp32} {ppl[name]:11.3f}")
+        print(f"{name:16s} {pre:11.1f} {tps:13.1f} {tps / base_tps:8.2f} {vs_fp32} {ppl[name]:11.3f}")
         rows.append({"model": name, "prefill_ms": pre, "decode_tokens_per_s": tps, "perplexity": ppl[name]})
     print(f"(PyTorch generate(): {statistics.median(generate_rates):.1f} tokens/s)")
     if args.json:

@@ -155,6 +155,8 @@ def _matmul_nbits(ctx: _Ctx) -> list:
       becomes the ``[K, N]`` code matrix (padding codes beyond K dropped);
     * ``scales`` ``[N, k_blocks]`` (or flat) becomes ``w_scale [k_blocks, N]`` float32;
     * ``zero_points`` uint8 packed like B (``[N, ceil(k_blocks * bits / 8)]``) are unpacked;
+      zero points of A's type (``[N, k_blocks]``, 4-bit codes: each block's own min/max grid,
+      as GGUF Q4_1) become a float32 ``w_zero_point`` over ``uint4`` codes;
       4-bit codes with zero points stay unsigned (``uint4`` codes and zero points). Without
       zero points ONNX Runtime subtracts ``2**(bits-1)``: that is stored as signed codes
       ``q - 2**(bits-1)`` without a zero point (``int4`` in [-8, 7]) — the same integer
@@ -210,9 +212,9 @@ def _matmul_nbits(ctx: _Ctx) -> list:
                                   "k // block_size can be imported")
     bias = ctx.input(5)
     center = 1 << (bits - 1)
+    if zp is not None and zp.dtype != np.uint8:
+        return _float_zero_points(ctx, x, codes, w_scale, zp, bits, k_blocks, n, block, bias)
     if zp is not None:
-        if zp.dtype != np.uint8:
-            raise ctx.unsupported(f"{zp.dtype} zero points (only uint8 packed zero points, as ORT's quantizers write)")
         zbytes = -(-k_blocks * bits // 8)
         if zp.size != n * zbytes:
             raise ctx.fail(f"zero_points has shape {list(zp.shape)}; need uint8 [{n}, {zbytes}] "
@@ -237,6 +239,23 @@ def _matmul_nbits(ctx: _Ctx) -> list:
                     "differ from ORT's by that activation quantization", ctx.where)
     inputs = [x, ctx.constant(w, "q"), ctx.constant(w_scale, "scale"),
               None if wz is None else ctx.constant(wz, "zero_point"), bias]
+    if bias is not None and bias.dtype is not DType.FLOAT32:
+        inputs[4] = ctx.op("Cast", bias, to=DType.FLOAT32)
+    return ctx.final("QLinear", *inputs, activation="none", group_size=int(block), act_quant="none", act_qmax=255)
+
+
+def _float_zero_points(ctx: _Ctx, x, codes, w_scale, zp, bits: int, k_blocks: int, n: int, block: int, bias):
+    """MatMulNBits with zero points of A's type: ``(q - z) * s`` with a real-valued ``z``."""
+    import ml_dtypes
+
+    if bits != 4:
+        raise ctx.unsupported(f"{zp.dtype} zero points with bits={bits} (float zero points are imported for 4-bit codes)")
+    if zp.dtype != x.dtype.numpy or zp.size != n * k_blocks:
+        raise ctx.fail(f"zero_points is {zp.dtype} {list(zp.shape)}; float zero points need A's type "
+                       f"{x.dtype.value} [{n}, {k_blocks}] (N, ceil(K / block_size))")
+    wz = zp.reshape(n, k_blocks).T.astype(np.float32)
+    inputs = [x, ctx.constant(codes.astype(ml_dtypes.uint4), "q"), ctx.constant(w_scale, "scale"),
+              ctx.constant(wz, "zero_point"), bias]
     if bias is not None and bias.dtype is not DType.FLOAT32:
         inputs[4] = ctx.op("Cast", bias, to=DType.FLOAT32)
     return ctx.final("QLinear", *inputs, activation="none", group_size=int(block), act_quant="none", act_qmax=255)

@@ -10,7 +10,9 @@ int8 per channel, weight-only          ``DequantizeLinear(W int8, scale [N], zer
 int4 / uint4 grouped, weight-only      ``com.microsoft.MatMulNBits`` (bits=4, block_size=group_size;
                                        int4 codes q are written as uint4 q + 8 without zero points —
                                        MatMulNBits' default zero point is 8 —, uint4 codes with their
-                                       zero points packed)
+                                       zero points packed, float32 zero points unpacked ``[N, blocks]``)
+uint4 per channel, float zero point    ``(Cast(W) - z) * s`` (DequantizeLinear takes integer zero
+                                       points only)
 other integer weights, weight-only     ``DequantizeLinear`` blocked along K (``axis=0``,
                                        ``block_size``) or per axis (opset 21 for 4-bit types)
 int8, ``act_quant`` dynamic / static   the integer product in standard ops, see below
@@ -168,6 +170,13 @@ def _weight_only(e: _Emitter, node, x):
     group = int(node.attrs["group_size"])
     if _nbits_ok(node):
         return _matmul_nbits(e, node, x)
+    if z_v is not None and z_v.dtype is DType.FLOAT32:
+        if group:
+            raise UnsupportedOpError(f"node {node.name} (QLinear): a float zero point with group_size {group} has no "
+                                     f"ONNX form (MatMulNBits takes power-of-two groups >= 16)")
+        wq = e.emit("Cast", [e.tensor(w_v)], f32, {"to": _onnx_type(DType.FLOAT32)})
+        wf = e.emit("Mul", [e.emit("Sub", [wq, e.tensor(z_v)], f32), e.tensor(s_v)], f32)
+        return e.emit("MatMul", [x, wf], f32)
     if group == 0:
         attrs = {"axis": 1}
     else:
@@ -186,6 +195,15 @@ def _matmul_nbits(e: _Emitter, node, x):
     blocks = -(-k // g)
     scale = np.asarray(node.input(2).const, np.float32).reshape(blocks, n)
     z_v = node.input(3)
+    if z_v is not None and z_v.dtype is DType.FLOAT32:  # a real-valued zero point, [N, blocks] of A's type
+        codes = w.astype(np.uint8)
+        padded = np.zeros((blocks * g, n), np.uint8)  # rows past K: ORT stops at K
+        padded[:k] = codes
+        zero = np.asarray(z_v.const, np.float32).reshape(blocks, n)
+        inputs = [x, e.const(_pack4(padded.T.reshape(n, blocks, g)), "B"), e.const(np.ascontiguousarray(scale.T), "scales"),
+                  e.const(np.ascontiguousarray(zero.T), "zero_points")]
+        return e.emit("MatMulNBits", inputs, np.float32, {"K": int(k), "N": int(n), "bits": 4, "block_size": g},
+                      domain=MS_DOMAIN)
     if node.input(1).dtype is DType.INT4:
         codes = w.astype(np.int16) + 8  # ORT's default zero point 8: q - 8 is the int4 code again
         zero = None

@@ -593,7 +593,8 @@ def _qlinear_graph(mode="none", wdt="int8", group=0, zp=False, act="none", qmax=
     if dt is not None:
         ins = [x, g.add_constant(rng.integers(lo, hi, (k, n)).astype(dt), "w"),
                g.add_constant(rng.uniform(0.001, 0.01, shape).astype(np.float32), "s"),
-               g.add_constant(rng.integers(max(lo, 0), hi, shape).astype(dt), "z") if zp else None]
+               (g.add_constant((rng.random(shape) * 15).astype(np.float32), "z") if zp == "float" else
+                g.add_constant(rng.integers(max(lo, 0), hi, shape).astype(dt), "z") if zp else None)]
     else:
         w = (rng.standard_normal((k, n)) * 0.1).astype(ml_dtypes.bfloat16 if wdt == "bf16" else np.float16)
         ins = [x, g.add_constant(w, "w"), None, None]
@@ -621,6 +622,8 @@ def _qlinear_graph(mode="none", wdt="int8", group=0, zp=False, act="none", qmax=
     (dict(wdt="int4", group=32, zp=True), {"MatMulNBits"}, False),
     (dict(wdt="uint4", group=64, zp=True), {"MatMulNBits"}, False),
     (dict(wdt="uint4", group=16), {"MatMulNBits"}, False),
+    (dict(wdt="uint4", group=32, zp="float", k=80), {"MatMulNBits"}, False),  # GGUF Q4_1's grid
+    (dict(wdt="uint4", zp="float"), {"Sub", "MatMul"}, False),
     (dict(wdt="int4", group=48), {"DequantizeLinear"}, False),
     (dict(wdt="int4"), {"DequantizeLinear"}, False),
     (dict(wdt="bf16", act="silu"), {"Cast", "MatMul"}, False),

@@ -132,6 +132,20 @@ def test_weight_only_matches_dequantized_matmul():
     np.testing.assert_allclose(got, x @ np_dequantize(qu, s, z, 32), rtol=1e-5, atol=1e-5)
 
 
+def test_float_zero_point_is_subtracted_in_float32():
+    """A float32 zero point (GGUF Q4_1's min/max grid): ``(float32(q) - z) * s``, two roundings."""
+    q, s = _int4(70, 16, 32, signed=False)
+    z = (RNG.random(s.shape) * 15).astype(np.float32)
+    x = RNG.standard_normal((3, 70)).astype(np.float32)
+    got = run(_graph(q, s, z, x_shape=(3, None), group_size=32), {"x": x})["qlinear"]
+    idx = np.arange(70) // 32
+    w = (q.astype(np.float32) - z[idx]) * s[idx]
+    np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IRError, match="float32 for a weight-only layer"):
+        w8, s8 = _int8(16, 8)
+        _graph(w8, s8, np.zeros(8, np.float32), act_quant="dynamic")
+
+
 @pytest.mark.parametrize("wt", [ml_dtypes.bfloat16, np.float16])
 def test_float_weights_round_the_activations(wt):
     w = RNG.standard_normal((32, 8)).astype(wt)
@@ -159,6 +173,8 @@ CASES = {
     "int4-g32": lambda k, n: (*_int4(k, n, 32), None, {"group_size": 32}),
     "uint4-g64-zero-point": lambda k, n: (*_int4(k, n, 64, signed=False),
                                           RNG.integers(0, 16, (-(-k // 64), n)).astype(ml_dtypes.uint4), {"group_size": 64}),
+    "uint4-g32-float-zero-point": lambda k, n: (*_int4(k, n, 32, signed=False),
+                                                (RNG.random((-(-k // 32), n)) * 15).astype(np.float32), {"group_size": 32}),
     "int8-dynamic-127": lambda k, n: (*_int8(k, n), None, {"act_quant": "dynamic", "act_qmax": 127}),
     "int8-static": lambda k, n: (*_int8(k, n), None, {"act_quant": "static", "act_qmax": 127}),
     "int8-dynamic-smooth": lambda k, n: (*_int8(k, n), None, {"act_quant": "dynamic", "act_qmax": 127,
@@ -187,7 +203,8 @@ def test_compiled_matches_interpreter(case):
     assert float(np.abs(got - ref).max()) <= 2e-6 * scale, case
 
 
-@pytest.mark.parametrize("case", ["bf16", "int8-weight-only", "int4-g32", "uint4-g64-zero-point"])
+@pytest.mark.parametrize("case", ["bf16", "int8-weight-only", "int4-g32", "uint4-g64-zero-point",
+                                  "uint4-g32-float-zero-point"])
 @pytest.mark.parametrize("rows", [(1, 1), (2, 1)])
 def test_compiled_gemv_matches_interpreter(case, rows):
     """A static row count of 1 or 2 (a decode step): the weight decoded inside the product

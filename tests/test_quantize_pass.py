@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import prune_models
+from optc.ir import DType
 from optc.ir.interpreter import Interpreter
 from optc.ir.text import print_graph
 from optc.passes import PassContext, PassError, PassManager
@@ -66,6 +67,34 @@ def test_gptq_beats_round_to_nearest_on_held_out_inputs():
         _run(g, f"quantize{{precision=int4,group_size=32,method={method}}}", calib)
         cos[method] = measure(g0, g, held).mean_cosine
     assert 1 - cos["gptq"] < 0.8 * (1 - cos["rtn"]), cos
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_int4_grids(method):
+    """grid=asymmetric stores uint4 codes with uint4 zero points, grid=minmax uint4 codes with
+    float32 ones (each group's own range); both compile and match the interpreter, and the
+    min/max grid is at least as close as the 0-including one."""
+    from optc.codegen.build import build
+
+    g0, rng = _chain3()
+    calib, held = _inputs(rng, 6), _inputs(np.random.default_rng(98), 2)
+    cos = {}
+    for grid in ("symmetric", "asymmetric", "minmax"):
+        g = g0.clone()
+        report = _run(g, f"quantize{{precision=int4,group_size=32,method={method},grid={grid}}}", calib)
+        assert report["int4"] == {"group_size": 32, "grid": grid}
+        q = [n for n in g.nodes if n.op == "QLinear"]
+        want = {"symmetric": (DType.INT4, None), "asymmetric": (DType.UINT4, DType.UINT4),
+                "minmax": (DType.UINT4, DType.FLOAT32)}[grid]
+        assert {(n.input(1).dtype, n.input(3).dtype if n.input(3) is not None else None) for n in q} == {want}
+        cos[grid] = measure(g0, g, held).mean_cosine
+        if grid == "minmax":
+            feed = held[0]
+            ref = Interpreter(g)(feed)
+            got = build(g, "x86").load().run(feed)
+            name = g.output_names()[0]
+            np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4 * float(np.abs(ref[name]).max()))
+    assert cos["minmax"] >= cos["asymmetric"] - 1e-4, cos
 
 
 def test_fitted_quantizers_are_measured_on_held_back_calibration_sets():
@@ -150,6 +179,7 @@ def test_min_cosine_is_met_on_the_measured_sets_at_less_size():
     ("quantize{precision=int2}", True, "precision must be one of"),
     ("quantize{precision=int4}", False, "method=gptq needs calibration inputs"),
     ("quantize{group_size=48}", True, "group_size must be one of"),
+    ("quantize{precision=int4,grid=nf4}", True, "grid must be one of symmetric, asymmetric, minmax"),
     ("quantize{act_qmax=100}", True, "act_qmax must be 0"),
     ("quantize{precision=int4,min_cosine=0.99999}", True, "below min_cosine=0.99999"),
     ("quantize{include=nothing_matches}", True, "no eligible weights"),

@@ -405,3 +405,52 @@ def test_smoothing_folds_into_layernorm_and_producer():
     np.testing.assert_allclose(h @ wp2 + bp2, (h @ wp + bp) / s, rtol=1e-12, atol=1e-13)
     assert fold_into_layernorm(gamma, None, s)[1] is None
 
+
+
+# -- the min/max grid (GGUF Q4_1) -----------------------------------------------------------------
+
+def test_minmax_grid_gives_gguf_q4_1_blocks_back():
+    """Weights that were Q4_1 blocks (gguf's own quantizer and dequantizer; blocks of 32 along
+    each row of a [out, in] tensor = groups of 32 along K in optc's [K, N]) come back with the
+    same codes on the min/max grid, and within float32 rounding of the GGUF values; an integer
+    zero point (the asymmetric grid) cannot place the grid there."""
+    gguf = pytest.importorskip("gguf")
+    from gguf import quants
+
+    w = (RNG.standard_normal((48, 160)) * 0.05).astype(np.float32)  # [out, in]
+    w[3, :32] += 0.4  # an all-positive block (its grid does not include 0)
+    blocks = quants.quantize(w, gguf.GGMLQuantizationType.Q4_1)
+    w_gguf = quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_1).astype(np.float32).T  # [K, N]
+    qw = quantize_rtn(w_gguf, 4, 32, "minmax")
+    assert qw.codes.dtype == np.uint8 and qw.zero_point.dtype == np.float32
+    assert qw.zero_point.shape == qw.scale.shape == (5, 48)
+    d = np.frombuffer(blocks.reshape(48, 5, 20)[:, :, :2].tobytes(), np.float16).reshape(48, 5).T
+    np.testing.assert_allclose(qw.scale, d.astype(np.float32), rtol=1e-6)  # the blocks' own step
+    err = np.abs(qw.dequantize() - w_gguf)
+    assert float(err.max()) <= 4 * 2.0 ** -24 * float(np.abs(w_gguf).max()), float(err.max())
+    nibbles = blocks.reshape(48, 5, 20)[:, :, 4:]
+    gguf_codes = np.concatenate([nibbles & 0xF, nibbles >> 4], axis=2).reshape(48, 160).T  # [K, N]
+    assert np.array_equal(qw.codes, gguf_codes)
+    asym = quantize_rtn(w_gguf, 4, 32, "asymmetric")
+    assert float(np.abs(asym.dequantize() - w_gguf).max()) > 100 * float(err.max())
+
+
+@pytest.mark.parametrize("group_size", [0, 32, 128])
+def test_minmax_grid_half_step_bound_and_constant_groups(group_size):
+    k, n = 200, 24
+    w = _weight(k, n)
+    w[:, 5] = 0.3 + np.abs(w[:, 5])  # all positive
+    w[:, 7] = -1.5  # constant
+    qw = quantize_rtn(w, 4, group_size, "minmax")
+    s = _expand(qw.scale, k, group_size).astype(np.float64)
+    err = np.abs(w.astype(np.float64) - qw.dequantize())
+    assert np.all(err <= s / 2 + 4 * 2.0 ** -24 * np.abs(w).max()), float(np.max(err / s))
+    assert np.all(qw.dequantize()[:, 7] == np.float32(-1.5)) and np.all(qw.dequantize()[:, 1] == 0)
+    rtn_asym = output_error(w, quantize_rtn(w, 4, group_size, "asymmetric").dequantize())
+    assert output_error(w, qw.dequantize()) < rtn_asym  # its own range is a finer grid
+    x = _correlated_inputs(512, k)
+    g = quantize_gptq(w, hessian_from_inputs(x), 4, group_size, "minmax")
+    assert g.zero_point.dtype == np.float32 and g.codes.max() <= 15
+    assert output_error(w, g.dequantize(), x) < 0.8 * output_error(w, qw.dequantize(), x)
+    with pytest.raises(ValueError, match="grid must be"):
+        quantize_rtn(w, 4, 32, "nf4")

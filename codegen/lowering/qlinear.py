@@ -73,6 +73,11 @@ def _product(ctx, node, x):
     return _dequantize_then_matmul(ctx, x, codes, wdt, scale, zero, group)
 
 
+def _zero_points(zero: np.ndarray) -> np.ndarray:
+    """Integer zero points as int8 (4-bit ones widened), float32 ones unchanged."""
+    return zero.astype(np.float32) if zero.dtype == np.float32 else zero.astype(np.int8)
+
+
 def _decoded_dense(ctx, x, codes, wdt: DType, scale, zero, group: int):
     from ..schedules.common import K_OUT_EWISE_FUSABLE, CPUTiles
     from ..schedules.dense import KERNEL_ATTR, pack_weight
@@ -90,7 +95,7 @@ def _decoded_dense(ctx, x, codes, wdt: DType, scale, zero, group: int):
         packed = ctx.const(pack_int4(codes.astype(np.int8), nb))
     args = [x, packed]
     sc = ctx.const(pack_params(scale.astype(np.float32), nb)) if scale is not None else None
-    zp = ctx.const(pack_params(zero.astype(np.int8), nb)) if zero is not None else None
+    zp = ctx.const(pack_params(_zero_points(zero), nb)) if zero is not None else None
     act_round = _FLOAT_WEIGHT.get(wdt)
 
     def kernel(xt, ct, st=None, zt=None):
@@ -115,12 +120,14 @@ def _dequantize_then_matmul(ctx, x, codes, wdt: DType, scale, zero, group: int):
     k, n = codes.shape
     q = ctx.const(codes.astype(np.int8))
     s = ctx.const(scale.astype(np.float32).reshape(-1, n))
-    z = ctx.const(zero.astype(np.int8).reshape(-1, n)) if zero is not None else None
+    z = ctx.const(_zero_points(zero).reshape(-1, n)) if zero is not None else None
 
     def dequantize(qt, st, zt=None):
         def at(kk, j):
             g = 0 if group == 0 else kk // group
             v = qt[kk, j].astype("int32")
+            if zt is not None and zt.dtype == "float32":
+                return (v.astype("float32") - zt[g, j]) * st[g, j]
             if zt is not None:
                 v = v - zt[g, j].astype("int32")
             return v.astype("float32") * st[g, j]

@@ -15,7 +15,7 @@ Layouts (``nb`` = panel width, ``G`` = group size, ``Nb = ceil(N / nb)``):
 * int4 codes two rows per byte ``[Nb, ceil(K/2), nb]`` uint8, row ``2i`` in the low nibble and
   ``2i+1`` in the high one — a whole vector of ``nb`` bytes serves two k steps, and the nibble
   picked depends only on ``k % 2``, a constant in the unrolled k loop;
-* scales (and zero points) ``[Nb, groups, nb]``, zero-padded.
+* scales (and zero points: the codes' type, or float32) ``[Nb, groups, nb]``, zero-padded.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def pack_int4(q: np.ndarray, nb: int) -> np.ndarray:
 
 def weight_decoder(codes: te.Tensor, scale: te.Tensor | None, zero: te.Tensor | None, kind: str, group_size: int):
     """``(jb, k, jj) -> float32 weight`` read from packed codes (see the module docstring):
-    ``kind`` ``int8`` / ``int4`` / ``uint4`` (``(q - z) * s``) or ``float`` (bf16/f16 values)."""
+    ``kind`` ``int8`` / ``int4`` / ``uint4`` (``(q - z) * s``; a float32 ``z`` is subtracted in
+    float32, as ``QLinear`` defines it) or ``float`` (bf16/f16 values)."""
 
     def weight(jb, kk, jj):
         if kind == "float":
@@ -62,6 +63,8 @@ def weight_decoder(codes: te.Tensor, scale: te.Tensor | None, zero: te.Tensor | 
             nib = tirx.bitwise_and(tirx.shift_right(byte, ((kk % 2) * 4).astype("int32")), 15)
             q = tirx.bitwise_xor(nib, 8) - 8 if kind == "int4" else nib  # 4-bit two's complement
         g = 0 if group_size == 0 else kk // group_size
+        if zero is not None and zero.dtype == "float32":
+            return (q.astype("float32") - zero[jb, g, jj]) * scale[jb, g, jj]
         if zero is not None:
             q = q - zero[jb, g, jj].astype("int32")
         return q.astype("float32") * scale[jb, g, jj]

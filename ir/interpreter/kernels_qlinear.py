@@ -54,12 +54,16 @@ def expand_groups(p: torch.Tensor, k: int, group_size: int) -> torch.Tensor:
 
 
 def dequantize_weight(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, group_size: int) -> torch.Tensor:
-    """``(q - z) * s``: the integer difference as float32, times the float32 scale."""
+    """``(q - z) * s``: the integer difference as float32, times the float32 scale (a float32 zero
+    point: ``float32(q) - z``, rounded, times the scale)."""
     k = w.shape[0]
     q = w.to(torch.int32)
+    s = expand_groups(scale.to(torch.float32), k, group_size)
+    if zp is not None and zp.dtype == torch.float32:
+        return (q.to(torch.float32) - expand_groups(zp, k, group_size)) * s
     if zp is not None:
         q = q - expand_groups(zp.to(torch.int32), k, group_size)
-    return q.to(torch.float32) * expand_groups(scale.to(torch.float32), k, group_size)
+    return q.to(torch.float32) * s
 
 
 def integer_product(xq: torch.Tensor, x_zp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,8 @@ class AssignPrecision(PrecisionOptions, Pass):
     objective: str = option("size", "with min_cosine: minimize size or latency")
     method: str = option("auto", "integer weights: rtn, gptq or auto (gptq for int4, rtn for int8)")
     group_size: int = option(128, "int4: weight rows per scale (32, 64 or 128)")
+    grid: str = option("symmetric", "int4 codes: symmetric (int4, no zero point), asymmetric (uint4, integer zero "
+                                    "point) or minmax (uint4, float zero point: each group's own range, GGUF's Q4_1)")
     act: str = option("dynamic", "int8 activations: dynamic, static or none (weight-only)")
     act_qmax: int = option(0, "largest int8 activation code: 0 = what the target's kernel multiplies exactly, 127 or 255")
     smooth: float = option(0.5, "int8 activations: SmoothQuant's migration strength alpha on normalized inputs; 0 = off")

@@ -12,7 +12,8 @@ name       storage                                                      activati
 ``bf16``   bfloat16 values                                              rounded to bfloat16
 ``fp16``   float16 values                                               rounded to float16
 ``int8``   int8 codes, one scale per output channel (symmetric)         per-token uint8 (dynamic)
-``int4``   int4 codes, one scale per group of rows (symmetric)          float32 (weight-only)
+``int4``   int4 codes, one scale per group of rows (``grid``: symmetric;   float32 (weight-only)
+           uint4 codes with an integer or a float32 zero point)
 =========  ===========================================================  ============
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import ml_dtypes
 import numpy as np
 
 from ...ir.graph import Graph
@@ -43,6 +43,7 @@ class QuantConfig:
 
     method: str = "auto"  # rtn | gptq | auto (gptq for int4, rtn for int8)
     group_size: int = 128  # int4 rows per scale
+    grid: str = "symmetric"  # int4 codes: symmetric | asymmetric | minmax (weight_quant.GRIDS)
     int8_act: str = "dynamic"  # dynamic | static | none
     act_qmax: int = 127
     damp: float = 0.01
@@ -135,6 +136,7 @@ class QuantModel:
             return LayerQuant(float_weight(w, precision))
         bits, cfg = INT_BITS[precision], self.config
         group = cfg.group_size if precision == "int4" else 0
+        grid = cfg.grid if precision == "int4" else "symmetric"
         act = cfg.int8_act if precision == "int8" else "none"
         smooth = None
         if act != "none" and cfg.smooth > 0 and self._normalized_input(layer):
@@ -145,16 +147,16 @@ class QuantModel:
             if smooth is not None:  # the Hessian of the smoothed inputs
                 m = smooth.astype(np.float64)
                 gram = m[:, None] * gram * m[None, :]
-            qw = quantize_gptq(w, 2.0 * gram / max(count, 1), bits, group, True, damp=cfg.damp)
+            qw = quantize_gptq(w, 2.0 * gram / max(count, 1), bits, group, grid, damp=cfg.damp)
         else:
-            qw = quantize_rtn(w, bits, group, True)
-        codes = qw.codes.astype(np.int8) if bits == 8 else qw.codes.astype(ml_dtypes.int4)
+            qw = quantize_rtn(w, bits, group, grid)
+        codes, zero = qw.typed()
         xs = xz = None
         if act == "static":
             cmin, cmax = self.channel_ranges()[layer.input_name]
             m = 1.0 if smooth is None else smooth.astype(np.float64)
             xs, xz = static_params(float(np.min(cmin * m, initial=0.0)), float(np.max(cmax * m, initial=0.0)), cfg.act_qmax)
-        return LayerQuant(codes, qw.scale.astype(np.float32), None, group, act, cfg.act_qmax, xs, xz, smooth)
+        return LayerQuant(codes, qw.scale.astype(np.float32), zero, group, act, cfg.act_qmax, xs, xz, smooth)
 
     def _normalized_input(self, layer: QLayer) -> bool:
         """Whether the layer reads a normalization's output — the layers SmoothQuant smooths (Q/K/V,

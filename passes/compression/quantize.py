@@ -4,6 +4,8 @@
                                                SmoothQuant (alpha 0.5) on normalized inputs
     quantize{precision=int4}                   int4 weight-only, groups of 128 rows, GPTQ
     quantize{precision=int4,method=rtn}        the round-to-nearest baseline
+    quantize{precision=int4,grid=minmax}       uint4 codes on each group's own range (float zero
+                                               point): GGUF Q4_1 weights come back unchanged
     quantize{precision=bf16}                   bfloat16 weights (activations rounded to bf16)
     quantize{act=static}                       int8 with per-tensor activation scales from calibration
     quantize{smooth=0}                         ... without SmoothQuant's outlier migration
@@ -30,6 +32,7 @@ from ..base import Pass, PassError, PassResult, option, register_pass
 from .fidelity import Fidelity, held_back, measure, refuse_ruin
 from .low_rank import _random_inputs
 from .quant_model import METHODS, QuantConfig, QuantModel, eligible, model_bytes
+from .weight_quant import GRIDS
 
 PRECISIONS = ("int8", "int4", "bf16", "fp16")
 GROUP_SIZES = (32, 64, 128)
@@ -68,6 +71,8 @@ class PrecisionOptions:
             raise PassError(f"{self.name}: method must be auto, rtn or gptq, got {self.method!r}")
         if self.group_size not in GROUP_SIZES:
             raise PassError(f"{self.name}: group_size must be one of {', '.join(map(str, GROUP_SIZES))}, got {self.group_size}")
+        if self.grid not in GRIDS:
+            raise PassError(f"{self.name}: grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.act not in ("dynamic", "static", "none"):
             raise PassError(f"{self.name}: act must be dynamic, static or none, got {self.act!r}")
         if self.act_qmax not in (0, 127, 255):
@@ -77,7 +82,7 @@ class PrecisionOptions:
         if not 0.0 <= self.smooth <= 1.0:
             raise PassError(f"{self.name}: smooth (SmoothQuant's alpha) must be in [0, 1], got {self.smooth}")
         qmax = self.act_qmax or target_act_qmax(ctx)
-        return QuantConfig(self.method, self.group_size, self.act, qmax, smooth=self.smooth)
+        return QuantConfig(self.method, self.group_size, self.grid, self.act, qmax, smooth=self.smooth)
 
     def _calibration(self, graph: Graph, ctx, needs: str, fitted: bool):
         """``(fit sets, measured sets, what the measurement is on)``. When something is fitted to
@@ -108,6 +113,8 @@ class Quantize(PrecisionOptions, Pass):
     method: str = option("auto", "integer weights: rtn (round to nearest), gptq (error-compensating, needs calibration) "
                                  "or auto (gptq for int4, rtn for int8)")
     group_size: int = option(128, "int4: weight rows per scale (32, 64 or 128)")
+    grid: str = option("symmetric", "int4 codes: symmetric (int4, no zero point), asymmetric (uint4, integer zero "
+                                    "point) or minmax (uint4, float zero point: each group's own range, GGUF's Q4_1)")
     act: str = option("dynamic", "int8 activations: dynamic (per token, at run time), static (per tensor, from "
                                  "calibration) or none (weight-only)")
     act_qmax: int = option(0, "largest int8 activation code: 0 = what the target's kernel multiplies exactly, 127 or 255")
@@ -169,7 +176,7 @@ def precision_report(model: QuantModel, plan: dict[str, str], graph: Graph, quan
         "precisions": counts,
         "int8": {"activations": cfg.int8_act, "act_qmax": cfg.act_qmax, **({"smooth": cfg.smooth} if cfg.smooth else {})}
         if "int8" in counts else None,
-        "int4": {"group_size": cfg.group_size} if "int4" in counts else None,
+        "int4": {"group_size": cfg.group_size, "grid": cfg.grid} if "int4" in counts else None,
         "size": {"model_bytes_before": before, "model_bytes_after": after, "ratio": round(after / max(before, 1), 4),
                  "layers_bytes_before": model.size({}), "layers_bytes_after": model.size(plan)},
         "fidelity": {**fid.as_dict(), "inputs": source},

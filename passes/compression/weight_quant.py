@@ -32,6 +32,14 @@ Code ranges (``code_range``):
 * **int4 asymmetric: q in [0, 15]**, ``z`` in [0, 15] per group (MatMulNBits / GPTQ), from the
   group's range widened to include 0: ``s = (max - min) / 15``, ``z = rint(-min / s)``.
   (uint8 asymmetric, [0, 255], is available with the same formulas.)
+* **int4 min/max: q in [0, 15]** with a *float32* zero point ``z = -min / s``, ``s = (max -
+  min) / 15`` from the group's own range (0 not included): the grid is exactly the group's range
+  cut in 15 steps, ``W_hat = (q - z) * s`` (two float32 roundings). This is GGUF's Q4_1 block
+  (``d · q + m``) and MatMulNBits with float zero points; on weights that were Q4_1 blocks it
+  gives the same codes back (an integer zero point cannot: ``-m / d`` is rarely an integer).
+
+``grid`` names these: ``symmetric``, ``asymmetric`` (integer zero point) and ``minmax`` (float zero
+point); ``True`` / ``False`` are accepted for the first two.
 
 Every scale is rounded *up* to float32 (never below the float64 value), so ``|W| / s`` cannot
 exceed the half-range and the bound ``|W - W_hat| <= s/2`` holds exactly for the stored scale (up
@@ -52,15 +60,26 @@ from dataclasses import dataclass
 import numpy as np
 
 SUPPORTED = ((8, True), (4, True), (4, False), (8, False))
-"""(bits, symmetric) combinations: int8 sym, int4 sym, uint4 asym, uint8 asym."""
+"""(bits, symmetric) combinations: int8 sym, int4 sym, uint4 asym, uint8 asym (and min/max)."""
+GRIDS = ("symmetric", "asymmetric", "minmax")
+
+
+def grid_name(grid: bool | str) -> str:
+    """``grid`` as one of ``GRIDS`` (``True`` is symmetric, ``False`` asymmetric)."""
+    if isinstance(grid, (bool, np.bool_)):
+        return "symmetric" if grid else "asymmetric"
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
+    return grid
 GROUP_SIZES = (0, 32, 64, 128)
 """Granularities the quantized linear op supports (0: per output channel). Other positive sizes
 work in this module too; ``check_group_size(strict=True)`` enforces the list."""
 
 
-def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+def code_range(bits: int, grid: bool | str) -> tuple[int, int]:
     """``(qmin, qmax)`` of the codes (see the module docstring for the choice)."""
-    if (bits, bool(symmetric)) not in SUPPORTED:
+    symmetric = grid_name(grid) == "symmetric"
+    if (bits, symmetric) not in SUPPORTED:
         raise ValueError(f"unsupported quantization: {bits}-bit {'symmetric' if symmetric else 'asymmetric'}"
                          f" (supported: int8/int4 symmetric, uint4/uint8 asymmetric)")
     if symmetric:
@@ -91,14 +110,18 @@ class QuantizedWeight:
     ``codes``: int8 for symmetric codes, uint8 for asymmetric ones, one code per element (int4
     codes too: ``typed()`` gives the ml_dtypes int4/uint4 arrays the IR holds). ``scale``:
     float32 ``[N]`` (per channel) or ``[ceil(K/G), N]``; ``zero_point``: same shape as ``scale``
-    in the codes' dtype, or None for symmetric codes."""
+    in the codes' dtype (float32 for the min/max grid), or None for symmetric codes."""
 
     codes: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray | None
     bits: int
     group_size: int
-    symmetric: bool
+    grid: str
+
+    @property
+    def symmetric(self) -> bool:
+        return self.grid == "symmetric"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -110,9 +133,11 @@ class QuantizedWeight:
 
     def dequantize(self) -> np.ndarray:
         """``W_hat = (q - z) * s`` in float32: the integer difference (exact), then one float32
-        product."""
+        product (a float32 zero point: the difference rounded to float32 first)."""
         q = self.codes.astype(np.int32)
-        if self.zero_point is not None:
+        if self.zero_point is not None and self.zero_point.dtype == np.float32:
+            q = q.astype(np.float32) - self.expanded(self.zero_point)
+        elif self.zero_point is not None:
             q = q - self.expanded(self.zero_point).astype(np.int32)
         return q.astype(np.float32) * self.expanded(self.scale).astype(np.float32)
 
@@ -124,7 +149,8 @@ class QuantizedWeight:
         import ml_dtypes
 
         dt = ml_dtypes.int4 if self.symmetric else ml_dtypes.uint4
-        return self.codes.astype(dt), None if self.zero_point is None else self.zero_point.astype(dt)
+        z = self.zero_point
+        return self.codes.astype(dt), None if z is None else z if z.dtype == np.float32 else z.astype(dt)
 
     def dequantize_params(self) -> dict:
         """The ``DequantizeLinear`` attributes that reproduce ``dequantize()`` on ``typed()``
@@ -143,35 +169,43 @@ def _round_up_f32(s: np.ndarray) -> np.ndarray:
     return s32
 
 
-def group_params(w: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scale (float32) and zero point (float64 holding integers; 0 when symmetric) per column of
-    ``w [rows, N]`` (one group)."""
-    qmin, qmax = code_range(bits, symmetric)
+def group_params(w: np.ndarray, bits: int, grid: bool | str) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (float64 holding integers, or float32 values for the
+    min/max grid; 0 when symmetric) per column of ``w [rows, N]`` (one group)."""
+    grid = grid_name(grid)
+    qmin, qmax = code_range(bits, grid)
     w = np.asarray(w, np.float64)
-    if symmetric:
+    if grid == "symmetric":
         amax = np.max(np.abs(w), axis=0)
         s = amax / ((qmax - qmin) / 2.0)
-    else:
+    elif grid == "asymmetric":
         lo = np.minimum(np.min(w, axis=0), 0.0)
         hi = np.maximum(np.max(w, axis=0), 0.0)
         s = (hi - lo) / float(qmax - qmin)
+    else:
+        lo, hi = np.min(w, axis=0), np.max(w, axis=0)
+        s = (hi - lo) / float(qmax - qmin)
     zero = s == 0
     s32 = _round_up_f32(np.where(zero, 1.0, s))
-    if symmetric:
+    if grid == "symmetric":
         z = np.zeros(w.shape[1])
-    else:
+    elif grid == "asymmetric":
         z = np.where(zero, 0.0, np.clip(np.rint(-lo / s32.astype(np.float64)), qmin, qmax))
+    else:  # a constant group: scale 1, code 0 is the constant (z = -c)
+        z = (-lo / s32.astype(np.float64)).astype(np.float32).astype(np.float64)
     return s32, z
 
 
-def quantize_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
-    """``clip(rint(w / s) + z)`` as float64 integers (rows of ``w`` share ``scale``, ``zero``)."""
-    qmin, qmax = code_range(bits, symmetric)
-    return np.clip(np.rint(np.asarray(w, np.float64) / scale.astype(np.float64)) + zero, qmin, qmax)
+def quantize_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, grid: bool | str) -> np.ndarray:
+    """``clip(rint(w / s + z))`` as float64 integers (rows of ``w`` share ``scale``, ``zero``;
+    the same as ``rint(w / s) + z`` for an integer zero point)."""
+    qmin, qmax = code_range(bits, grid)
+    return np.clip(np.rint(np.asarray(w, np.float64) / scale.astype(np.float64) + zero), qmin, qmax)
 
 
 def _dequant_rows(q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
-    """The float32 dequantization of float64 integer codes, as float64."""
+    """The float32 dequantization of float64 integer codes, as float64 (``q - zero`` is exact in
+    float64 for integer and float32 zero points alike; its float32 rounding is the kernels')."""
     return ((q - zero).astype(np.float32) * scale).astype(np.float64)
 
 
@@ -185,17 +219,20 @@ def _weight(w) -> np.ndarray:
 
 
 def _pack(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int, group_size: int,
-          symmetric: bool) -> QuantizedWeight:
-    dt = np.int8 if symmetric else np.uint8
+          grid: bool | str) -> QuantizedWeight:
+    grid = grid_name(grid)
+    dt = np.int8 if grid == "symmetric" else np.uint8
     if group_size == 0:
         scales, zeros = scales[0], zeros[0]
+    zdt = np.float32 if grid == "minmax" else dt
     return QuantizedWeight(q.astype(dt), np.ascontiguousarray(scales, np.float32),
-                           None if symmetric else zeros.astype(dt), bits, group_size, symmetric)
+                           None if grid == "symmetric" else zeros.astype(zdt), bits, group_size, grid)
 
 
-def quantize_rtn(w: np.ndarray, bits: int = 4, group_size: int = 128, symmetric: bool = True) -> QuantizedWeight:
+def quantize_rtn(w: np.ndarray, bits: int = 4, group_size: int = 128, grid: bool | str = True) -> QuantizedWeight:
     """Round-to-nearest (half to even) quantization of ``w [K, N]`` with each group's scale from
-    its abs-max (symmetric) or its 0-including min/max range (asymmetric)."""
+    its abs-max (symmetric), its 0-including min/max range (asymmetric) or its own range (minmax);
+    ``grid`` as ``grid_name`` takes it."""
     w = _weight(w)
     g = check_group_size(group_size)
     k, n = w.shape
@@ -205,9 +242,9 @@ def quantize_rtn(w: np.ndarray, bits: int = 4, group_size: int = 128, symmetric:
     step = g or k
     for j in range(ng):
         rows = slice(j * step, min((j + 1) * step, k))
-        scales[j], zeros[j] = group_params(w[rows], bits, symmetric)
-        q[rows] = quantize_codes(w[rows], scales[j], zeros[j], bits, symmetric)
-    return _pack(q, scales, zeros, bits, g, symmetric)
+        scales[j], zeros[j] = group_params(w[rows], bits, grid)
+        q[rows] = quantize_codes(w[rows], scales[j], zeros[j], bits, grid)
+    return _pack(q, scales, zeros, bits, g, grid)
 
 
 # -- calibration statistics ----------------------------------------------------------------------
@@ -289,7 +326,7 @@ def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
 
 
 def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size: int = 128,
-                  symmetric: bool = True, damp: float = 0.01, block_size: int = 128,
+                  grid: bool | str = True, damp: float = 0.01, block_size: int = 128,
                   act_order: bool = False) -> QuantizedWeight:
     """GPTQ: quantize ``w [K, N]`` row by row along K (the reference's columns), feeding each
     row's error, weighted by the inverse Hessian's Cholesky factor, into the rows not yet
@@ -323,7 +360,7 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size:
         raise ValueError(f"the Hessian must be [{k}, {k}] for a weight with {k} input features, got {h.shape}")
     if not np.all(np.isfinite(h)):
         raise ValueError("the Hessian holds NaN or infinity")
-    code_range(bits, symmetric)
+    code_range(bits, grid)
     h = 0.5 * (h + h.T)
     w = w.copy()
     dead = np.diag(h) <= 0
@@ -339,7 +376,7 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size:
     if static:  # every group's parameters from the weight before any update
         step = g or k
         for j in range(ng):
-            scales[j], zeros[j] = group_params(w[j * step:(j + 1) * step], bits, symmetric)
+            scales[j], zeros[j] = group_params(w[j * step:(j + 1) * step], bits, grid)
 
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     if act_order:
@@ -358,8 +395,8 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size:
             row = i1 + i
             j = groups[row]
             if not static and row % g == 0:
-                scales[j], zeros[j] = group_params(w[row:row + g], bits, symmetric)
-            qi = quantize_codes(w1[i], scales[j], zeros[j], bits, symmetric)
+                scales[j], zeros[j] = group_params(w[row:row + g], bits, grid)
+            qi = quantize_codes(w1[i], scales[j], zeros[j], bits, grid)
             q[row] = qi
             e = (w1[i] - _dequant_rows(qi, scales[j], zeros[j])) / u1[i, i]
             w1[i + 1:] -= np.outer(u1[i, i + 1:], e)
@@ -368,7 +405,7 @@ def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size:
             w[i2:] -= u[i1:i2, i2:].T @ err1
     if act_order:
         q = q[np.argsort(perm)]
-    return _pack(q, scales, zeros, bits, g, symmetric)
+    return _pack(q, scales, zeros, bits, g, grid)
 
 
 # -- AWQ-style per-input-channel scaling ----------------------------------------------------------
@@ -388,7 +425,7 @@ class AwqResult:
 
 
 def awq_search(w: np.ndarray, act_mean_abs: np.ndarray, gram: np.ndarray, bits: int = 4,
-               group_size: int = 128, symmetric: bool = True, grid: int = 20) -> AwqResult:
+               group_size: int = 128, weight_grid: bool | str = True, grid: int = 20) -> AwqResult:
     """AWQ's scale search (Lin et al. 2023): ``s_k = mean|x_k|^alpha`` (normalized by
     ``sqrt(max · min)``; inactive channels get 1) for ``alpha`` in ``0, 1/grid, …, (grid-1)/grid``;
     the one whose RTN-quantized ``diag(s) W`` has the smallest output error ``tr(Eᵀ G E)`` on the
@@ -405,7 +442,7 @@ def awq_search(w: np.ndarray, act_mean_abs: np.ndarray, gram: np.ndarray, bits: 
         if alpha > 0 and np.any(live):
             s[live] = np.maximum(a[live] ** alpha, 1e-4)
             s[live] /= np.sqrt(s[live].max() * s[live].min())
-        qw = quantize_rtn(w * s[:, None], bits, group_size, symmetric)
+        qw = quantize_rtn(w * s[:, None], bits, group_size, weight_grid)
         err = output_error(w, qw.dequantize().astype(np.float64) / s[:, None], gram=gram)
         if best is None or err < best[0]:
             best = (err, alpha, s, qw)
@@ -423,14 +460,14 @@ def error_ratio(w: np.ndarray, first: QuantizedWeight, second: QuantizedWeight,
     return a / b if b > 0 else (0.0 if a == 0 else float("inf"))
 
 
-def quantize(w: np.ndarray, method: str = "gptq", bits: int = 4, group_size: int = 128, symmetric: bool = True,
+def quantize(w: np.ndarray, method: str = "gptq", bits: int = 4, group_size: int = 128, grid: bool | str = True,
              hessian: np.ndarray | None = None, **options) -> QuantizedWeight:
     """``quantize_rtn`` or ``quantize_gptq`` by name (GPTQ needs ``hessian``)."""
     if method == "rtn":
-        return quantize_rtn(w, bits, group_size, symmetric)
+        return quantize_rtn(w, bits, group_size, grid)
     if method == "gptq":
         if hessian is None:
             raise ValueError("gptq needs the layer's input Hessian")
-        return quantize_gptq(w, hessian, bits, group_size, symmetric, **options)
+        return quantize_gptq(w, hessian, bits, group_size, grid, **options)
     raise ValueError(f"method must be rtn or gptq, got {method!r}")
 
