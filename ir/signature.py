@@ -14,6 +14,16 @@ from .symbolic import eval_dim  # noqa: F401  (re-exported: callers import it fr
 from .types import DType
 
 
+def empty_input_shape(declared, shape: tuple, empty_ok: Collection[str]) -> tuple | None:
+    """For an input empty along one of the ``empty_ok`` dims: its shape with the declared fixed
+    dims (what the graph runs it as); None for any other input."""
+    if not empty_ok or declared is None or len(declared) != len(shape):
+        return None
+    if not any(n == 0 and isinstance(d, str) and d in empty_ok for d, n in zip(declared, shape)):
+        return None
+    return tuple(d if isinstance(d, int) else n for d, n in zip(declared, shape))
+
+
 def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: str,
                  dtype_of: Callable[[Any], DType | None], shape_of: Callable[[Any], tuple],
                  empty_ok: Collection[str] = ()) -> dict[str, int]:
@@ -24,8 +34,11 @@ def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: st
     ``TensorSpec``s), so the interpreter and compiled modules check inputs the same way.
     ``dtype_of``/``shape_of`` read a given array's IR element type (None if it has none) and
     shape. ``empty_ok`` names symbolic dims that may be 0 (a decoder's past length, which the
-    reference interpreter runs empty; compiled modules never take an empty cache). Raises
-    ``IRError`` naming the input."""
+    reference interpreter runs empty; compiled modules never take an empty cache). An input
+    that is empty along such a dim holds nothing, so its fixed dims are not checked (an empty
+    cache has no heads to disagree about: a head-pruned decoder takes the original's empty
+    cache; ``empty_input_shape`` gives the shape to run it with). Raises ``IRError`` naming the
+    input."""
     names = [v.name for v in graph_inputs]
     missing = [n for n in names if n not in given]
     unexpected = sorted(set(given) - set(names))
@@ -51,6 +64,7 @@ def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: st
             continue
         if len(shape) != len(declared):
             raise IRError(f"input {v.name!r}: expected rank {len(declared)} {v.type}, got shape {list(shape)}")
+        empty = empty_input_shape(declared, shape, empty_ok) is not None
         for axis, (d, n) in enumerate(zip(declared, shape)):
             if n == 0 and not isinstance(d, int) and d not in empty_ok:
                 # ir/checks.py: both backends refuse zero-size values of dims not fixed at compile
@@ -60,7 +74,7 @@ def check_inputs(graph_inputs: Sequence[Any], given: Mapping[str, Any], kind: st
             if d is None:
                 continue
             if isinstance(d, int):
-                if d != n:
+                if d != n and not empty:
                     raise IRError(f"input {v.name!r}: dim {axis} must be {d} ({v.type}), got shape {list(shape)}")
             elif d.isidentifier():
                 if d in bindings and bindings[d] != n:

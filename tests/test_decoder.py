@@ -180,6 +180,44 @@ def test_quantized_decoder_with_its_tied_head(decoder):
     assert float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max())
 
 
+def test_head_pruning_shrinks_the_cache(decoder):
+    """prune-heads on the KV graph removes whole KV groups and the same groups of each layer's
+    cache: past inputs and present outputs hold the kept heads, the pruned graph runs on the
+    original's empty-cache calibration windows, and its compiled prefill and decode steps match
+    the interpreter (a cache made by the pruned prefill feeds the pruned decode). A calibration
+    window with a non-empty cache is refused."""
+    from optc import datasets
+    from optc.calibration import token_windows
+    from optc.codegen.build import build
+    from optc.codegen.generate import Generator
+    from optc.ir.decoder import find_kv_cache
+    from optc.ir.interpreter import Interpreter
+    from optc.passes import PassContext, PassError, PassManager
+
+    _, g0 = decoder
+    calib = token_windows(datasets.news_sentences("calib", 60), g0, length=16, batch=4)
+    g = g0.clone()
+    # the tiny random model loses most of its output with half its heads: the structure is tested
+    ctx = PassContext(calibration=calib, refuse_ruin=False)
+    report = PassManager.parse("prune-heads{layer_ratio=0.5,steps=1}").run(g, ctx).reports[-1]
+    assert [len(l["removed"]) for l in report["layers"]] == [2, 2]
+    assert g.value("past_key_values.1.key").shape == ("batch", 1, "past", 16)
+    assert g.value("present.0.value").shape == ("batch", 1, "past+seq", 16)
+    Interpreter(g).run(calib[0])  # the original's empty cache (2 heads) is the pruned one's too
+    m = build(g, "x86").load()
+    dec, pairs = m.step("decode"), find_kv_cache(g).pairs
+    state = m.run({"input_ids": np.array([[101, 2023, 2003]])})
+    assert state["present.1.key"].shape == (1, 1, 3, 16)
+    feed = {"input_ids": np.array([[1037]]), **{p: state[q] for p, q in pairs}}
+    want = Interpreter(g).run(feed)["logits"]
+    assert float(np.abs(dec.run(feed)["logits"] - want).max()) <= 1e-4 * float(np.abs(want).max())
+    assert len(Generator(m).generate([101, 2023], 4).tokens) == 4
+    full = [dict(c) for c in calib]
+    full[0]["past_key_values.0.key"] = np.zeros((4, 2, 3, 16), np.float32)
+    with pytest.raises(PassError, match="holds a non-empty KV cache"):
+        PassManager.parse("prune-heads{layer_ratio=0.5}").run(g0.clone(), PassContext(calibration=full))
+
+
 # -- compiled: one module, two functions, each weight once ------------------------------------------------
 def _constants(mod) -> set[str]:
     return set(re.findall(r'metadata\["ir.GenericConst"\]\[(\d+)\]', mod.script(show_meta=False)))

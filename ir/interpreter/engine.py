@@ -178,7 +178,7 @@ def compute_to_torch(t: torch.Tensor, dtype: DType) -> torch.Tensor:
 
 
 # -- input checking (torch-free, shared with the compiled runtime: ir/signature.py) -------------
-from ..signature import check_inputs, eval_dim, numpy_dtype  # noqa: E402,F401
+from ..signature import check_inputs, empty_input_shape, eval_dim, numpy_dtype  # noqa: E402,F401
 
 _check_inputs = check_inputs  # the name the engine used before the runtime shared it
 
@@ -293,14 +293,20 @@ class Interpreter:
             if _torch_dtype(t) is not v.dtype or tuple(t.shape) != v.const.shape:
                 raise IRError(f"constant override {name!r}: expected {v.type}, got {t.dtype} {list(t.shape)}")
             overrides[name] = torch_to_compute(t, v.dtype)
-        feed = {v.name: torch_to_compute(inputs[v.name], v.dtype) for v, _ in self._input_slots}
+        feed = {v.name: self._conform(v, torch_to_compute(inputs[v.name], v.dtype)) for v, _ in self._input_slots}
         env = self._execute(feed, overrides, bindings)
         return {v.name: compute_to_torch(t, v.dtype) for v, t in env}
+
+    def _conform(self, v, t: torch.Tensor) -> torch.Tensor:
+        """An empty cache input with the graph's fixed dims (``signature.empty_input_shape``)."""
+        shape = empty_input_shape(v.shape, tuple(t.shape), self._empty_ok)
+        return t if shape is None or shape == tuple(t.shape) else t.reshape(shape)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on numpy arrays; returns numpy arrays of the declared output dtypes."""
         bindings = _check_inputs(self.graph.inputs, inputs, "run", _numpy_dtype, lambda a: np.shape(a), self._empty_ok)
-        feed = {v.name: numpy_to_compute(np.asarray(inputs[v.name]), v.dtype) for v, _ in self._input_slots}
+        feed = {v.name: self._conform(v, numpy_to_compute(np.asarray(inputs[v.name]), v.dtype))
+                for v, _ in self._input_slots}
         ptrs = self._const_ptrs | {t.untyped_storage().data_ptr() for t in feed.values() if t.numel()}
         with torch.inference_mode():
             env = self._execute(feed, {}, bindings)

@@ -11,7 +11,8 @@ warm-up, gradient clipping at norm 1.
 
 Loss, per mini-batch (padded positions excluded through the attention mask):
 
-* final outputs: ``cosine`` — mean ``1 - cos`` of each token's vector (and of the mask-weighted
+* final outputs (a decoder's: its logits, not the ``present`` cache it carries to the next step):
+  ``cosine`` — mean ``1 - cos`` of each token's vector (and of the mask-weighted
   mean over the sequence, the sentence embedding the fidelity is measured on); ``mse`` — squared
   error relative to the teacher's mean square; ``kl`` — KL(teacher || student) of the softmaxes
   at ``temperature`` (logits). ``auto``: ``kl`` for outputs named like logits, else ``cosine``.
@@ -215,7 +216,7 @@ class Distill(Pass):
         if not names:
             raise PassError("distill: the graph has no float weights to train")
         hidden = shared_hidden_states(teacher, graph) if self.layers > 0 else []
-        outputs = [v.name for v in graph.outputs if v.dtype.is_float]
+        outputs = trained_outputs(graph)
         trainer = _Trainer(self, teacher, graph, names, hidden, outputs)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
@@ -259,6 +260,16 @@ class Distill(Pass):
                 raise PassError(f"distill: {key} must be > 0, got {getattr(self, key)}")
         if self.steps < 0 or self.eval_every < 1 or self.patience < 1 or self.layers < 0:
             raise PassError("distill: steps >= 0, eval_every >= 1, patience >= 1 and layers >= 0 are required")
+
+
+def trained_outputs(graph: Graph) -> list[str]:
+    """The float outputs the loss compares: all of them but a decoder's ``present`` cache, which
+    is state for the next step (head pruning shrinks it) — what it leads to is in the logits."""
+    from ...ir.decoder import find_kv_cache
+
+    cache = find_kv_cache(graph)
+    state = {present for _, present in cache.pairs} if cache is not None else set()
+    return [v.name for v in graph.outputs if v.dtype.is_float and v.name not in state]
 
 
 def _check_compatible(teacher: Graph, student: Graph) -> None:

@@ -3,7 +3,8 @@
 For every attention core — a fused ``Attention`` node, or the unfused spelling
 ``MatMul(Q, Kᵀ) → scale/mask → Softmax → MatMul(·, V)`` — the analysis walks from Q, K and V
 back to their projections (through the head-split reshape and transposes, RoPE, the GQA
-repeat of K/V, and the Split/Slice of a combined QKV projection) and from the context forward
+repeat of K/V, the Split/Slice of a combined QKV projection, and the Concat that puts a KV
+cache's past keys/values — graph inputs, recorded as ``carried`` — before the new ones) and from the context forward
 to the output projection (through the head-merge reshape). It records the column offset of each
 role inside its projection, the head count and head dimension, the KV groups, and every shape
 constant that encodes a head count or a width (``ShapeEdit``), so a pruning pass can rewrite
@@ -41,6 +42,17 @@ class HeadSlice:
 
 
 @dataclass
+class CarriedHeads:
+    """A graph input concatenated onto a role's heads (a KV cache's past keys or values, heads on
+    ``axis``): pruning a head group shrinks the input too. ``level`` is ``kv`` when it holds one
+    entry per KV group, ``q`` when one per query head (a cache of repeated keys)."""
+
+    value: Value
+    axis: int
+    level: str
+
+
+@dataclass
 class AttentionBlock:
     name: str
     core: Node  # Attention, or the Softmax of an unfused block
@@ -59,6 +71,8 @@ class AttentionBlock:
     """Per projection weight name: its output columns as ordered (role, width) segments."""
     residual: Value | None = None  # the other operand of the Add the block's output goes into
     block_output: Value | None = None  # the value added to the residual
+    carried: list[CarriedHeads] = field(default_factory=list)
+    """Graph inputs concatenated onto K or V (a KV cache's past)."""
 
     @property
     def group_size(self) -> int:
@@ -79,7 +93,8 @@ class AttentionBlock:
         return {"name": self.name, "fused": self.fused, "heads": self.heads, "kv_heads": self.kv_heads,
                 "head_dim": self.head_dim, "q": self.q.projection.name, "k": self.k.projection.name,
                 "v": self.v.projection.name, "out": self.out.name,
-                "offsets": {"q": self.q.offset, "k": self.k.offset, "v": self.v.offset}}
+                "offsets": {"q": self.q.offset, "k": self.k.offset, "v": self.v.offset},
+                **({"carried": [c.value.name for c in self.carried]} if self.carried else {})}
 
 
 @dataclass
@@ -144,20 +159,26 @@ def _aligned_dim(v: Value, axis: int, rank: int):
 
 
 def _trace_heads_back(value: Value, axis: int, role: str, q_heads: int
-                      ) -> tuple[Node, int, list[ShapeEdit], set[Node]]:
+                      ) -> tuple[Node, int, list[ShapeEdit], set[Node], list[CarriedHeads]]:
     """From a core input (heads on ``axis``) up to the reshape that splits the projection's
-    features into heads. Returns (that reshape, its head count, edits, region nodes)."""
+    features into heads. Returns (that reshape, its head count, edits, region nodes, and the
+    graph inputs concatenated onto the heads: a KV cache's past keys/values)."""
     edits: list[ShapeEdit] = []
     region: set[Node] = set()
+    carried: list[CarriedHeads] = []
     splits: dict[int, tuple[Node, int]] = {}
     stack = [(value, axis, "q" if value.shape is not None and value.shape[axis] == q_heads else "kv")]
     seen = set()
+    via_concat: dict[int, bool] = {}
     while stack:
         v, ax, level = stack.pop()
         if (id(v), ax) in seen:
             continue
         seen.add((id(v), ax))
         p = v.producer
+        if p is None and via_concat.get(id(v)) and v in v.graph.inputs and isinstance(v.shape[ax], int):
+            carried.append(CarriedHeads(v, ax, level))
+            continue
         if p is None:
             raise StructureError(f"{role}: reaches %{v.name} before a head-split reshape")
         region.add(p)
@@ -187,6 +208,7 @@ def _trace_heads_back(value: Value, axis: int, role: str, q_heads: int
             if int(p.attrs["axis"]) % rank == ax:
                 raise StructureError(f"{role}: {p.name} concatenates along the head axis")
             stack.extend((x, ax, level) for x in p.inputs)
+            via_concat.update((id(x), True) for x in p.inputs)
         elif p.op == "Unsqueeze":
             axes = p.input(1)
             if axes is None or not axes.is_constant:
@@ -231,7 +253,7 @@ def _trace_heads_back(value: Value, axis: int, role: str, q_heads: int
     if len(splits) != 1:
         raise StructureError(f"{role}: {len(splits)} head-split reshapes")
     (node, count), = splits.values()
-    return node, count, edits, region
+    return node, count, edits, region, carried
 
 
 def _trace_to_projection(value: Value, role: str) -> tuple[Projection, int, list[ShapeEdit], list[tuple]]:
@@ -358,10 +380,12 @@ def _block(core: Node) -> AttentionBlock:
     traced = {}
     edits: list[ShapeEdit] = []
     region: set[Node] = set()
+    carried: list[CarriedHeads] = []
     for role, val, ax in (("q", q, head_axis), ("k", k, k_axis), ("v", vv, len(vv.shape) - 3)):
-        split, count, e, r = _trace_heads_back(val, ax, role, heads)
+        split, count, e, r, c = _trace_heads_back(val, ax, role, heads)
         edits += e
         region |= r
+        carried += c
         proj, offset, e2, cuts = _trace_to_projection(split.input(0), role)
         edits += e2
         traced[role] = (proj, offset, count, cuts)
@@ -370,6 +394,9 @@ def _block(core: Node) -> AttentionBlock:
     kv = traced["k"][2]
     if traced["v"][2] != kv or heads % kv:
         raise StructureError(f"key/value heads {kv}/{traced['v'][2]} do not divide {heads} query heads")
+    for c in carried:
+        if c.value.shape[c.axis] != (kv if c.level == "kv" else heads):
+            raise StructureError(f"%{c.value.name} carries {c.value.shape[c.axis]} heads, the attention {kv} KV heads")
     # Projections shared by several roles (fused QKV) must be tiled exactly by the roles.
     segments: dict[str, list[tuple[str, int]]] = {}
     widths = {"q": heads * head_dim, "k": kv * head_dim, "v": kv * head_dim}
@@ -409,7 +436,7 @@ def _block(core: Node) -> AttentionBlock:
         k=HeadSlice("k", traced["k"][0], traced["k"][1], kv),
         v=HeadSlice("v", traced["v"][0], traced["v"][1], kv),
         out=out, context=ctx_v, head_axis=head_axis, edits=edits, segments=segments,
-        residual=residual, block_output=block_out)
+        residual=residual, block_output=block_out, carried=carried)
 
 
 def find_attention_blocks(graph: Graph) -> HeadAnalysis:

@@ -11,7 +11,8 @@ and with ``compensate`` each FFN down projection, restore the unpruned model's b
 undoing the drift the layers before it leave (MiniLM, 40% of heads, calibrated on sentences and
 article leads: held-out cosine 0.962 -> 0.970). The rewrite slices Q/K/V columns and output-projection rows, fixes
 every head count and width in the reshapes and splits (see ``heads``), drops whole KV groups
-for GQA and replaces a block whose heads are all gone by its output-projection bias, keeping
+for GQA (and the same groups of a KV cache's past inputs: a decoder's cache shrinks with its
+heads) and replaces a block whose heads are all gone by its output-projection bias, keeping
 the residual path. The pass works on a clone and commits only when the rewritten graph
 reproduces the masked model it selected on.
 """
@@ -24,7 +25,9 @@ from typing import ClassVar
 import numpy as np
 
 from ...ir.graph import Graph
-from ..base import Pass, PassResult, option, register_pass
+from ...ir.types import TensorType
+from ...ir.decoder import find_kv_cache
+from ..base import Pass, PassError, PassResult, option, register_pass
 from .heads import AttentionBlock, find_attention_blocks
 from .projections import replace_weight
 from .shape_edits import ShapeEdit, StructureError, apply_edits
@@ -94,6 +97,10 @@ def rewrite_heads(graph: Graph, blocks: list[AttentionBlock], kept: list[list[in
             traced = {s.role: s.projection.name for s in (b.q, b.k, b.v)}
             apply_edits(graph, b.edits, lambda e: _new_value(b, len(heads), len(groups), e, traced))
             _check_equal_splits(b, len(heads), len(groups))
+            for c in b.carried:  # the cache shrinks with the heads it holds
+                shape = list(c.value.shape)
+                shape[c.axis] = len(groups) if c.level == "kv" else len(heads)
+                c.value.type = TensorType(c.value.dtype, tuple(shape))
         replace_weight(graph, b.out, w_o, None if b.out.bias is None else bias_o)
 
 
@@ -146,11 +153,26 @@ class PruneHeads(Pass):
     compensate: bool = option(True, "with the residual re-fit, also re-fit every feed-forward block's down projection to restore the unpruned block outputs")
 
     def run(self, graph, ctx) -> PassResult:
+        _require_empty_cache(graph, ctx.calibration)
         return run_structured(self, graph, ctx, kind="heads", sites_of=head_sites,
                               blocks_of=lambda g: find_attention_blocks(g),
                               rewrite=lambda g, info, kept, fits: rewrite_heads(g, info.blocks, kept, fits),
                               layer_nodes=lambda info: [block_nodes(b) for b in info.blocks],
                               compensation_of=ffn_sites if self.compensate else None)
+
+
+def _require_empty_cache(graph: Graph, calibration) -> None:
+    """A decoder is pruned on windows that start with an empty cache (``token_windows`` makes
+    them): the pruned graph takes a smaller cache, and only an empty one means the same for
+    both."""
+    cache = find_kv_cache(graph)
+    if cache is None:
+        return
+    for feed in calibration:
+        full = [past for past, _ in cache.pairs if np.size(feed.get(past, ())) > 0]
+        if full:
+            raise PassError(f"prune-heads: calibration input {full[0]!r} holds a non-empty KV cache; calibrate a "
+                            f"decoder on windows that start with an empty cache (past length 0)")
 
 
 def block_nodes(b: AttentionBlock) -> list[str]:
