@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="bind a symbolic dim when counting FLOPs (repeatable; unbound dims count as 1)")
     insp.add_argument("--passes", default="", metavar="PIPELINE",
                       help="run this pass pipeline first and show the graph after it (e.g. default)")
+    insp.add_argument("--explain-fusion", action="store_true",
+                      help="run the default pipeline's cleanup and fusions, and say for each fusion what fused and "
+                           "why every other candidate did not")
     _calib_flags(insp)
     _debug_flags(insp)
     insp.set_defaults(func=_cmd_inspect)
@@ -313,6 +316,32 @@ def _parse_dims(items: list[str]) -> dict[str, int]:
     return dims
 
 
+def _explain_fusion(args) -> int:
+    from .api import load_model, optimize
+    from .ir.errors import OptcError
+    from .passes.fusion import explain_fusions
+    from .passes.pipeline import CLEANUP_PIPELINE
+
+    if args.passes or args.ir:
+        raise OptcError("--explain-fusion runs the default pipeline's cleanup itself; leave out --passes and --ir")
+    graph = load_model(args.model)
+    optimize(graph, CLEANUP_PIPELINE)
+    outcomes = explain_fusions(graph)
+    if args.json:
+        print(json.dumps({"fusions": [{"rule": o.rule, "fused": o.matched, "not_fused": o.misses} for o in outcomes]}))
+        return 0
+    shown = 8
+    for o in outcomes:
+        print(f"{o.rule}: {o.matched} fused" + (f", {len(o.misses)} not" if o.misses else ""))
+        reasons: dict[str, list[str]] = {}
+        for m in o.misses:
+            reasons.setdefault(m["reason"], []).append(f"{m['op']} {m['node']}")
+        for reason, nodes in reasons.items():
+            more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
+            print(f"  {reason}: {', '.join(nodes[:shown])}{more}")
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from .api import load_model
     from .ir.analysis import summarize
@@ -322,6 +351,8 @@ def _cmd_inspect(args) -> int:
         from .ir.errors import OptcError
 
         raise OptcError("--calib needs --passes PIPELINE (the lossy passes calibrate on it)")
+    if args.explain_fusion:
+        return _explain_fusion(args)
     if args.passes:
         _warn_uncalibrated(args.passes, calibration)
     graph = load_model(args.model)

@@ -289,6 +289,54 @@ def test_all_fusions_are_listed_in_order():
         "fuse_residual_layernorm", "fuse_linear", "fuse_conv_bn", "fuse_conv_bias_relu"]
 
 
+# -- the rewriter: every fusion says why a candidate did not fuse --------------------------------
+def test_explain_fusions_names_each_missed_anchor_and_why():
+    """A GELU with the wrong constant, a sigmoid gating another tensor and a softmax whose
+    probabilities are a graph output: each rule reports the anchor and a readable reason; what
+    did fuse is counted; the graph keeps its output names."""
+    from optc.passes.fusion import explain_fusions
+
+    g, x = graph_x()
+    z = g.add_input("z", TensorType(F32, (2, 5, 8)))
+    e = g.op("Erf", g.op("Div", x, c(g, 1.5)))
+    bad_gelu = g.op("Mul", g.op("Mul", x, g.op("Add", e, c(g, 1.0))), c(g, 0.5))
+    gated = g.op("Mul", z, g.op("Sigmoid", x))
+    silu = g.op("Mul", z, g.op("Sigmoid", z))
+    g.set_outputs([bad_gelu, gated, silu])
+    names = g.output_names()
+    got = {o.rule: o for o in explain_fusions(g)}
+    assert got["gelu"].matched == 0 and [m["op"] for m in got["gelu"].misses] == ["Erf"]
+    assert "erf's argument is x * 0.666667, not x / sqrt(2)" == got["gelu"].misses[0]["reason"]
+    assert got["silu"].matched == 1 and len(got["silu"].misses) == 1
+    assert got["silu"].misses[0]["reason"] == "not multiplied by its own input (x * sigmoid(x))"
+    assert g.output_names() == names and ops(g)["Silu"] == 1
+
+
+def test_explain_fusion_cli(tmp_path):
+    """``optc inspect --explain-fusion``: per rule what fused, and grouped reasons for the rest."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sig"), helper.make_node("Mul", ["s", "x"], ["a"], name="m"),
+             helper.make_node("Mul", ["a", "x"], ["b"], name="m2"), helper.make_node("Sigmoid", ["b"], ["t"], name="sig2"),
+             helper.make_node("Mul", ["t", "x"], ["y"], name="m3")]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "m.onnx")
+    r = subprocess.run([sys.executable, "-m", "optc.cli", "inspect", "--explain-fusion", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "silu: 1 fused, 1 not" in r.stdout
+    assert "  not multiplied by its own input (x * sigmoid(x)): Sigmoid sig2" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "optc.cli", "inspect", "--explain-fusion", "--passes", "default",
+                        str(tmp_path / "m.onnx")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "leave out --passes" in r.stderr
+
+
 # -- real models × three import paths (slow) -----------------------------------------------------
 PATHS = ["torch.export", "onnx-torchscript", "onnx-dynamo"]
 # Ops after fusion. Residual adds and layer norms become AddLayerNorm (MiniLM's embedding

@@ -222,6 +222,21 @@ def reduce_mean_of(r: Node) -> int | None:
     return trailing_axes(const_axes(r), x.type.rank if x.shape is not None else None)
 
 
+def first(candidates):
+    """The first of ``candidates`` (a generator walking a pattern's alternatives), or None."""
+    return next(iter(candidates), None)
+
+
+def epsilon_of(add: Node, v: Value) -> float | None:
+    """The constant scalar ``add`` adds to ``v`` (a normalization's eps), or None."""
+    return next((scalar(o) for t, o in operands(add) if same(t, v) and scalar(o) is not None), None)
+
+
+def static_tail(x: Value, k: int) -> bool:
+    """Whether the last ``k`` dims of ``x`` are static (a ones scale can be made for them)."""
+    return x.shape is not None and all(isinstance(d, int) for d in x.shape[-k:])
+
+
 def sole_user(v: Value) -> Node | None:
     """The one node using ``v`` (through no-op Identity/Cast), when ``v`` is not a graph output:
     what a rewrite may absorb without computing ``v`` twice."""

@@ -35,7 +35,8 @@ from optc.ir.errors import IRError
 from optc.ir.graph import Graph, Node, Value
 from optc.ir.types import DType
 
-from ._match import cleanup, is_scalar, peel_scale, producer, replace, same, scalar, strip, users
+from ._match import is_scalar, peel_scale, producer, same, strip, users
+from ._rewriter import NoMatch, Rule, apply_rule, require
 
 
 def _perm(n: Node) -> list[int] | None:
@@ -131,32 +132,26 @@ def _scores(s: Value):
 def _match(sm: Node):
     x = sm.input(0)
     rank = x.type.rank
-    if rank != 4 or sm.attrs["axis"] % rank != rank - 1:
-        return None
+    require(rank == 4 and sm.attrs["axis"] % rank == rank - 1, "not a softmax over the last axis of 4-D scores")
     s, bool_mask, float_mask = strip(x), None, None
     w = producer(s, "Where")
-    if w is not None and w.input(0).dtype is DType.BOOL \
-            and is_scalar(w.input(2), -math.inf):
+    if w is not None and w.input(0).dtype is DType.BOOL and is_scalar(w.input(2), -math.inf):
         bool_mask, s = w.input(0), strip(w.input(1))
     parsed = _scores(s)
     if parsed is None:
         add = producer(s, "Add")
-        if add is None:
-            return None
+        require(add is not None, "its input is not a (scaled) Q·Kᵀ MatMul, masked or not")
         for a, b in ((add.input(0), add.input(1)), (add.input(1), add.input(0))):
             parsed = _scores(a)
             if parsed is not None:
                 float_mask = b
                 break
-        if parsed is None or float_mask is None:
-            return None
-        if add.output.shape != parsed[0].output.shape or float_mask.dtype != x.dtype:
-            return None
-        if bool_mask is not None:
-            return None  # two masks: Attention takes one
+        require(parsed is not None, "its input is not a (scaled) Q·Kᵀ MatMul plus a mask")
+        require(add.output.shape == parsed[0].output.shape and float_mask.dtype == x.dtype,
+                "the mask broadcasts the scores or has another type")
+        require(bool_mask is None, "two masks (a float Add and a boolean Where); Attention takes one")
     mm, q, kt, scale = parsed
-    if not math.isfinite(scale) or scale == 0:
-        return None
+    require(math.isfinite(scale) and scale != 0, f"the scores' scale {scale} is not a finite non-zero constant")
     # Output side: optional NaN guard, then MatMul(p, V).
     p = sm.output
     allowed: set[Node] = set()
@@ -164,74 +159,65 @@ def _match(sm: Node):
     if isnan:
         guards = [g for g in users(isnan[0].output, "Where")
                   if same(g.input(0), isnan[0].output) and is_scalar(g.input(1), 0.0) and same(g.input(2), p)]
-        if len(isnan) != 1 or len(guards) != 1:
-            return None
+        require(len(isnan) == 1 and len(guards) == 1, "an IsNaN of the probabilities that is not the zero guard")
         allowed |= {isnan[0], guards[0]}
         p = guards[0].output
     finals = [n for n in users(p, "MatMul") if same(n.input(0), p)]
-    if len(finals) != 1:
-        return None
+    require(len(finals) == 1, "the probabilities do not go into one MatMul with V")
     final = finals[0]
-    if any(n not in allowed and n is not final for n in users(sm.output)) or len(users(p)) != 1:
-        return None
-    if any(o in sm.graph.outputs for o in [sm.output, p]):
-        return None  # the probabilities are needed themselves
+    require(not any(n not in allowed and n is not final for n in users(sm.output)) and len(users(p)) == 1,
+            "the probabilities have other users")
+    require(not any(o in sm.graph.outputs for o in [sm.output, p]), "the probabilities are a graph output")
     v = strip(final.input(1))
     k_recipe = _k_from_kt(kt)
-    if k_recipe is None:
-        return None
-    return dict(mm=mm, q=q, k=k_recipe, v=v, scale=scale, bool_mask=bool_mask, float_mask=float_mask, final=final)
+    require(k_recipe is not None, "Kᵀ is not 4-D")
+    ksrc, kperm = k_recipe
+    # GQA: feed the un-repeated K/V (only when K is an existing value and both are repeated).
+    if kperm is None:
+        rk, rv = _unrepeat(ksrc), _unrepeat(v)
+        if rk is not None and rv is not None and rk[1] == rv[1]:
+            ksrc, v = rk[0], rv[0]
+    qs, vs = q.shape, v.shape
+    kshape = None if ksrc.shape is None else (tuple(ksrc.shape) if kperm is None else tuple(ksrc.shape[i] for i in kperm))
+    require(qs is not None and vs is not None and kshape is not None and len(qs) == len(vs) == len(kshape) == 4,
+            "Q, K and V are not all 4-D [batch, heads, seq, dim]")
+    require(q.dtype == v.dtype == ksrc.dtype and q.dtype.is_float, "Q, K and V are not one float type")
+    require(not (isinstance(qs[3], int) and isinstance(kshape[3], int) and qs[3] != kshape[3]),
+            f"Q's head dim {qs[3]} is not K's {kshape[3]}")
+    require(not (isinstance(kshape[2], int) and isinstance(vs[2], int) and kshape[2] != vs[2]),
+            f"K's length {kshape[2]} is not V's {vs[2]}")
+    hq, hk = qs[1], kshape[1]
+    require(isinstance(hq, int) and isinstance(hk, int) and hq % hk == 0 and vs[1] == hk,
+            f"{hq} query heads are not a multiple of {hk} key/value heads")
+    mask, causal = float_mask if float_mask is not None else bool_mask, 0
+    if mask is not None and _causal_const(mask, qs[2], kshape[2]):
+        mask, causal = None, 1
+    return dict(q=q, k=ksrc, kperm=kperm, v=v, mask=mask, causal=causal, scale=scale, final=final)
+
+
+def _rewrite(graph: Graph, sm: Node, m: dict):
+    final, k, created = m["final"], m["k"], []
+    try:
+        if m["kperm"] is not None:
+            t = graph.add_node("Transpose", [k], {"perm": m["kperm"]}, before=final, name=f"{sm.name}_k")
+            created.append(t)
+            k = t.output
+        att = graph.add_node("Attention", [m["q"], k, m["v"], m["mask"]],
+                             {"scale": float(m["scale"]), "is_causal": m["causal"]},
+                             before=final, name=f"{sm.name}_attention", output_types=[final.output.type])
+    except IRError as e:
+        for n in reversed(created):
+            graph.remove_node(n)
+        raise NoMatch(f"Attention does not take these inputs: {' '.join(str(e).split())}") from None
+    return [(final.output, att.output)]
+
+
+RULE = Rule("attention", ("Softmax",), _match, _rewrite, finish=lambda graph, _: _unrepeat_attention_inputs(graph))
 
 
 def fuse_attention(graph: Graph) -> int:
     """Fuse scaled-dot-product attention (incl. causal and grouped-query) into one Attention op."""
-    count, renames = 0, []
-    for sm in list(graph.nodes):
-        if sm.op != "Softmax" or sm not in graph.nodes:
-            continue
-        m = _match(sm)
-        if m is None:
-            continue
-        q, v, final = m["q"], m["v"], m["final"]
-        ksrc, kperm = m["k"]
-        # GQA: feed the un-repeated K/V (only when K is an existing value and both are repeated).
-        if kperm is None:
-            rk, rv = _unrepeat(ksrc), _unrepeat(v)
-            if rk is not None and rv is not None and rk[1] == rv[1]:
-                ksrc, v = rk[0], rv[0]
-        qs, vs = q.shape, v.shape
-        kshape = None if ksrc.shape is None else (tuple(ksrc.shape) if kperm is None else tuple(ksrc.shape[i] for i in kperm))
-        if qs is None or vs is None or kshape is None or len(qs) != 4 or len(vs) != 4 or len(kshape) != 4:
-            continue
-        if not (q.dtype == v.dtype == ksrc.dtype and q.dtype.is_float):
-            continue
-        if isinstance(qs[3], int) and isinstance(kshape[3], int) and qs[3] != kshape[3]:
-            continue
-        if isinstance(kshape[2], int) and isinstance(vs[2], int) and kshape[2] != vs[2]:
-            continue
-        hq, hk = qs[1], kshape[1]
-        if not (isinstance(hq, int) and isinstance(hk, int) and hq % hk == 0 and vs[1] == hk):
-            continue
-        mask, causal = m["float_mask"] if m["float_mask"] is not None else m["bool_mask"], 0
-        if mask is not None and _causal_const(mask, qs[2], kshape[2]):
-            mask, causal = None, 1
-        created = []
-        try:
-            k = ksrc
-            if kperm is not None:
-                t = graph.add_node("Transpose", [ksrc], {"perm": kperm}, before=final, name=f"{sm.name}_k")
-                created.append(t)
-                k = t.output
-            att = graph.add_node("Attention", [q, k, v, mask], {"scale": float(m["scale"]), "is_causal": causal},
-                                 before=final, name=f"{sm.name}_attention", output_types=[final.output.type])
-        except IRError:
-            for n in reversed(created):
-                graph.remove_node(n)
-            continue
-        replace(final.output, att.output, renames)
-        count += 1
-    count += _unrepeat_attention_inputs(graph)
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched
 
 
 def _unrepeat_attention_inputs(graph: Graph) -> int:

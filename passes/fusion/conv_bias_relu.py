@@ -17,7 +17,8 @@ import numpy as np
 
 from optc.ir.graph import Graph, Node, Value
 
-from ._match import cleanup, epilogue_activation, replace, sole_user, strip
+from ._match import epilogue_activation, sole_user, strip
+from ._rewriter import Rule, apply_rule, require
 
 
 def _channel_vector(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -48,30 +49,37 @@ def _bias_add(conv: Node, out: Value) -> tuple[Node, np.ndarray] | None:
     return None if vec is None else (add, vec)
 
 
+def _match(conv: Node):
+    require(conv.output.shape is not None, "the Conv's output shape is unknown")
+    out, bias, folded = conv.output, conv.input(2), None
+    found = _bias_add(conv, out)
+    if found is not None and (bias is None or strip(bias).const is not None):
+        folded, out = found[1], found[0].output
+    act = sole_user(out)
+    activation = epilogue_activation(act)
+    require(activation is not None or folded is not None,
+            "no per-channel constant Add and no Relu/Silu/Gelu used by it alone after the Conv")
+    return folded, out, act, activation
+
+
+def _rewrite(graph: Graph, conv: Node, found):
+    folded, out, act, activation = found
+    bias = conv.input(2)
+    if folded is not None:
+        old = np.zeros_like(folded) if bias is None else strip(bias).const.reshape(-1)
+        bias = graph.add_constant((old + folded).astype(folded.dtype), graph.unique_name(f"{conv.name}_bias"))
+    ins = [conv.input(0), conv.input(1), bias]
+    if activation is None:
+        new = graph.add_node("Conv", ins, dict(conv.attrs), before=conv, name=f"{conv.name}_biased")
+        return [(out, new.output)]
+    new = graph.add_node("FusedConv", ins, {**conv.attrs, "activation": activation}, before=conv,
+                         name=f"{conv.name}_fused")
+    return [(act.output, new.output)]
+
+
+RULE = Rule("conv_bias_relu", ("Conv",), _match, _rewrite)
+
+
 def fuse_conv_bias_relu(graph: Graph) -> int:
     """Fuse Conv, a per-channel bias Add and Relu into FusedConv (or fold just the bias)."""
-    count, renames = 0, []
-    for conv in list(graph.nodes):
-        if conv.op != "Conv" or conv not in graph.nodes or conv.output.shape is None:
-            continue
-        out, bias = conv.output, conv.input(2)
-        found = _bias_add(conv, out)
-        if found is not None and (bias is None or strip(bias).const is not None):
-            add, vec = found
-            old = np.zeros_like(vec) if bias is None else strip(bias).const.reshape(-1)
-            bias = graph.add_constant((old + vec).astype(vec.dtype), graph.unique_name(f"{conv.name}_bias"))
-            out = add.output
-        act = sole_user(out)
-        activation = epilogue_activation(act)
-        if activation is None and out is conv.output:
-            continue
-        ins = [conv.input(0), conv.input(1), bias]
-        if activation is None:
-            new = graph.add_node("Conv", ins, dict(conv.attrs), before=conv, name=f"{conv.name}_biased")
-        else:
-            out = act.output
-            new = graph.add_node("FusedConv", ins, {**conv.attrs, "activation": activation}, before=conv,
-                                 name=f"{conv.name}_fused")
-        replace(out, new.output, renames)
-        count += 1
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched

@@ -16,7 +16,8 @@ import numpy as np
 
 from optc.ir.graph import Graph, Node
 
-from ._match import cleanup, producer, replace, sole_user, strip
+from ._match import producer, sole_user, strip
+from ._rewriter import Rule, apply_rule, require
 
 
 def _const(node: Node, i: int) -> np.ndarray | None:
@@ -51,22 +52,28 @@ def _folded(conv: Node, bn: Node) -> tuple[np.ndarray, np.ndarray] | None:
     return w_new.astype(w.dtype), b_new.astype(w.dtype)
 
 
+def _match(bn: Node):
+    require(len(bn.outputs) == 1 and not bn.attrs["training_mode"], "a training-mode BatchNormalization")
+    conv = producer(bn.input(0), "Conv", "ConvTranspose")
+    require(conv is not None, "its input is not a Conv")
+    require(sole_user(conv.output) is bn, f"{conv.name}'s output has other users")
+    require(conv.output.dtype == bn.output.dtype, "the Conv and the BatchNormalization have different types")
+    folded = _folded(conv, bn)
+    require(folded is not None, "the weight, bias or normalization parameters are not constants of one entry per channel")
+    return conv, folded
+
+
+def _rewrite(graph: Graph, bn: Node, found):
+    conv, (w, b) = found
+    ins = [conv.input(0), graph.add_constant(w, graph.unique_name(f"{conv.name}_w_bn")),
+           graph.add_constant(b, graph.unique_name(f"{conv.name}_b_bn"))]
+    new = graph.add_node(conv.op, ins, dict(conv.attrs), before=bn, name=f"{conv.name}_bn")
+    return [(bn.output, new.output)]
+
+
+RULE = Rule("conv_bn", ("BatchNormalization",), _match, _rewrite)
+
+
 def fuse_conv_bn(graph: Graph) -> int:
     """Fold inference BatchNormalization into the constant weight and bias of the Conv before it."""
-    count, renames = 0, []
-    for bn in list(graph.nodes):
-        if bn.op != "BatchNormalization" or bn not in graph.nodes or len(bn.outputs) != 1 or bn.attrs["training_mode"]:
-            continue
-        conv = producer(bn.input(0), "Conv", "ConvTranspose")
-        if conv is None or sole_user(conv.output) is not bn or conv.output.dtype != bn.output.dtype:
-            continue
-        got = _folded(conv, bn)
-        if got is None:
-            continue
-        w, b = got
-        ins = [conv.input(0), graph.add_constant(w, graph.unique_name(f"{conv.name}_w_bn")),
-               graph.add_constant(b, graph.unique_name(f"{conv.name}_b_bn"))]
-        new = graph.add_node(conv.op, ins, dict(conv.attrs), before=bn, name=f"{conv.name}_bn")
-        replace(bn.output, new.output, renames)
-        count += 1
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched

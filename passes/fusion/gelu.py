@@ -15,7 +15,8 @@ import math
 
 from optc.ir.graph import Graph, Node, Value
 
-from ._match import cleanup, is_scalar, operands, peel_scale, producer, replace, same, scalar, scale_factor, strip, users
+from ._match import is_scalar, operands, peel_scale, producer, same, scale_factor, strip, users
+from ._rewriter import Rule, apply_rule, require
 
 _REL = 1e-4
 
@@ -93,27 +94,31 @@ def _tail(act: Value, x: Value) -> Value | None:
     return None
 
 
+def _match(node: Node):
+    if node.op == "Erf":
+        x, f = peel_scale(node.input(0), 1)
+        require(_close(f, 1 / math.sqrt(2)), f"erf's argument is x * {f:.6g}, not x / sqrt(2)")
+        approximate = "none"
+    else:
+        x = _tanh_arg(node.input(0))
+        require(x is not None, "tanh's argument is not sqrt(2/pi) * (x + 0.044715 * x**3)")
+        approximate = "tanh"
+    require(x.dtype.is_float, "the input is not float")
+    out = _tail(node.output, x)
+    require(out is not None, f"{node.op} is not followed by 0.5 * x * (1 + {node.op.lower()}(...)) "
+                             "(or an intermediate value has other users)")
+    return x, approximate, out
+
+
+def _rewrite(graph: Graph, node: Node, found):
+    x, approximate, out = found
+    gelu = graph.add_node("Gelu", [x], {"approximate": approximate}, before=out.producer, name=f"{node.name}_gelu")
+    return [(out, gelu.output)]
+
+
+RULE = Rule("gelu", ("Erf", "Tanh"), _match, _rewrite)
+
+
 def fuse_gelu(graph: Graph) -> int:
     """Fuse the erf and tanh forms of GELU into one Gelu op."""
-    count, renames = 0, []
-    for node in list(graph.nodes):
-        if node.graph is not graph or node not in graph.nodes or node.op not in ("Erf", "Tanh"):
-            continue
-        if node.op == "Erf":
-            x, f = peel_scale(node.input(0), 1)
-            if not _close(f, 1 / math.sqrt(2)):
-                continue
-            approximate = "none"
-        else:
-            x = _tanh_arg(node.input(0))
-            approximate = "tanh"
-        if x is None or not x.dtype.is_float:
-            continue
-        out = _tail(node.output, x)
-        if out is None:
-            continue
-        gelu = graph.add_node("Gelu", [x], {"approximate": approximate}, before=out.producer,
-                              name=f"{node.name}_gelu")
-        replace(out, gelu.output, renames)
-        count += 1
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched

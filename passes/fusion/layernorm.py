@@ -11,54 +11,49 @@ spelling (``/ Sqrt``, ``* Reciprocal(Sqrt)``, ``* (1 / Sqrt)``, ``* Pow(-0.5)``)
 
 from __future__ import annotations
 
-from optc.ir.graph import Graph
+from optc.ir.graph import Graph, Node
 
-from ._match import (affine, cleanup, const_axes, is_scalar, normalized, ones_scale, operands, producer, reduce_mean_of,
-                     replace, same, scalar, strip, users)
+from ._match import (affine, const_axes, epsilon_of, first, is_scalar, normalized, ones_scale, reduce_mean_of, same,
+                     static_tail, strip, users)
+from ._rewriter import Rule, apply_rule, require
+
+
+def _is_square(sq: Node, d) -> bool:
+    return (is_scalar(sq.input(1), 2.0) if sq.op == "Pow" else same(sq.input(0), d) and same(sq.input(1), d))
+
+
+def _match(r: Node):
+    k = reduce_mean_of(r)
+    require(k is not None, "not a mean over trailing axes that keeps its dims")
+    x = strip(r.input(0))
+    require(x.dtype.is_float and x.type.rank is not None, "the mean's input is not a float tensor of known rank")
+    axes = sorted(a % x.type.rank for a in const_axes(r))
+    d = first(s.output for s in users(r.output, "Sub") if same(s.input(0), x) and same(s.input(1), r.output))
+    require(d is not None, "the mean is not subtracted from its own input (x - mean(x))")
+    variance = first(r2 for sq in users(d, "Pow", "Mul") if _is_square(sq, d) for r2 in users(sq.output, "ReduceMean")
+                     if reduce_mean_of(r2) == k and sorted(a % x.type.rank for a in const_axes(r2)) == axes)
+    require(variance is not None, "no mean of the squared deviation over the same axes")
+    found = first((eps, n) for add in users(variance.output, "Add")
+                  for eps in [epsilon_of(add, variance.output)] if eps is not None
+                  for n in [normalized(add.output, d)] if n is not None)
+    require(found is not None, "the deviation is not divided by sqrt(variance + constant eps)")
+    eps, n = found
+    out, w, b = affine(n, x, k, with_bias=True)
+    require(w is not None or static_tail(x, k), "no scale, and the normalized dims are not static (for a ones scale)")
+    return x, k, eps, out, w, b
+
+
+def _rewrite(graph: Graph, r: Node, found):
+    x, k, eps, out, w, b = found
+    w = w if w is not None else ones_scale(graph, x, k)
+    node = graph.add_node("LayerNormalization", [x, w, b], {"axis": x.type.rank - k, "epsilon": eps},
+                          before=out.producer, name=f"{r.name}_layernorm")
+    return [(out, node.output)]
+
+
+RULE = Rule("layernorm", ("ReduceMean",), _match, _rewrite)
 
 
 def fuse_layernorm(graph: Graph) -> int:
     """Fuse the decomposed layer normalization into one LayerNormalization op."""
-    count, renames = 0, []
-    for r in list(graph.nodes):
-        if r.op != "ReduceMean" or r not in graph.nodes:
-            continue
-        k = reduce_mean_of(r)
-        x = strip(r.input(0))
-        if k is None or not x.dtype.is_float or x.type.rank is None:
-            continue
-        done = False
-        for sub in users(r.output, "Sub"):
-            if done or not (same(sub.input(0), x) and same(sub.input(1), r.output)):
-                continue
-            d = sub.output
-            for sq in users(d, "Pow", "Mul"):
-                if sq.op == "Pow" and not is_scalar(sq.input(1), 2.0):
-                    continue
-                if sq.op == "Mul" and not (same(sq.input(0), d) and same(sq.input(1), d)):
-                    continue
-                for r2 in users(sq.output, "ReduceMean"):
-                    if reduce_mean_of(r2) != k or sorted(a % x.type.rank for a in const_axes(r2)) != sorted(
-                            a % x.type.rank for a in const_axes(r)):
-                        continue
-                    for add in users(r2.output, "Add"):
-                        eps = next((scalar(o) for t, o in operands(add) if same(t, r2.output) and scalar(o) is not None), None)
-                        n = None if eps is None else normalized(add.output, d)
-                        if n is None:
-                            continue
-                        out, w, b = affine(n, x, k, with_bias=True)
-                        if w is None:
-                            w = ones_scale(graph, x, k)
-                            if w is None:
-                                continue
-                        node = graph.add_node("LayerNormalization", [x, w, b], {"axis": x.type.rank - k, "epsilon": eps},
-                                              before=out.producer, name=f"{r.name}_layernorm")
-                        replace(out, node.output, renames)
-                        count += 1
-                        done = True
-                        break
-                    if done:
-                        break
-                if done:
-                    break
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched

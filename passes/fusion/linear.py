@@ -25,7 +25,9 @@ import numpy as np
 
 from optc.ir.graph import Graph, Node, Value
 
-from ._match import cleanup, epilogue_activation, replace, sole_user, strip
+from ._match import epilogue_activation, sole_user, strip
+from ._rewriter import Rule, apply_rule, require
+
 
 def _weight(v: Value | None) -> np.ndarray | None:
     v = strip(v)
@@ -54,92 +56,79 @@ def _add_operand(add: Node, v: Value) -> Value | None:
     return None
 
 
-class _Fuser:
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.renames: list = []
-        self.count = 0
-        self.derived: dict[tuple, Value] = {}
+def _start(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None]:
+    """(X, W [K, N], bias or None) of a MatMul/Gemm that can become a Linear."""
+    x = node.input(0)
+    w = _weight(node.input(1))
+    require(w is not None, "the weight is not a 2-D float constant (a product of two activations stays a MatMul)")
+    require(x.dtype == node.input(1).dtype, "the input and the weight have different types")
+    if node.op == "MatMul":
+        require(x.shape is not None and len(x.shape) >= 1, "the input's rank is unknown")
+        return x, w, None
+    require(not node.attrs["transA"], "Gemm with transA")
+    w = w.T if node.attrs["transB"] else w
+    alpha = node.attrs["alpha"]
+    if alpha != 1.0:
+        w = w * np.asarray(alpha, dtype=w.dtype)
+    bias = None
+    c = strip(node.input(2))
+    if c is not None and node.attrs["beta"] != 0.0:
+        require(c.const is not None, "Gemm's C is not a constant")
+        bias = _bias_vector(c.const, w.shape[1], 2)
+        require(bias is not None, "Gemm's C is not one value per output column")
+        if node.attrs["beta"] != 1.0:
+            bias = bias * np.asarray(node.attrs["beta"], dtype=bias.dtype)
+    return x, np.ascontiguousarray(w, dtype=w.dtype), bias
 
-    def weight(self, node: Node, w: np.ndarray) -> Value:
+
+def _match(node: Node):
+    x, w, bias = _start(node)
+    tail = node.output
+    if bias is None:
+        add = sole_user(tail)
+        other = _add_operand(add, tail) if add is not None and add.op == "Add" else None
+        if other is not None and other.const is not None and other.dtype == tail.dtype:
+            b = _bias_vector(other.const, w.shape[1], tail.type.rank if tail.shape is not None else None)
+            if b is not None and add.output.type == tail.type:
+                bias, tail = b, add.output
+    act, reshape = sole_user(tail), None
+    if act is not None and act.op == "Reshape" and act.input(0) is not None and strip(act.input(0)) is strip(tail):
+        reshape, act = act, sole_user(act.output)
+    if epilogue_activation(act) is None:
+        act, reshape = None, None
+    return x, w, bias, tail, act, reshape
+
+
+def linear_rule() -> Rule:
+    """A fresh rule: its derived (transposed/scaled Gemm) weights are shared within one run."""
+    derived: dict[tuple, Value] = {}
+
+    def weight(graph: Graph, node: Node, w: np.ndarray) -> Value:
         """The constant holding ``w``: the node's own, or one new constant per derived array
         (a transposed Gemm weight shared by several Gemms is transposed once)."""
         src = strip(node.input(1))
         if src.const is w:
             return src
         key = (id(src), node.attrs.get("transB"), node.attrs.get("alpha"))
-        v = self.derived.get(key)
-        if v is None:
-            v = self.derived[key] = self.graph.add_constant(w, self.graph.unique_name(f"{src.name}_kn"))
-        return v
+        if key not in derived:
+            derived[key] = graph.add_constant(w, graph.unique_name(f"{src.name}_kn"))
+        return derived[key]
 
-    def start(self, node: Node) -> tuple[Value, np.ndarray, np.ndarray | None] | None:
-        """(X, W [K, N], bias or None) of a MatMul/Gemm that can become a Linear."""
-        x = node.input(0)
-        if node.op == "MatMul":
-            w = _weight(node.input(1))
-            if w is None or x.dtype != node.input(1).dtype or x.shape is None or len(x.shape) < 1:
-                return None
-            return x, w, None
-        if node.attrs["transA"]:
-            return None
-        w = _weight(node.input(1))
-        if w is None or x.dtype != node.input(1).dtype:
-            return None
-        w = w.T if node.attrs["transB"] else w
-        alpha = node.attrs["alpha"]
-        if alpha != 1.0:
-            w = w * np.asarray(alpha, dtype=w.dtype)
-        bias = None
-        c = strip(node.input(2))
-        if c is not None and node.attrs["beta"] != 0.0:
-            if c.const is None:
-                return None
-            bias = _bias_vector(c.const, w.shape[1], 2)
-            if bias is None:
-                return None
-            if node.attrs["beta"] != 1.0:
-                bias = bias * np.asarray(node.attrs["beta"], dtype=bias.dtype)
-        return x, np.ascontiguousarray(w, dtype=w.dtype), bias
-
-    def run(self, node: Node) -> None:
-        got = self.start(node)
-        if got is None:
-            return
-        x, w, bias = got
-        n = w.shape[1]
-        tail = node.output
-        if bias is None:
-            add = sole_user(tail)
-            other = _add_operand(add, tail) if add is not None and add.op == "Add" else None
-            if other is not None and other.const is not None and other.dtype == tail.dtype:
-                b = _bias_vector(other.const, n, tail.type.rank if tail.shape is not None else None)
-                if b is not None and add.output.type == tail.type:
-                    bias, tail = b, add.output
-        activation, reshape = "none", None
-        act = sole_user(tail)
-        if act is not None and act.op == "Reshape" and act.input(0) is not None and strip(act.input(0)) is strip(tail):
-            reshape, act = act, sole_user(act.output)
-        if epilogue_activation(act) is not None:
-            activation = epilogue_activation(act)
-        else:
-            act, reshape = None, None
-        g = self.graph
-        w_v = self.weight(node, w)
-        ins = [x, w_v] + ([g.add_constant(bias, g.unique_name(f"{node.name}_bias"))] if bias is not None else [])
-        lin = g.add_node("Linear", ins, {"activation": activation}, before=node, name=f"{node.name}_linear")
-        if reshape is not None:
+    def rewrite(graph: Graph, node: Node, found):
+        x, w, bias, tail, act, reshape = found
+        ins = [x, weight(graph, node, w)]
+        if bias is not None:
+            ins.append(graph.add_constant(bias, graph.unique_name(f"{node.name}_bias")))
+        activation = epilogue_activation(act) if act is not None else "none"
+        lin = graph.add_node("Linear", ins, {"activation": activation}, before=node, name=f"{node.name}_linear")
+        if reshape is not None:  # the activation commutes with the reshape: the Reshape reads the Linear
             reshape.set_input(0, lin.output)
-            replace(act.output, reshape.output, self.renames)
-        else:
-            replace(act.output if act is not None else tail, lin.output, self.renames)
-        self.count += 1
+            return [(act.output, reshape.output)]
+        return [(act.output if act is not None else tail, lin.output)]
+
+    return Rule("linear", ("MatMul", "Gemm"), _match, rewrite)
 
 
 def fuse_linear(graph: Graph) -> int:
     """Fuse MatMul/Gemm with a constant weight, its bias Add and activation into Linear."""
-    f = _Fuser(graph)
-    for node in list(graph.nodes):
-        if node.op in ("MatMul", "Gemm") and node in graph.nodes:
-            f.run(node)
-    return cleanup(graph, f.count, f.renames)
+    return apply_rule(graph, linear_rule()).matched

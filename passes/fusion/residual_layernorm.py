@@ -16,28 +16,24 @@ from __future__ import annotations
 from optc.ir.graph import Graph, Node, Value
 from optc.ir.types import DType
 
-from ._match import cleanup, producer, replace, strip
+from ._match import producer, strip
+from ._rewriter import Rule, apply_rule, require
 
 # LayerNormalization stash_type per data type that AddLayerNorm's statistics reproduce exactly.
 _STASH_OK = {DType.FLOAT32: 1, DType.FLOAT16: 1, DType.BFLOAT16: 1, DType.FLOAT64: 11}
 
 
-def _fusable(ln: Node) -> Node | None:
+def _match(ln: Node) -> Node:
     """The residual Add feeding ``ln``, if the pair can become one AddLayerNorm."""
-    if len(ln.outputs) != 1:
-        return None
+    require(len(ln.outputs) == 1, "the mean/inverse-std-dev outputs are used")
     x = ln.input(0)
     rank = x.type.rank if x.shape is not None else None
-    if rank is None or ln.attrs["axis"] % rank != rank - 1:
-        return None
-    if _STASH_OK.get(x.dtype) != ln.attrs["stash_type"]:
-        return None
+    require(rank is not None and ln.attrs["axis"] % rank == rank - 1, "not normalized over the last axis alone")
+    require(_STASH_OK.get(x.dtype) == ln.attrs["stash_type"], "its statistics type is not AddLayerNorm's")
     add = producer(x, "Add")
-    if add is None or strip(add.output) is not strip(x) or add.output.dtype != x.dtype:
-        return None
-    a, b = strip(add.input(0)), strip(add.input(1))
-    if a.is_constant or b.is_constant:
-        return None
+    require(add is not None and strip(add.output) is strip(x) and add.output.dtype == x.dtype, "its input is not an Add")
+    require(not (strip(add.input(0)).is_constant or strip(add.input(1)).is_constant),
+            "the Add has a constant operand (a bias, which the linear fusion takes)")
     return add
 
 
@@ -54,26 +50,27 @@ def _used_elsewhere(v: Value, ln: Node) -> bool:
     return False
 
 
+def _rewrite(graph: Graph, ln: Node, add: Node):
+    s = add.output
+    keep_sum = _used_elsewhere(s, ln)
+    ins = [add.input(0), add.input(1), ln.input(1), ln.input(2)]
+    # Right after the Add: users of the sum placed before the LayerNorm must see S defined.
+    fused = graph.add_node("AddLayerNorm", ins, {"axis": -1, "epsilon": ln.attrs["epsilon"]},
+                           num_outputs=2 if keep_sum else 1, after=add, name=f"{ln.name}_add")
+    return [(ln.output, fused.outputs[0])] + ([(s, fused.outputs[1])] if keep_sum else [])
+
+
+def _reorder(graph: Graph, matched: int) -> int:
+    """A computed scale/bias may be defined after the Add the fused node now sits behind."""
+    if any(v is not None and v.producer is not None for n in graph.nodes if n.op == "AddLayerNorm"
+           for v in n.inputs[2:]):
+        graph.toposort()
+    return 0
+
+
+RULE = Rule("residual_layernorm", ("LayerNormalization",), _match, _rewrite, finish=_reorder)
+
+
 def fuse_residual_layernorm(graph: Graph) -> int:
     """Fuse a residual Add and the LayerNormalization reading it into AddLayerNorm."""
-    count, renames, reorder = 0, [], False
-    for ln in list(graph.nodes):
-        if ln.op != "LayerNormalization" or ln not in graph.nodes:
-            continue
-        add = _fusable(ln)
-        if add is None:
-            continue
-        s = add.output
-        keep_sum = _used_elsewhere(s, ln)
-        ins = [add.input(0), add.input(1), ln.input(1), ln.input(2)]
-        reorder |= any(v is not None and v.producer is not None for v in ins[2:])
-        # Right after the Add: users of the sum placed before the LayerNorm must see S defined.
-        fused = graph.add_node("AddLayerNorm", ins, {"axis": -1, "epsilon": ln.attrs["epsilon"]},
-                               num_outputs=2 if keep_sum else 1, after=add, name=f"{ln.name}_add")
-        replace(ln.output, fused.outputs[0], renames)
-        if keep_sum:
-            replace(s, fused.outputs[1], renames)
-        count += 1
-    if reorder:
-        graph.toposort()  # a computed scale/bias may be defined after the Add
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched

@@ -10,44 +10,49 @@ static normalized dims).
 
 from __future__ import annotations
 
-from optc.ir.graph import Graph
+from optc.ir.graph import Graph, Node
 
-from ._match import affine, cleanup, is_scalar, normalized, ones_scale, operands, producer, reduce_mean_of, replace, same, scalar, strip, users
+from ._match import (affine, epsilon_of, first, is_scalar, normalized, ones_scale, producer, reduce_mean_of, same,
+                     static_tail, strip, users)
+from ._rewriter import Rule, apply_rule, require
+
+
+def _squared(r: Node):
+    """x for a mean of ``Pow(x, 2)`` or ``x * x``."""
+    sq = producer(r.input(0), "Pow", "Mul")
+    if sq is not None and sq.op == "Pow" and is_scalar(sq.input(1), 2.0):
+        return strip(sq.input(0))
+    if sq is not None and sq.op == "Mul" and same(sq.input(0), sq.input(1)):
+        return strip(sq.input(0))
+    return None
+
+
+def _match(r: Node):
+    k = reduce_mean_of(r)
+    require(k is not None, "not a mean over trailing axes that keeps its dims")
+    x = _squared(r)
+    require(x is not None, "not a mean of a square (x**2 or x * x)")
+    require(x.dtype.is_float and x.type.rank is not None, "the squared input is not a float tensor of known rank")
+    found = first((eps, n) for add in users(r.output, "Add") for eps in [epsilon_of(add, r.output)] if eps is not None
+                  for n in [normalized(add.output, x)] if n is not None)
+    require(found is not None, "x is not divided by sqrt(mean(x**2) + constant eps)")
+    eps, n = found
+    out, w, _ = affine(n, x, k, with_bias=False)
+    require(w is not None or static_tail(x, k), "no scale, and the normalized dims are not static (for a ones scale)")
+    return x, k, eps, out, w
+
+
+def _rewrite(graph: Graph, r: Node, found):
+    x, k, eps, out, w = found
+    w = w if w is not None else ones_scale(graph, x, k)
+    node = graph.add_node("RMSNormalization", [x, w], {"axis": x.type.rank - k, "epsilon": eps},
+                          before=out.producer, name=f"{r.name}_rmsnorm")
+    return [(out, node.output)]
+
+
+RULE = Rule("rmsnorm", ("ReduceMean",), _match, _rewrite)
 
 
 def fuse_rmsnorm(graph: Graph) -> int:
     """Fuse the decomposed RMS normalization into one RMSNormalization op."""
-    count, renames = 0, []
-    for r in list(graph.nodes):
-        if r.op != "ReduceMean" or r not in graph.nodes:
-            continue
-        k = reduce_mean_of(r)
-        sq = producer(r.input(0), "Pow", "Mul")
-        if k is None or sq is None:
-            continue
-        if sq.op == "Pow" and is_scalar(sq.input(1), 2.0):
-            x = strip(sq.input(0))
-        elif sq.op == "Mul" and same(sq.input(0), sq.input(1)):
-            x = strip(sq.input(0))
-        else:
-            continue
-        if not x.dtype.is_float or x.type.rank is None:
-            continue
-        for add in users(r.output, "Add"):
-            eps = next((scalar(o) for t, o in operands(add) if same(t, r.output) and scalar(o) is not None), None)
-            if eps is None:
-                continue
-            n = normalized(add.output, x)
-            if n is None:
-                continue
-            out, w, _ = affine(n, x, k, with_bias=False)
-            if w is None:
-                w = ones_scale(graph, x, k)
-                if w is None:
-                    continue
-            node = graph.add_node("RMSNormalization", [x, w], {"axis": x.type.rank - k, "epsilon": eps},
-                                  before=out.producer, name=f"{r.name}_rmsnorm")
-            replace(out, node.output, renames)
-            count += 1
-            break
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched

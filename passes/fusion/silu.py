@@ -6,26 +6,30 @@ Pattern: anchored at ``Sigmoid(x)``; a ``Mul`` using it whose other operand is t
 
 from __future__ import annotations
 
-from optc.ir.graph import Graph
+from optc.ir.graph import Graph, Node
 
-from ._match import cleanup, replace, same, strip, users
+from ._match import first, same, strip, users
+from ._rewriter import Rule, apply_rule, require
+
+
+def _match(node: Node):
+    x = strip(node.input(0))
+    require(x.dtype.is_float, "the input is not float")
+    sig = node.output
+    muls = [m for m in users(sig, "Mul") if m.input(0) is not m.input(1)
+            and same(m.input(1) if same(m.input(0), sig) else m.input(0), x)]
+    require(bool(muls), "not multiplied by its own input (x * sigmoid(x))")
+    return x, muls
+
+
+def _rewrite(graph: Graph, node: Node, found):
+    x, muls = found
+    return [(m.output, graph.add_node("Silu", [x], before=m, name=f"{node.name}_silu").output) for m in muls]
+
+
+RULE = Rule("silu", ("Sigmoid",), _match, _rewrite)
 
 
 def fuse_silu(graph: Graph) -> int:
     """Fuse x * sigmoid(x) into one Silu op."""
-    count, renames = 0, []
-    for node in list(graph.nodes):
-        if node.op != "Sigmoid" or node not in graph.nodes:
-            continue
-        x = strip(node.input(0))
-        if not x.dtype.is_float:
-            continue
-        sig = node.output
-        for mul in users(sig, "Mul"):
-            other = mul.input(1) if same(mul.input(0), sig) else mul.input(0)
-            if not same(other, x) or mul.input(0) is mul.input(1):
-                continue
-            silu = graph.add_node("Silu", [x], before=mul, name=f"{node.name}_silu")
-            replace(mul.output, silu.output, renames)
-            count += 1
-    return cleanup(graph, count, renames)
+    return apply_rule(graph, RULE).matched
