@@ -9,10 +9,14 @@ quantized ones are calibrated on news windows from the calibration articles. Eve
 median over interleaved rounds, so a shared machine's load hits every model alike.
 
 PyTorch eager decodes with the same cache loop (``model(token, past_key_values=...)`` per
-token); ``generate()`` adds its own per-token overhead, reported beside it.
+token); ``generate()`` adds its own per-token overhead, reported beside it. ONNX Runtime runs
+the same step exported with its cache (``export_decoder_onnx``: past/present as inputs and
+outputs, ORT_ENABLE_ALL, the same threads): prefill from an empty cache, then one call per
+token with the previous call's present tensors as the past (numpy in and out, as a plain loop
+does; ``--no-ort`` skips it).
 
     [OPTC_BENCH_THREADS=2] python bench/decoder.py [--variants fp32,int8,int4,int4-rtn,int4-q4_1,int4-q4_1-head8]
-        [--calib 32] [--holdout 16] [--new-tokens 64] [--rounds 5] [--json FILE]
+        [--calib 32] [--holdout 16] [--new-tokens 64] [--rounds 5] [--no-ort] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from optc.api import optimize  # noqa: E402
 from optc.calibration import token_windows  # noqa: E402
 from optc.codegen.build import build  # noqa: E402
 from optc.codegen.generate import Generator  # noqa: E402
-from optc.frontend.pytorch import export_decoder  # noqa: E402
+from optc.frontend.pytorch import export_decoder, export_decoder_onnx  # noqa: E402
+from optc.frontend.pytorch.decoder import cache_geometry  # noqa: E402
 from optc.ir.decoder import find_kv_cache, prefill_graph  # noqa: E402
 from optc.passes.compression.fidelity import next_token_nll  # noqa: E402
 
@@ -68,6 +73,41 @@ def perplexity(run, windows) -> float:
     return math.exp(nll / count)
 
 
+class OrtDecoder:
+    """ONNX Runtime's cached generation loop over ``export_decoder_onnx``'s file."""
+
+    def __init__(self, path: Path, config):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.past = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        _, self.kv_heads, self.head_dim = cache_geometry(config)
+
+    def run(self, feed: dict) -> dict:
+        """One call: ``input_ids`` and, if absent, an empty cache."""
+        ids = feed["input_ids"]
+        empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), np.float32)
+        full = {"input_ids": ids.astype(np.int64), **{p: feed.get(p, empty) for p in self.past}}
+        return dict(zip(self.outputs, self.session.run(None, full)))
+
+    def generate(self, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+        """Greedy: (prefill seconds, decode tokens/s)."""
+        t0 = time.perf_counter()
+        out = self.run({"input_ids": np.array([prompt])})
+        prefill = time.perf_counter() - t0
+        token = int(out["logits"][0, -1].argmax())
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            past = {p: out[p.replace("past_key_values.", "present.")] for p in self.past}
+            out = self.run({"input_ids": np.array([[token]]), **past})
+            token = int(out["logits"][0, -1].argmax())
+        return prefill, new_tokens / (time.perf_counter() - t0)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="fp32,int8,int4", help=f"comma list of {', '.join(VARIANTS)}")
@@ -75,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--holdout", type=int, default=16, help="held-out windows for perplexity (default 16)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime baseline")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -96,6 +137,14 @@ def main(argv=None) -> int:
                          length=128, batch=1)[:args.holdout]
     prompt = tok(PROMPT)["input_ids"][:128]
     prompt = (prompt * (128 // len(prompt) + 1))[:128]
+
+    baselines = ["torch"]
+    if not args.no_ort:
+        t0 = time.perf_counter()
+        export_decoder_onnx(model, work / "smollm2-cache.onnx")
+        ort_dec = OrtDecoder(work / "smollm2-cache.onnx", model.config)
+        baselines.append("ort")
+        print(f"ONNX export with the cache + ORT session {time.perf_counter() - t0:.1f} s", flush=True)
 
     runners: dict[str, dict] = {}
     for name in variants:
@@ -133,7 +182,7 @@ def main(argv=None) -> int:
             model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1, do_sample=False)
             return n / (time.perf_counter() - t0 - one)
 
-    timings: dict[str, dict[str, list]] = {k: {"prefill": [], "decode": []} for k in ["torch", *variants]}
+    timings: dict[str, dict[str, list]] = {k: {"prefill": [], "decode": []} for k in [*baselines, *variants]}
     generate_rates = []
     for _ in range(args.rounds):  # interleaved rounds
         t0 = time.perf_counter()
@@ -141,6 +190,10 @@ def main(argv=None) -> int:
         timings["torch"]["prefill"].append(time.perf_counter() - t0)
         timings["torch"]["decode"].append(torch_decode(args.new_tokens))
         generate_rates.append(hf_generate(args.new_tokens))
+        if "ort" in baselines:
+            pre, tps = ort_dec.generate(prompt, args.new_tokens)
+            timings["ort"]["prefill"].append(pre)
+            timings["ort"]["decode"].append(tps)
         for name in variants:
             r = runners[name]["gen"].generate(prompt, args.new_tokens + 1)
             timings[name]["prefill"].append(r.prefill_s)
@@ -148,6 +201,8 @@ def main(argv=None) -> int:
 
     with torch.no_grad():
         ppl = {"torch": perplexity(lambda f: model(torch.from_numpy(f["input_ids"])).logits.numpy(), held)}
+    if "ort" in baselines:
+        ppl["ort"] = perplexity(lambda f: ort_dec.run(f)["logits"], held)
     for name in variants:
         m = runners[name]["model"]
         ppl[name] = perplexity(lambda f, m=m: m.run(f)["logits"], held)
@@ -158,10 +213,10 @@ def main(argv=None) -> int:
     print(f"\nbatch 1, {THREADS} threads, prompt {len(prompt)} tokens, {args.new_tokens} new tokens, "
           f"median of {args.rounds} rounds; perplexity on {len(held)} held-out windows of 128 tokens")
     print(f"{'model':16s} {'prefill ms':>11s} {'decode tok/s':>13s} {'x torch':>8s} {'x fp32':>7s} {'perplexity':>11s}")
-    for name in ["torch", *variants]:
+    for name in [*baselines, *variants]:
         pre = statistics.median(timings[name]["prefill"]) * 1e3
         tps = statistics.median(timings[name]["decode"])
-        vs_fp32 = f"{tps / fp32_tps:7.2f}" if fp32_tps and name != "torch" else f"{'':7s}"
+        vs_fp32 = f"{tps / fp32_tps:7.2f}" if fp32_tps and name not in baselines else f"{'':7s}"
         print(f"{name:16s} {pre:11.1f} {tps:13.1f} {tps / base_tps:8.2f} {vs_fp32} {ppl[name]:11.3f}")
         rows.append({"model": name, "prefill_ms": pre, "decode_tokens_per_s": tps, "perplexity": ppl[name]})
     print(f"(PyTorch generate(): {statistics.median(generate_rates):.1f} tokens/s)")

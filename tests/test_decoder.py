@@ -342,30 +342,22 @@ def test_generate_refuses_bad_requests(compiled):
 
 
 def test_onnx_export_with_a_cache_generates_what_pytorch_does(decoder, tmp_path):
-    """The same step exported to ONNX (dynamo) with past/present inputs and outputs: imported
-    with ``past+seq`` dims, the batch size it reads off the cache rebuilt from ``input_ids``,
-    compiled into prefill + decode; greedy tokens = PyTorch's."""
+    """The same step exported to ONNX (``export_decoder_onnx``, dynamo) with past/present inputs
+    and outputs: imported with ``past+seq`` dims, the batch size it reads off the cache rebuilt
+    from ``input_ids``, compiled into prefill + decode; greedy tokens = PyTorch's. ONNX Runtime
+    runs the file from an empty cache with PyTorch's logits."""
     import torch
 
     from optc import load_model
     from optc.api import optimize
     from optc.codegen.build import build
     from optc.codegen.generate import Generator
-    from optc.frontend.pytorch.decoder import _CacheStep, cache_geometry
+    from optc.frontend.pytorch import export_decoder_onnx
     from optc.ir.decoder import find_kv_cache
 
     model, _ = decoder
-    layers, kv_heads, head_dim = cache_geometry(model.config)
-    past = [torch.zeros((2, kv_heads, 5, head_dim)) for _ in range(2 * layers)]
-    dims = {"batch": torch.export.Dim("batch", max=64), "seq": torch.export.Dim("seq", max=256),
-            "past": torch.export.Dim("past", min=0, max=256)}
-    names = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     path = tmp_path / "step.onnx"
-    torch.onnx.export(_CacheStep(model, layers), (torch.zeros((2, 3), dtype=torch.long), past), str(path), dynamo=True,
-                      input_names=["input_ids"] + [f"past_key_values.{n}" for n in names],
-                      output_names=["logits"] + [f"present.{n}" for n in names],
-                      dynamic_shapes={"input_ids": {0: dims["batch"], 1: dims["seq"]},
-                                      "past": [{0: dims["batch"], 2: dims["past"]} for _ in past]})
+    export_decoder_onnx(model, path, max_length=256)
     g = load_model(path)
     assert find_kv_cache(g) is not None and g.value("present.1.value").shape == ("batch", 2, "past+seq", 16)
     optimize(g, "default")
@@ -375,6 +367,16 @@ def test_onnx_export_with_a_cache_generates_what_pytorch_does(decoder, tmp_path)
         want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
                               pad_token_id=0)[0, len(prompt):].tolist()
     assert gen.generate(prompt, 12).tokens == want
+    # ONNX Runtime runs the file from an empty cache too (bench/decoder.py's ORT baseline)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    empty = {v.name: np.zeros((1, 2, 0, 16), np.float32) for v in g.inputs if v.name.startswith("past_")}
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_ids": np.array([prompt]), **empty})))
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt])).logits.numpy()
+    np.testing.assert_allclose(out["logits"], ref, atol=1e-4 * float(np.abs(ref).max()))
+    assert out["present.1.key"].shape == (1, 2, 5, 16)
 
 
 # -- the artifact: tokenizer inside, optc generate --------------------------------------------------------

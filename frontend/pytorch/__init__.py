@@ -36,7 +36,7 @@ handler module registers on import, so each is imported here.
 """
 
 from .api import export_module, import_exported_program, load_pt2
-from .decoder import export_decoder
+from .decoder import export_decoder, export_decoder_onnx
 from .dtypes import torch_dtype
 from .registry import mapped_ops
 from . import (  # noqa: E402,F401  (register handlers)
@@ -49,4 +49,4 @@ from . import (  # noqa: E402,F401  (register handlers)
     handlers_shape,
 )
 
-__all__ = ["import_exported_program", "load_pt2", "export_module", "export_decoder", "torch_dtype", "mapped_ops"]
+__all__ = ["import_exported_program", "load_pt2", "export_module", "export_decoder", "export_decoder_onnx", "torch_dtype", "mapped_ops"]

@@ -66,9 +66,35 @@ def export_decoder(model: torch.nn.Module, *, max_length: int | None = None) -> 
 
     ``max_length`` bounds ``past`` and ``seq`` (default: the config's
     ``max_position_embeddings``)."""
+    step, args, dynamic, (names, outs) = _traceable_step(model, max_length, "export_decoder")
+    graph = export_module(step, args, dynamic_shapes=dynamic)
+    graph.name = type(model).__name__
+    for v, name in zip(list(graph.inputs), names):
+        graph.rename_value(v, name)
+    for v, name in zip(list(graph.outputs), outs):
+        graph.rename_value(v, name)
+    find_kv_cache(graph)  # the convention holds (raises naming what does not)
+    return graph
+
+
+def export_decoder_onnx(model: torch.nn.Module, path, *, max_length: int | None = None) -> None:
+    """Write the same step as an ONNX file (``torch.onnx.export``, dynamo): the inputs and
+    outputs ``export_decoder`` names, with symbolic batch / seq / past — what ONNX Runtime runs
+    a cached generation loop on, and what ``optc.load_model`` imports as a decoder. Written to a
+    temp file and renamed."""
+    from ...fileio import atomic_path
+
+    step, args, dynamic, (names, outs) = _traceable_step(model, max_length, "export_decoder_onnx")
+    with atomic_path(path) as tmp:
+        torch.onnx.export(step, args, str(tmp), dynamo=True, input_names=names, output_names=outs,
+                          dynamic_shapes=dynamic, external_data=False)
+
+
+def _traceable_step(model: torch.nn.Module, max_length: int | None, caller: str):
+    """The wrapped step, example arguments, dynamic shapes and the (input, output) names."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_hidden_layers"):
-        raise UnsupportedOpError(f"export_decoder: {type(model).__name__} is not a Hugging Face causal LM "
+        raise UnsupportedOpError(f"{caller}: {type(model).__name__} is not a Hugging Face causal LM "
                                  "(no config with num_hidden_layers)")
     layers, kv_heads, head_dim = cache_geometry(config)
     limit = int(max_length or getattr(config, "max_position_embeddings", 4096))
@@ -80,13 +106,7 @@ def export_decoder(model: torch.nn.Module, *, max_length: int | None = None) -> 
     cache = [torch.zeros((_EXAMPLE["batch"], kv_heads, _EXAMPLE["past"], head_dim), dtype=dtype)
              for _ in range(2 * layers)]
     dynamic = {"input_ids": {0: batch, 1: seq}, "past": [{0: batch, 2: past} for _ in cache]}
-    graph = export_module(_CacheStep(model, layers), (ids, cache), dynamic_shapes=dynamic)
-    graph.name = type(model).__name__
-    names = [INPUT_IDS] + [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-    for v, name in zip(list(graph.inputs), names):
-        graph.rename_value(v, name)
-    outs = [LOGITS] + [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-    for v, name in zip(list(graph.outputs), outs):
-        graph.rename_value(v, name)
-    find_kv_cache(graph)  # the convention holds (raises naming what does not)
-    return graph
+    kinds = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    names = [INPUT_IDS] + [f"past_key_values.{k}" for k in kinds]
+    outs = [LOGITS] + [f"present.{k}" for k in kinds]
+    return _CacheStep(model, layers), (ids, cache), dynamic, (names, outs)
