@@ -147,6 +147,36 @@ def test_residual_refit_and_ffn_compensation_restore_more(name):
     assert cos["residual", True] > cos["residual", False]
 
 
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_in_order_refit_runs_each_node_once_with_the_same_result(name):
+    """The residual re-fit visits the sites in graph order; ``InOrder`` runs only the nodes no
+    earlier site ran (from the values kept where it stopped). Its fits equal those of running
+    the probe from its inputs for every site, and no node runs twice."""
+    from optc.passes.compression.prune_ffn import ffn_sites
+    from optc.passes.compression.prune_heads import head_sites
+    from optc.passes.compression.structured import InOrder, Probe, State, _fit_sites, refit, refit_targets
+
+    g = pm.graph(name)
+    probe = Probe(g, head_sites, pm.calibration(name, 4), ffn_sites)
+    state = State([{0}, {1}] + [set()] * (len(probe.sites) - 2), [None] * len(probe.sites))
+    targets = refit_targets(probe)
+    refit(probe, state, targets, 0.3)
+    want = State(state.removed, [None] * len(probe.sites))
+    order = {n.name: k for k, n in enumerate(probe.graph.nodes)}
+    for i in sorted(range(len(probe.sites)), key=lambda i: order[probe.sites[i].refit.node.name]):
+        s = probe.sites[i]
+        need = (s.refit.input.name,) + ((s.residual.name,) if s.residual is not None else ())
+        _fit_sites(probe, want, targets, 0.3, [i], values=lambda b, need=need: probe.forward(want, b, only=need))
+    for got, ref in zip(state.refits, want.refits):
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    walk, ran = InOrder(probe, state), 0
+    for s in sorted(probe.sites, key=lambda s: order[s.refit.node.name]):
+        before = len(walk.done)
+        walk.values(probe.fit[0], (s.refit.input.name,))
+        ran += len(walk.done) - before
+    assert ran == len(walk.done) < len(probe.graph.nodes)  # each node once, not the whole graph per site
+
+
 def test_budget_is_honored_and_removes_heads():
     calib = pm.calibration("gpt2", 4)  # re-fitted on three sets, the budget measured on the fourth
     g, ref = pm.graph("gpt2"), pm.graph("gpt2")
