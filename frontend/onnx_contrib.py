@@ -184,6 +184,13 @@ def _matmul_nbits(ctx: _Ctx) -> list:
         raise ctx.unsupported(f"weight_prepacked={prepacked} (a runtime-specific layout of B)")
     if bits not in (4, 8):
         raise ctx.unsupported(f"bits={bits} (optc's QLinear holds 4- and 8-bit codes)")
+    if level not in (0, 1, 2, 3, 4):
+        raise ctx.fail(f"accuracy_level={level} (0 to 4)")
+    if level == 4 and not getattr(ctx.imp, "_noted_accuracy_level", False):
+        ctx.imp._noted_accuracy_level = True
+        log.warning("MatMulNBits accuracy_level=4 (first at %s): ONNX Runtime may quantize A to int8 per block; "
+                    "optc computes in float32, which the attribute (a minimum accuracy) allows, so results "
+                    "differ from ORT's by that activation quantization", ctx.where)
     _require_outputs(ctx, 1)
     x = ctx.input(0)
     if x.dtype not in (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16):
@@ -230,18 +237,7 @@ def _matmul_nbits(ctx: _Ctx) -> list:
     else:
         w = (codes.astype(np.int16) - center).astype(np.int8)
         wz = None if zp is None else (z.astype(np.int16) - center).astype(np.int8)
-    if level not in (0, 1, 2, 3, 4):
-        raise ctx.fail(f"accuracy_level={level} (0 to 4)")
-    if level == 4 and not getattr(ctx.imp, "_noted_accuracy_level", False):
-        ctx.imp._noted_accuracy_level = True
-        log.warning("MatMulNBits accuracy_level=4 (first at %s): ONNX Runtime may quantize A to int8 per block; "
-                    "optc computes in float32, which the attribute (a minimum accuracy) allows, so results "
-                    "differ from ORT's by that activation quantization", ctx.where)
-    inputs = [x, ctx.constant(w, "q"), ctx.constant(w_scale, "scale"),
-              None if wz is None else ctx.constant(wz, "zero_point"), bias]
-    if bias is not None and bias.dtype is not DType.FLOAT32:
-        inputs[4] = ctx.op("Cast", bias, to=DType.FLOAT32)
-    return ctx.final("QLinear", *inputs, activation="none", group_size=int(block), act_quant="none", act_qmax=255)
+    return _weight_only_qlinear(ctx, x, w, w_scale, wz, bias, block)
 
 
 def _float_zero_points(ctx: _Ctx, x, codes, w_scale, zp, bits: int, k_blocks: int, n: int, block: int, bias):
@@ -254,8 +250,12 @@ def _float_zero_points(ctx: _Ctx, x, codes, w_scale, zp, bits: int, k_blocks: in
         raise ctx.fail(f"zero_points is {zp.dtype} {list(zp.shape)}; float zero points need A's type "
                        f"{x.dtype.value} [{n}, {k_blocks}] (N, ceil(K / block_size))")
     wz = zp.reshape(n, k_blocks).T.astype(np.float32)
-    inputs = [x, ctx.constant(codes.astype(ml_dtypes.uint4), "q"), ctx.constant(w_scale, "scale"),
-              ctx.constant(wz, "zero_point"), bias]
+    return _weight_only_qlinear(ctx, x, codes.astype(ml_dtypes.uint4), w_scale, wz, bias, block)
+
+
+def _weight_only_qlinear(ctx: _Ctx, x, w, w_scale, wz, bias, block: int) -> list:
+    inputs = [x, ctx.constant(w, "q"), ctx.constant(w_scale, "scale"),
+              None if wz is None else ctx.constant(wz, "zero_point"), bias]
     if bias is not None and bias.dtype is not DType.FLOAT32:
         inputs[4] = ctx.op("Cast", bias, to=DType.FLOAT32)
     return ctx.final("QLinear", *inputs, activation="none", group_size=int(block), act_quant="none", act_qmax=255)

@@ -57,6 +57,13 @@ class KVCache:
         return KVCache(tuple((str(a), str(b)) for a, b in d["pairs"]), str(d["seq_dim"]), str(d["past_dim"]))
 
 
+def cache_names(graph: Graph) -> tuple[set[str], set[str]]:
+    """The names of the graph's past inputs and present outputs by the naming convention alone;
+    never raises (a derived step, or a graph with only part of a cache, too)."""
+    return ({v.name for v in graph.inputs if _PAST.fullmatch(v.name)},
+            {v.name for v in graph.outputs if _PRESENT.fullmatch(v.name)})
+
+
 def empty_cache_dims(graph: Graph) -> tuple[str, ...]:
     """The symbolic past length(s) of the graph's past inputs, which the reference interpreter
     lets be 0 (an empty cache); () for a graph without past inputs. Never raises: also for a

@@ -141,7 +141,7 @@ def test_float_zero_point_is_subtracted_in_float32():
     idx = np.arange(70) // 32
     w = (q.astype(np.float32) - z[idx]) * s[idx]
     np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-5)
-    with pytest.raises(IRError, match="float32 for a weight-only layer"):
+    with pytest.raises(IRError, match="float32 for a weight-only uint4 weight"):
         w8, s8 = _int8(16, 8)
         _graph(w8, s8, np.zeros(8, np.float32), act_quant="dynamic")
 

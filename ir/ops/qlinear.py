@@ -11,7 +11,7 @@ weight is one of
   along K (``[ceil(K / group_size), N]``; row ``k`` uses group ``k // group_size``). The weight
   the layer multiplies by is ``(q - z) * s``, the integer difference converted to float32 and
   multiplied in float32.
-  A weight-only layer (``act_quant`` none) may instead have a **float32** ``w_zero_point``: the
+  A weight-only uint4 layer (``act_quant`` none) may instead have a **float32** ``w_zero_point``: the
   weight is ``(float32(q) - z) * s``, two float32 roundings. That is a group's own min/max grid,
   ``min + s * q`` with ``z = -min / s`` — GGUF's Q4_1 blocks and MatMulNBits' float zero points —
   which an integer zero point can only approximate.
@@ -118,8 +118,9 @@ def _check_int_weight(ctx, wdt: DType, k, n, group: int, mode: str) -> None:
         if got is not None and (len(got) != len(want) or any(
                 isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(got, want))):
             raise ctx.fail(f"{name} must have shape {list(want)} for W [{k}, {n}] with group_size {group}, got {list(got)}")
-    if ctx.has(3) and ctx.dtype(3) is not wdt and not (ctx.dtype(3) is DType.FLOAT32 and mode == "none"):
-        raise ctx.fail(f"w_zero_point must have W's type {wdt.value} (or float32 for a weight-only layer), "
+    float_zero = ctx.has(3) and ctx.dtype(3) is DType.FLOAT32 and wdt is DType.UINT4 and mode == "none"
+    if ctx.has(3) and ctx.dtype(3) is not wdt and not float_zero:
+        raise ctx.fail(f"w_zero_point must have W's type {wdt.value} (or float32 for a weight-only uint4 weight), "
                        f"got {ctx.dtype(3).value}")
     if mode == "none":
         for i, name in ((5, "x_scale"), (6, "x_zero_point"), (7, "x_smooth")):

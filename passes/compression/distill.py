@@ -265,10 +265,9 @@ class Distill(Pass):
 def trained_outputs(graph: Graph) -> list[str]:
     """The float outputs the loss compares: all of them but a decoder's ``present`` cache, which
     is state for the next step (head pruning shrinks it) — what it leads to is in the logits."""
-    from ...ir.decoder import find_kv_cache
+    from ...ir.decoder import cache_names
 
-    cache = find_kv_cache(graph)
-    state = {present for _, present in cache.pairs} if cache is not None else set()
+    _, state = cache_names(graph)
     return [v.name for v in graph.outputs if v.dtype.is_float and v.name not in state]
 
 

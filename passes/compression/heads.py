@@ -176,7 +176,8 @@ def _trace_heads_back(value: Value, axis: int, role: str, q_heads: int
             continue
         seen.add((id(v), ax))
         p = v.producer
-        if p is None and via_concat.get(id(v)) and v in v.graph.inputs and isinstance(v.shape[ax], int):
+        if p is None and via_concat.get(id(v)) and v in v.graph.inputs and v.shape is not None \
+                and isinstance(v.shape[ax], int):
             carried.append(CarriedHeads(v, ax, level))
             continue
         if p is None:
@@ -396,7 +397,8 @@ def _block(core: Node) -> AttentionBlock:
         raise StructureError(f"key/value heads {kv}/{traced['v'][2]} do not divide {heads} query heads")
     for c in carried:
         if c.value.shape[c.axis] != (kv if c.level == "kv" else heads):
-            raise StructureError(f"%{c.value.name} carries {c.value.shape[c.axis]} heads, the attention {kv} KV heads")
+            want = f"{kv} KV" if c.level == "kv" else f"{heads} query"
+            raise StructureError(f"%{c.value.name} carries {c.value.shape[c.axis]} heads, the attention {want} heads")
     # Projections shared by several roles (fused QKV) must be tiled exactly by the roles.
     segments: dict[str, list[tuple[str, int]]] = {}
     widths = {"q": heads * head_dim, "k": kv * head_dim, "v": kv * head_dim}

@@ -13,7 +13,8 @@ article leads: held-out cosine 0.962 -> 0.970). The rewrite slices Q/K/V columns
 every head count and width in the reshapes and splits (see ``heads``), drops whole KV groups
 for GQA (and the same groups of a KV cache's past inputs: a decoder's cache shrinks with its
 heads) and replaces a block whose heads are all gone by its output-projection bias, keeping
-the residual path. The pass works on a clone and commits only when the rewritten graph
+the residual path (in a decoder with a cache such a layer still computes its keys and values:
+its ``present`` tensors are outputs of the step, which the pass does not remove). The pass works on a clone and commits only when the rewritten graph
 reproduces the masked model it selected on.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from ...ir.graph import Graph
 from ...ir.types import TensorType
-from ...ir.decoder import find_kv_cache
+from ...ir.decoder import cache_names
 from ..base import Pass, PassError, PassResult, option, register_pass
 from .heads import AttentionBlock, find_attention_blocks
 from .projections import replace_weight
@@ -165,11 +166,9 @@ def _require_empty_cache(graph: Graph, calibration) -> None:
     """A decoder is pruned on windows that start with an empty cache (``token_windows`` makes
     them): the pruned graph takes a smaller cache, and only an empty one means the same for
     both."""
-    cache = find_kv_cache(graph)
-    if cache is None:
-        return
+    past, _ = cache_names(graph)
     for feed in calibration:
-        full = [past for past, _ in cache.pairs if np.size(feed.get(past, ())) > 0]
+        full = sorted(name for name in past if np.size(feed.get(name, ())) > 0)
         if full:
             raise PassError(f"prune-heads: calibration input {full[0]!r} holds a non-empty KV cache; calibrate a "
                             f"decoder on windows that start with an empty cache (past length 0)")

@@ -27,7 +27,7 @@ class LayerQuant:
 
     weight: np.ndarray  # [K, N]: float16 / bfloat16 values, or integer codes (int8 / int4 / uint4 dtypes)
     scale: np.ndarray | None = None  # float32 [N] or [ceil(K/G), N]
-    zero_point: np.ndarray | None = None  # the codes' dtype, the scale's shape
+    zero_point: np.ndarray | None = None  # the codes' dtype (float32 on the min/max grid), the scale's shape
     group_size: int = 0
     act_quant: str = "none"  # none | dynamic | static
     act_qmax: int = 255

@@ -60,8 +60,12 @@ from dataclasses import dataclass
 import numpy as np
 
 SUPPORTED = ((8, True), (4, True), (4, False), (8, False))
-"""(bits, symmetric) combinations: int8 sym, int4 sym, uint4 asym, uint8 asym (and min/max)."""
+"""(bits, symmetric) combinations: int8 sym, int4 sym, uint4 asym, uint8 asym (the min/max grid
+uses the asymmetric codes)."""
 GRIDS = ("symmetric", "asymmetric", "minmax")
+GROUP_SIZES = (0, 32, 64, 128)
+"""Granularities the quantized linear op supports (0: per output channel). Other positive sizes
+work in this module too; ``check_group_size(strict=True)`` enforces the list."""
 
 
 def grid_name(grid: bool | str) -> str:
@@ -71,9 +75,6 @@ def grid_name(grid: bool | str) -> str:
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
     return grid
-GROUP_SIZES = (0, 32, 64, 128)
-"""Granularities the quantized linear op supports (0: per output channel). Other positive sizes
-work in this module too; ``check_group_size(strict=True)`` enforces the list."""
 
 
 def code_range(bits: int, grid: bool | str) -> tuple[int, int]:
@@ -154,7 +155,8 @@ class QuantizedWeight:
 
     def dequantize_params(self) -> dict:
         """The ``DequantizeLinear`` attributes that reproduce ``dequantize()`` on ``typed()``
-        codes: per axis along N, or blocked along K."""
+        codes: per axis along N, or blocked along K (integer zero points only: DequantizeLinear
+        takes no float32 zero point of the min/max grid)."""
         return {"axis": 1, "block_size": 0} if self.group_size == 0 else {"axis": 0, "block_size": self.group_size}
 
 
@@ -425,9 +427,9 @@ class AwqResult:
 
 
 def awq_search(w: np.ndarray, act_mean_abs: np.ndarray, gram: np.ndarray, bits: int = 4,
-               group_size: int = 128, weight_grid: bool | str = True, grid: int = 20) -> AwqResult:
+               group_size: int = 128, weight_grid: bool | str = True, alpha_steps: int = 20) -> AwqResult:
     """AWQ's scale search (Lin et al. 2023): ``s_k = mean|x_k|^alpha`` (normalized by
-    ``sqrt(max · min)``; inactive channels get 1) for ``alpha`` in ``0, 1/grid, …, (grid-1)/grid``;
+    ``sqrt(max · min)``; inactive channels get 1) for ``alpha`` in ``0, 1/n, …, (n-1)/n`` (``n = alpha_steps``);
     the one whose RTN-quantized ``diag(s) W`` has the smallest output error ``tr(Eᵀ G E)`` on the
     calibration second moment ``gram = XᵀX`` wins."""
     w = _weight(w)
@@ -436,8 +438,8 @@ def awq_search(w: np.ndarray, act_mean_abs: np.ndarray, gram: np.ndarray, bits: 
         raise ValueError(f"act_mean_abs has {a.shape[0]} channels, the weight {w.shape[0]} input features")
     live = np.isfinite(a) & (a > 0)
     best = None
-    for i in range(max(int(grid), 1)):
-        alpha = i / max(int(grid), 1)
+    for i in range(max(int(alpha_steps), 1)):
+        alpha = i / max(int(alpha_steps), 1)
         s = np.ones_like(a)
         if alpha > 0 and np.any(live):
             s[live] = np.maximum(a[live] ** alpha, 1e-4)

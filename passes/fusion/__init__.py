@@ -26,7 +26,7 @@ ALL_FUSIONS = [fuse_attention, fuse_layernorm, fuse_rmsnorm, fuse_gelu, fuse_sil
 
 def fusion_rules() -> list[Rule]:
     """The rules behind ``ALL_FUSIONS``, in the same order (fresh: a rule may keep state per run)."""
-    return [attention.RULE, layernorm.RULE, rmsnorm.RULE, gelu.RULE, silu.RULE, residual_layernorm.RULE,
+    return [attention.RULE, layernorm.RULE, rmsnorm.RULE, gelu.RULE, silu.RULE, residual_layernorm.residual_layernorm_rule(),
             linear.linear_rule(), conv_bn.RULE, conv_bias_relu.RULE]
 
 

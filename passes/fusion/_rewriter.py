@@ -40,7 +40,7 @@ class Rule:
     """Add the fused node(s); return ``(old value, new value)`` pairs to swap. A check only
     building the node can make (its type inference) may still raise ``NoMatch``, with the graph
     left as it was."""
-    finish: Callable[[Graph, int], int] | None = None
+    finish: Callable[[Graph], int] | None = None
     """After the worklist: extra rewrites that are not anchored matches (returns how many) —
     e.g. re-ordering the graph when fused inputs come from later nodes."""
 
@@ -71,7 +71,7 @@ def apply_rule(graph: Graph, rule: Rule, explain: bool = False) -> Outcome:
             _drop_dead_cone(graph, old.producer)
         out.matched += 1
     if rule.finish is not None:
-        out.matched += rule.finish(graph, out.matched)
+        out.matched += rule.finish(graph)
     cleanup(graph, out.matched, renames)
     return out
 

@@ -212,14 +212,6 @@ def _rewrite(graph: Graph, sm: Node, m: dict):
     return [(final.output, att.output)]
 
 
-RULE = Rule("attention", ("Softmax",), _match, _rewrite, finish=lambda graph, _: _unrepeat_attention_inputs(graph))
-
-
-def fuse_attention(graph: Graph) -> int:
-    """Fuse scaled-dot-product attention (incl. causal and grouped-query) into one Attention op."""
-    return apply_rule(graph, RULE).matched
-
-
 def _unrepeat_attention_inputs(graph: Graph) -> int:
     """An ``Attention`` a frontend made from a fused SDPA call (``torch.export``) still reads
     ``repeat_kv`` copies of K and V: it reads the grouped K/V instead (the kernel maps each
@@ -235,3 +227,11 @@ def _unrepeat_attention_inputs(graph: Graph) -> int:
         node.set_input(2, rv[0])
         count += 1
     return count
+
+
+RULE = Rule("attention", ("Softmax",), _match, _rewrite, finish=_unrepeat_attention_inputs)
+
+
+def fuse_attention(graph: Graph) -> int:
+    """Fuse scaled-dot-product attention (incl. causal and grouped-query) into one Attention op."""
+    return apply_rule(graph, RULE).matched

@@ -28,18 +28,20 @@ def _match(r: Node):
     x = strip(r.input(0))
     require(x.dtype.is_float and x.type.rank is not None, "the mean's input is not a float tensor of known rank")
     axes = sorted(a % x.type.rank for a in const_axes(r))
-    d = first(s.output for s in users(r.output, "Sub") if same(s.input(0), x) and same(s.input(1), r.output))
-    require(d is not None, "the mean is not subtracted from its own input (x - mean(x))")
-    variance = first(r2 for sq in users(d, "Pow", "Mul") if _is_square(sq, d) for r2 in users(sq.output, "ReduceMean")
-                     if reduce_mean_of(r2) == k and sorted(a % x.type.rank for a in const_axes(r2)) == axes)
-    require(variance is not None, "no mean of the squared deviation over the same axes")
-    found = first((eps, n) for add in users(variance.output, "Add")
-                  for eps in [epsilon_of(add, variance.output)] if eps is not None
-                  for n in [normalized(add.output, d)] if n is not None)
-    require(found is not None, "the deviation is not divided by sqrt(variance + constant eps)")
-    eps, n = found
-    out, w, b = affine(n, x, k, with_bias=True)
-    require(w is not None or static_tail(x, k), "no scale, and the normalized dims are not static (for a ones scale)")
+    deviations = [s.output for s in users(r.output, "Sub") if same(s.input(0), x) and same(s.input(1), r.output)]
+    require(bool(deviations), "the mean is not subtracted from its own input (x - mean(x))")
+    variances = [(d, r2) for d in deviations for sq in users(d, "Pow", "Mul") if _is_square(sq, d)
+                 for r2 in users(sq.output, "ReduceMean")
+                 if reduce_mean_of(r2) == k and sorted(a % x.type.rank for a in const_axes(r2)) == axes]
+    require(bool(variances), "no mean of the squared deviation over the same axes")
+    normalized_values = [(eps, n) for d, r2 in variances for add in users(r2.output, "Add")
+                         for eps in [epsilon_of(add, r2.output)] if eps is not None
+                         for n in [normalized(add.output, d)] if n is not None]
+    require(bool(normalized_values), "the deviation is not divided by sqrt(variance + constant eps)")
+    found = first((eps, out, w, b) for eps, n in normalized_values for out, w, b in [affine(n, x, k, with_bias=True)]
+                  if w is not None or static_tail(x, k))
+    require(found is not None, "no scale, and the normalized dims are not static (for a ones scale)")
+    eps, out, w, b = found
     return x, k, eps, out, w, b
 
 

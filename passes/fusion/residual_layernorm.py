@@ -50,27 +50,29 @@ def _used_elsewhere(v: Value, ln: Node) -> bool:
     return False
 
 
-def _rewrite(graph: Graph, ln: Node, add: Node):
-    s = add.output
-    keep_sum = _used_elsewhere(s, ln)
-    ins = [add.input(0), add.input(1), ln.input(1), ln.input(2)]
-    # Right after the Add: users of the sum placed before the LayerNorm must see S defined.
-    fused = graph.add_node("AddLayerNorm", ins, {"axis": -1, "epsilon": ln.attrs["epsilon"]},
-                           num_outputs=2 if keep_sum else 1, after=add, name=f"{ln.name}_add")
-    return [(ln.output, fused.outputs[0])] + ([(s, fused.outputs[1])] if keep_sum else [])
+def residual_layernorm_rule() -> Rule:
+    """A fresh rule: it re-orders the graph after its run when one of its fused nodes takes a
+    computed scale/bias (defined after the Add the fused node now sits behind)."""
+    computed = []
 
+    def rewrite(graph: Graph, ln: Node, add: Node):
+        s = add.output
+        keep_sum = _used_elsewhere(s, ln)
+        ins = [add.input(0), add.input(1), ln.input(1), ln.input(2)]
+        computed.extend(v for v in ins[2:] if v is not None and v.producer is not None)
+        # Right after the Add: users of the sum placed before the LayerNorm must see S defined.
+        fused = graph.add_node("AddLayerNorm", ins, {"axis": -1, "epsilon": ln.attrs["epsilon"]},
+                               num_outputs=2 if keep_sum else 1, after=add, name=f"{ln.name}_add")
+        return [(ln.output, fused.outputs[0])] + ([(s, fused.outputs[1])] if keep_sum else [])
 
-def _reorder(graph: Graph, matched: int) -> int:
-    """A computed scale/bias may be defined after the Add the fused node now sits behind."""
-    if any(v is not None and v.producer is not None for n in graph.nodes if n.op == "AddLayerNorm"
-           for v in n.inputs[2:]):
-        graph.toposort()
-    return 0
+    def reorder(graph: Graph) -> int:
+        if computed:
+            graph.toposort()
+        return 0
 
-
-RULE = Rule("residual_layernorm", ("LayerNormalization",), _match, _rewrite, finish=_reorder)
+    return Rule("residual_layernorm", ("LayerNormalization",), _match, rewrite, finish=reorder)
 
 
 def fuse_residual_layernorm(graph: Graph) -> int:
     """Fuse a residual Add and the LayerNormalization reading it into AddLayerNorm."""
-    return apply_rule(graph, RULE).matched
+    return apply_rule(graph, residual_layernorm_rule()).matched

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from optc.ir.graph import Graph, Node
 
-from ._match import first, same, strip, users
+from ._match import same, strip, users
 from ._rewriter import Rule, apply_rule, require
 
 
