@@ -135,8 +135,10 @@ def test_residual_refit_and_ffn_compensation_restore_more(name):
     cos = {}
     for target, comp in [("local", False), ("residual", False), ("residual", True)]:
         g = pm.graph(name)
-        rep = run(f"prune-heads{{ratio=0.5,refit_target={target},compensate={str(comp).lower()}}}", g, calib,
-                  refuse_ruin=False)  # random weights: a structural check, not a fidelity one
+        # random weights: a structural check, not a fidelity one; fisher's ranking alone (no
+        # measured shortlist), so the three runs remove the same heads and differ in the re-fit only
+        rep = run(f"prune-heads{{ratio=0.5,refit_target={target},compensate={str(comp).lower()},shortlist=0}}", g,
+                  calib, refuse_ruin=False)
         verify(g)
         cos[target, comp] = measure(ref, g, calib).mean_cosine
         downs = [b.down.matrix() for b in find_ffn_blocks(g).blocks]
@@ -333,3 +335,60 @@ def test_trials_from_the_changed_layer_equal_whole_forwards(name):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         np.testing.assert_allclose(ev.trial_cosines(state, site, trials, probe.fit, shared), want, rtol=0, atol=1e-6)
         assert len(probe.suffix(site)[0].graph.nodes) < len(probe.graph.nodes) or site == 0
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_fisher_gradient_written_at_the_output_equals_autograd_through_it(name):
+    """``fisher_scores`` writes the gradient of each objective Σ d·p̂ at the pooled output by
+    hand (p̂ = p / |p|) and starts autograd there; the scores equal autograd through the
+    normalisation and the objectives themselves."""
+    import torch
+
+    from optc.passes.compression.prune_ffn import ffn_sites
+    from optc.passes.compression.prune_heads import head_sites
+    from optc.passes.compression.structured import (Evaluator, Probe, State, _per_sample, fisher_scores, membership,
+                                                    pooled)
+
+    probe = Probe(pm.graph(name), head_sites, pm.calibration(name, 4), ffn_sites)
+    ev = Evaluator(probe)
+    state = State([{0}] + [set()] * (len(probe.sites) - 1), [None] * len(probe.sites))
+    got = fisher_scores(probe, ev, state, projections=2, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    want = [np.zeros(len(s.groups)) for s in probe.sites]
+    for b in probe.fit:
+        outs = probe.forward(state, b, grad=True)
+        ys = [outs[n] for n in probe.masked]
+        p = pooled(outs[probe.output_name], probe.inputs[b])
+        unit = p / p.norm(dim=-1, keepdim=True)
+        ref = ev.ref[b] / ev.ref[b].norm(dim=-1, keepdim=True)
+        objectives = [((unit - ref) ** 2).sum()] + [(torch.randn(p.shape, generator=gen) * unit).sum() for _ in range(2)]
+        per = [[_per_sample(g, y.detach(), s.mask_axis, p.shape[0])
+                for g, y, s in zip(torch.autograd.grad(o, ys, retain_graph=True), ys, probe.sites)] for o in objectives]
+        for i, s in enumerate(probe.sites):
+            m = membership(s)
+            want[i] += (sum(((per[k][i] @ m) ** 2).sum(0) for k in (1, 2)) / 2 - (per[0][i] @ m).sum(0)).numpy()
+    assert any(w.size and np.abs(w).max() > 0 for w in want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * max(1.0, max(np.abs(x).max() for x in want if x.size)))
+
+
+def test_shortlists_are_nominated_and_measured_on_disjoint_sets_within_a_vector_budget():
+    """fisher nominates on half the fit sets and the shortlist is measured on the other half;
+    sets of 1,024 vectors (a decoder's windows) are thinned to the budget, evenly spaced, and
+    sets of sentences are not."""
+    import torch
+
+    from optc.passes.compression.structured import SHORTLIST_VECTORS, measuring, nominating
+
+    class Ev:
+        def __init__(self, fit, rows, count):
+            self.probe = type("P", (), {"fit": fit})()
+            self.ref = [torch.zeros(rows, 2)] * count
+
+    windows = Ev([0, 1, 2, 4, 5, 6], 1024, 8)
+    assert measuring(windows) == [0, 5] and nominating(windows) == [1, 6]
+    assert len(measuring(windows)) * 1024 == SHORTLIST_VECTORS
+    sentences = Ev([0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14], 32, 16)
+    assert measuring(sentences) == [0, 2, 5, 8, 10, 13] and nominating(sentences) == [1, 4, 6, 9, 12, 14]
+    one = Ev([0], 4, 1)
+    assert measuring(one) == nominating(one) == [0]

@@ -19,7 +19,7 @@ from ..base import PassError, PassResult
 from .fidelity import measure, refuse_ruin
 from .projections import as_projection, replace_weight
 from .shape_edits import StructureError
-from .structured import Evaluator, Plan, Probe, keep_refit_if_better, prune_to_budget, prune_to_count, refit_targets
+from .structured import Plan, Probe, keep_refit_if_better, prune_to_budget, prune_to_count, reference_run
 
 IMPORTANCE = ("fisher", "magnitude", "ablation")
 
@@ -109,8 +109,7 @@ def _select_and_rewrite(p, graph, inputs, kind, sites_of, blocks_of, rewrite, la
     fitted = p.refit or p.importance != "magnitude"  # else nothing is fitted: measure on every set
     probe = Probe(graph, sites_of, inputs, compensation_of if residual else None, hold_back=fitted)  # nothing to restore locally
     sites = probe.sites[:probe.pruned]
-    ev = Evaluator(probe) if inputs else None
-    targets = refit_targets(probe) if residual else None
+    ev, targets = reference_run(probe, targets=residual) if inputs else (None, None)
     groups = [len(s.groups) for s in probe.sites]  # compensation sites: 0
     total = sum(groups)
     if p.min_cosine > 0 and p.ratio == 0 and p.layer_ratio == 0:

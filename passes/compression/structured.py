@@ -20,7 +20,9 @@ Importance:
   from random projections of the output (per sentence), taken from the gradient at the mask
   multiply. Re-scored after every removal step, on the re-fitted model, so interactions count;
   the best-scored candidates of each step (``shortlist`` x the step's count) are then ranked
-  by their measured effect on the calibration cosine.
+  by their measured effect on the calibration cosine — fisher nominates on half the fit sets,
+  the shortlist is measured on the other half, each within ``SHORTLIST_VECTORS`` output vectors
+  (``nominating``, ``measuring``).
 - ``magnitude``: the weight norms of the unit's input columns times its output rows.
 - ``ablation``: the measured output error with the group alone removed (one forward each).
 """
@@ -71,14 +73,17 @@ class State:
         return [u for u in range(sites[i].units) if u not in gone]
 
 
-def pooled(out: torch.Tensor, feed: Mapping[str, np.ndarray]) -> torch.Tensor:
+def pooled(out: torch.Tensor, feed: Mapping[str, np.ndarray], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Output vectors as in ``fidelity.output_vectors``: mask-mean over the sequence for
-    ``[batch, seq, hidden]`` with a mask input, else the rows."""
-    o = out.double()
+    ``[batch, seq, hidden]`` with a mask input, else the rows. In float32: a decoder's rows are
+    its logits (1024 x 49152 per set of SmolLM2 windows), where a float64 copy and cosine cost
+    0.6-1.1 s against 0.1 s — a third of a forward pass, for every candidate measured — and
+    float32 cosines of such rows agree with float64 to ~1e-6."""
+    o = out.to(dtype)
     if o.dim() == 3:
         for name, x in feed.items():
             if "mask" in name.lower() and np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(o.shape[:2]):
-                w = torch.as_tensor(np.asarray(x), dtype=torch.float64)[:, :, None]
+                w = torch.as_tensor(np.asarray(x), dtype=dtype)[:, :, None]
                 return (o * w).sum(1) / w.sum(1).clamp_min(1e-9)
     return o.reshape(-1, o.shape[-1])
 
@@ -212,16 +217,18 @@ def unit_rows(units: list[int], per: int) -> list[int]:
 
 # -- fidelity on the probe ------------------------------------------------------------------
 def cosines(vec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return (vec * ref).sum(-1) / (vec.norm(dim=-1) * ref.norm(dim=-1)).clamp_min(1e-30)
+    return ((vec * ref).sum(-1) / (vec.norm(dim=-1) * ref.norm(dim=-1)).clamp_min(1e-30)).double()
 
 
 class Evaluator:
     """Reference output vectors of the unpruned model, and the mean cosine of a state."""
 
-    def __init__(self, probe: Probe):
+    def __init__(self, probe: Probe, ref: list[torch.Tensor] | None = None):
         self.probe = probe
-        base = State([set() for _ in probe.sites], [None] * len(probe.sites))
-        self.ref = [pooled(probe.forward(base, b)[probe.output_name], probe.inputs[b]) for b in range(len(probe.inputs))]
+        if ref is None:
+            base = State([set() for _ in probe.sites], [None] * len(probe.sites))
+            ref = [pooled(probe.forward(base, b)[probe.output_name], probe.inputs[b]) for b in range(len(probe.inputs))]
+        self.ref = ref
 
     def upstream(self, state: State, sites: list[int], batches: list[int]) -> dict[int, dict[str, torch.Tensor]]:
         """Per batch, the values the suffixes of ``sites`` read, from one run of ``state``."""
@@ -268,30 +275,40 @@ def _per_sample(grad: torch.Tensor, value: torch.Tensor, axis: int, batch: int) 
     return t.reshape(batch, -1, t.shape[-1]).sum(1)
 
 
-def fisher_scores(probe: Probe, ev: Evaluator, state: State, projections: int = 2, seed: int = 0) -> list[np.ndarray]:
+def fisher_scores(probe: Probe, ev: Evaluator, state: State, projections: int = 2, seed: int = 0,
+                  batches: list[int] | None = None) -> list[np.ndarray]:
     """Per site and group: the predicted increase of Σ |p̂ - p̂₀|² (unit output vectors, so
-    2·(1 - cosine)) when the group goes."""
+    2·(1 - cosine)) when the group goes, summed over input sets ``batches`` (default: the fit
+    sets)."""
     probe.with_outputs(probe.masked)
     gen = torch.Generator().manual_seed(seed)
     scores = [np.zeros(len(s.groups)) for s in probe.sites]
-    for b in probe.fit:
+    for b in probe.fit if batches is None else batches:
         outs = probe.forward(state, b, grad=True)
         ys = [outs[n] for n in probe.masked]
         for y in ys:
             if not y.requires_grad:
                 y.requires_grad_(True)
-        # unit output vectors: |p̂ - p̂₀|² = 2 (1 - cosine), the fidelity measure itself
+        # unit output vectors: |p̂ - p̂₀|² = 2 (1 - cosine), the fidelity measure itself. Each
+        # objective is Σ d·p̂ for a direction d (2 (p̂ - p̂₀), then random projections): its
+        # gradient at the pooled output is written out, and autograd starts there. On a
+        # decoder's logits (1024 x 49152 per set) autograd through the normalisation, or any
+        # float64 pass over them, cost more than the backward through the model; the gradient
+        # reaches the model in float32 either way.
         p = pooled(outs[probe.output_name], probe.inputs[b])
-        p = p / p.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        ref = ev.ref[b] / ev.ref[b].norm(dim=-1, keepdim=True).clamp_min(1e-30)
         batch = p.shape[0]
-        objectives = [((p - ref) ** 2).sum()]
-        for _ in range(projections):
-            r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            objectives.append((r * p).sum())
+        with torch.no_grad():
+            norm = p.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            unit = p / norm
+            ref = ev.ref[b] / ev.ref[b].norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            directions = [2 * (unit - ref)]
+            directions += [torch.randn(p.shape, generator=gen) for _ in range(projections)]
         per = []
-        for k, obj in enumerate(objectives):
-            grads = torch.autograd.grad(obj, ys, retain_graph=k + 1 < len(objectives), allow_unused=True)
+        for k, d in enumerate(directions):
+            with torch.no_grad():
+                d = (d - unit * (unit * d).sum(-1, keepdim=True)) / norm  # through p̂ = p / |p|
+            grads = torch.autograd.grad(p, ys, grad_outputs=d, retain_graph=k + 1 < len(directions), allow_unused=True)
+            del d
             per.append([None if g is None else _per_sample(g, y.detach(), s.mask_axis, batch)
                         for g, y, s in zip(grads, ys, probe.sites)])
         for i, s in enumerate(probe.sites):
@@ -495,19 +512,29 @@ def unit_inputs(site: Site, value: torch.Tensor) -> np.ndarray:
 def refit_targets(probe: Probe) -> list[list[np.ndarray]]:
     """Per site and batch: the unpruned projection output (plus the unpruned residual, when the
     site's output is added to one), as float64 rows — what a re-fit should reproduce."""
-    names = [s.refit.output.name for s in probe.sites] + [s.residual.name for s in probe.sites if s.residual is not None]
-    probe.with_outputs(names)
+    return reference_run(probe, targets=True)[1]
+
+
+def reference_run(probe: Probe, targets: bool) -> tuple[Evaluator, list[list[np.ndarray]] | None]:
+    """The unpruned probe, once per input set: the reference output vectors (``Evaluator``) and,
+    with ``targets``, the re-fit targets (``refit_targets``) of the same run (on SmolLM2 each
+    run of 64 windows costs half a minute)."""
+    if targets:
+        probe.with_outputs([s.refit.output.name for s in probe.sites] +
+                           [s.residual.name for s in probe.sites if s.residual is not None])
     base = State([set() for _ in probe.sites], [None] * len(probe.sites))
+    ref: list[torch.Tensor] = []
     out: list[list[np.ndarray]] = [[] for _ in probe.sites]
     for b in range(len(probe.inputs)):
         outs = probe.forward(base, b)
-        for i, s in enumerate(probe.sites):
+        ref.append(pooled(outs[probe.output_name], probe.inputs[b]))
+        for i, s in enumerate(probe.sites if targets else ()):
             y = outs[s.refit.output.name].double().numpy()
             y = y.reshape(-1, y.shape[-1])
             if s.residual is not None:
                 y = y + outs[s.residual.name].double().numpy().reshape(y.shape)
             out[i].append(y)
-    return out
+    return Evaluator(probe, ref), (out if targets else None)
 
 
 # -- selection -----------------------------------------------------------------------------
@@ -531,7 +558,8 @@ class Plan:
 
 def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndarray]:
     if plan.importance == "fisher":
-        return fisher_scores(probe, ev, state, plan.projections, plan.seed + len(plan.log))
+        return fisher_scores(probe, ev, state, plan.projections, plan.seed + len(plan.log),
+                             nominating(ev) if plan.shortlist > 1 else None)
     if plan.importance == "magnitude":
         return magnitude_scores(probe.sites)
     if plan.importance == "ablation":
@@ -542,11 +570,11 @@ def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndar
 def measured(probe: Probe, ev: Evaluator, state: State, scores: list[np.ndarray], count: int,
              quota: list[int] | None) -> list[np.ndarray]:
     """Re-rank the ``count`` best-scored remaining groups by their measured effect: the
-    calibration loss (1 - mean cosine, on every other input set) with each removed on top of
+    calibration loss (1 - mean cosine, on the ``measuring`` sets) with each removed on top of
     ``state``; every other group ranks after them."""
     cands = sorted((float(v), i, g) for i, sc in enumerate(scores) for g, v in enumerate(sc)
                    if g not in state.removed[i] and (quota is None or quota[i] > 0))[:count]
-    batches = probe.fit[::2]  # every other set: a mixed calibration set stays mixed
+    batches = measuring(ev)
     out = [np.full(len(sc), np.inf) for sc in scores]
     by_site: dict[int, list[int]] = {}
     for _, i, g in cands:
@@ -561,6 +589,36 @@ def measured(probe: Probe, ev: Evaluator, state: State, scores: list[np.ndarray]
         for g, cos in zip(groups, ev.trial_cosines(state, i, trials, batches, upstream)):
             out[i][g] = 1.0 - cos
     return out
+
+
+# Output vectors a shortlist is nominated or measured on, at most: the mean cosine over 2,048
+# vectors resolves the differences between candidates (1e-4 and up), and a decoder's set of
+# windows holds 1,024 (one per token), an encoder's set of sentences a few dozen — so the budget
+# binds on decoders only (SmolLM2, 8 sets of 8 windows of 128: two sets each, not three).
+SHORTLIST_VECTORS = 2048
+
+
+def measuring(ev: Evaluator) -> list[int]:
+    """The fit sets a shortlist is measured on: every other one (a mixed calibration set stays
+    mixed), within ``SHORTLIST_VECTORS``."""
+    return within_budget(ev, ev.probe.fit[::2])
+
+
+def nominating(ev: Evaluator) -> list[int]:
+    """The fit sets fisher draws the shortlist from when one is measured: the others (within the
+    same budget), so a candidate is not measured on the data that nominated it."""
+    probe = ev.probe
+    return within_budget(ev, probe.fit[1::2] or probe.fit)
+
+
+def within_budget(ev: Evaluator, sets: list[int]) -> list[int]:
+    """Evenly spaced ``sets`` holding about ``SHORTLIST_VECTORS`` output vectors (all of them
+    when they hold fewer)."""
+    rows = float(np.mean([ev.ref[b].shape[0] for b in sets])) if sets else 1.0
+    k = math.ceil(SHORTLIST_VECTORS / max(rows, 1.0))
+    if k >= len(sets):
+        return list(sets)
+    return [sets[j] for j in sorted({round(x) for x in np.linspace(0, len(sets) - 1, k)})]
 
 
 def remove_lowest(state: State, scores: list[np.ndarray], count: int, quota: list[int] | None) -> int:
