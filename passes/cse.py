@@ -42,8 +42,8 @@ def _attr_key(v: Any) -> Any:
 
 
 def _const_key(arr: np.ndarray) -> tuple:
-    a = np.ascontiguousarray(arr)
-    return (a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
+    a = np.ascontiguousarray(arr)  # hashed through a byte view: tobytes copied SmolLM2's 540 MB (1.5 s)
+    return (a.dtype.str, a.shape, hashlib.sha1(a.reshape(-1).view(np.uint8)).hexdigest())
 
 
 def merge_constants(graph: Graph) -> int:
