@@ -15,7 +15,7 @@ from typing import Callable, ClassVar
 from .base import Pass, PassResult, register_pass
 
 # Patterns that must run before others (bigger patterns first); the rest follow by name.
-ORDER = ["attention", "layernorm", "rmsnorm", "gelu", "silu", "residual_layernorm", "linear",
+ORDER = ["attention", "layernorm", "rmsnorm", "gelu", "silu", "rotary", "residual_layernorm", "linear",
          "conv_bn", "conv_bias_relu"]
 
 _FUSIONS: dict[str, Callable] = {}

@@ -285,7 +285,7 @@ def test_attention_probabilities_used_elsewhere_do_not_fuse():
 
 def test_all_fusions_are_listed_in_order():
     assert [f.__name__ for f in ALL_FUSIONS] == [
-        "fuse_attention", "fuse_layernorm", "fuse_rmsnorm", "fuse_gelu", "fuse_silu",
+        "fuse_attention", "fuse_layernorm", "fuse_rmsnorm", "fuse_gelu", "fuse_silu", "fuse_rotary",
         "fuse_residual_layernorm", "fuse_linear", "fuse_conv_bn", "fuse_conv_bias_relu"]
 
 

@@ -115,8 +115,8 @@ def _rotary_embedding(ctx, node, x, cos, sin, position_ids=None):
     dims = ctx.shape(x)
     dt = ctx.dtype(x)
     work = "float32" if dt in _HALF else dt
-    if len(dims) == 4:
-        xs = ctx.emit(R.permute_dims(x, [0, 2, 1, 3]))  # [B, S, H, D]
+    if len(dims) == 4:  # rotated in place, [B, H, S, D]: no transposes, so FuseOps puts the head
+        xs = x          # split's reshape/transpose before it and the rotation in one kernel
     else:
         heads = node.attrs["num_heads"]
         if not isinstance(dims[2], int):
@@ -134,8 +134,9 @@ def _rotary_embedding(ctx, node, x, cos, sin, position_ids=None):
         # unchecked build in bounds.
         cos = ctx.emit(R.take(cos, ids, 0, mode="wrap"))
         sin = ctx.emit(R.take(sin, ids, 0, mode="wrap"))
-    c = ctx.emit(R.expand_dims(cos if work == dt else ctx.emit(R.astype(cos, work)), [2]))  # [B, S, 1, half]
-    s = ctx.emit(R.expand_dims(sin if work == dt else ctx.emit(R.astype(sin, work)), [2]))
+    head_axis = 1 if len(dims) == 4 else 2  # the caches [B, S, half] broadcast over the heads
+    c = ctx.emit(R.expand_dims(cos if work == dt else ctx.emit(R.astype(cos, work)), [head_axis]))
+    s = ctx.emit(R.expand_dims(sin if work == dt else ctx.emit(R.astype(sin, work)), [head_axis]))
     xr = ctx.emit(R.strided_slice(xs, [3], [0], [rot], assume_inbound=True)) if rot < head else xs
     if work != dt:
         xr = ctx.emit(R.astype(xr, work))
@@ -158,5 +159,5 @@ def _rotary_embedding(ctx, node, x, cos, sin, position_ids=None):
         rest = ctx.emit(R.strided_slice(xs, [3], [rot], [head], assume_inbound=True))
         rotated = ctx.emit(R.concat([rotated, rest], 3))
     if len(dims) == 4:
-        return R.permute_dims(rotated, [0, 2, 1, 3])
+        return rotated
     return R.reshape(rotated, dims)

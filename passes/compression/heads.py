@@ -189,6 +189,10 @@ def _trace_heads_back(value: Value, axis: int, role: str, q_heads: int
             stack.append((p.input(0), p.attrs["perm"][ax], level))
         elif p.op in _PASS_THROUGH:
             stack.append((p.input(0), ax, level))
+        elif p.op == "RotaryEmbedding":  # per head: [B, H, S, D] rotated along D
+            if rank != 4 or ax != 1:
+                raise StructureError(f"{role}: {p.name} does not keep the heads on axis 1 of a 4-D input")
+            stack.append((p.input(0), ax, level))
         elif p.op in _BINARY:
             for x in p.inputs:
                 if x is None or x.is_constant:

@@ -6,7 +6,7 @@ Every fusion is a ``Rule`` on the rewriter in ``_rewriter.py`` (match with reada
 rewrite); ``explain_fusions`` reports why each anchor that did not fuse did not.
 """
 
-from . import attention, conv_bias_relu, conv_bn, gelu, layernorm, linear, residual_layernorm, rmsnorm, silu
+from . import attention, conv_bias_relu, conv_bn, gelu, layernorm, linear, residual_layernorm, rmsnorm, rotary, silu
 from ._rewriter import NoMatch, Outcome, Rule, apply_rule
 from .attention import fuse_attention
 from .conv_bias_relu import fuse_conv_bias_relu
@@ -16,17 +16,19 @@ from .layernorm import fuse_layernorm
 from .linear import fuse_linear
 from .residual_layernorm import fuse_residual_layernorm
 from .rmsnorm import fuse_rmsnorm
+from .rotary import fuse_rotary
 from .silu import fuse_silu
 
 # linear after gelu/silu so it absorbs their Gelu/Silu as its activation; conv_bn before
 # conv_bias_relu so the folded Conv then takes its Relu.
-ALL_FUSIONS = [fuse_attention, fuse_layernorm, fuse_rmsnorm, fuse_gelu, fuse_silu, fuse_residual_layernorm,
+ALL_FUSIONS = [fuse_attention, fuse_layernorm, fuse_rmsnorm, fuse_gelu, fuse_silu, fuse_rotary, fuse_residual_layernorm,
                fuse_linear, fuse_conv_bn, fuse_conv_bias_relu]
 
 
 def fusion_rules() -> list[Rule]:
     """The rules behind ``ALL_FUSIONS``, in the same order (fresh: a rule may keep state per run)."""
-    return [attention.RULE, layernorm.RULE, rmsnorm.RULE, gelu.RULE, silu.RULE, residual_layernorm.residual_layernorm_rule(),
+    return [attention.RULE, layernorm.RULE, rmsnorm.RULE, gelu.RULE, silu.RULE, rotary.RULE,
+            residual_layernorm.residual_layernorm_rule(),
             linear.linear_rule(), conv_bn.RULE, conv_bias_relu.RULE]
 
 
@@ -47,4 +49,4 @@ def fuse_all(graph) -> dict[str, int]:
 
 
 __all__ = ["ALL_FUSIONS", "NoMatch", "Outcome", "Rule", "apply_rule", "explain_fusions", "fusion_rules", "fuse_all", "fuse_attention", "fuse_conv_bias_relu", "fuse_conv_bn", "fuse_gelu", "fuse_layernorm",
-           "fuse_linear", "fuse_residual_layernorm", "fuse_rmsnorm", "fuse_silu"]
+           "fuse_linear", "fuse_residual_layernorm", "fuse_rmsnorm", "fuse_rotary", "fuse_silu"]
