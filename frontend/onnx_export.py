@@ -28,7 +28,7 @@ _OP_MIN_OPSET = {"Gelu": 20, "RMSNormalization": 23, "Attention": 23,
                  "SwiGLU": 28}
 # IR ops with no ONNX counterpart (fusion's composite ops among them); exported through a
 # decomposition into standard ops, so any runtime can read the optimized graph.
-_DECOMPOSED = {"Silu", "Linear", "AddLayerNorm", "FusedConv", "QLinear"}
+_DECOMPOSED = {"Silu", "Linear", "AddLayerNorm", "FusedConv", "QLinear", "RotaryEmbedding"}
 _GELU_OPSET = 20
 # The ONNX checker's IR version for the opsets we emit (ONNX Runtime rejects newer ones).
 _IR_VERSION = 10
@@ -260,7 +260,31 @@ def _decompose(node, tensor) -> list[gs.Node]:
         attrs = {k: v for k, v in _attrs(node).items() if k in _CONV_ATTRS}
         conv = gs.Node("Conv", name=node.name + "_conv", attrs=attrs, inputs=[tensor(v) for v in _trim(node.inputs)], outputs=[y])
         return [conv] + _activation(node, act, y, out, temp)
+    if node.op == "RotaryEmbedding":
+        return _rotary(node, tensor, temp)
     raise UnsupportedOpError(f"op {node.op} cannot be exported to ONNX")
+
+
+def _rotary(node, tensor, temp) -> list[gs.Node]:
+    """RotaryEmbedding as it is, except that caches of batch 1 for a batch that may not be 1 (the
+    rotary fusion keeps a model's one table for every sequence; optc broadcasts it) are
+    expanded to X's batch first: ONNX's op takes [batch, seq, rot/2] caches and ONNX Runtime
+    checks it."""
+    x, cos, sin = node.inputs[:3]
+    ins = [tensor(v) for v in _trim(node.inputs)]
+    nodes = []
+    if node.input(3) is None and cos.shape is not None and cos.shape[0] == 1 and x.shape is not None and x.shape[0] != 1:
+        batch, rest, dims = temp("batch"), temp("cache_dims"), temp("cache_shape")
+        for t in (batch, rest, dims):
+            t.dtype = np.int64
+        nodes += [gs.Node("Shape", name=node.name + "_batch", attrs={"start": 0, "end": 1}, inputs=[ins[0]], outputs=[batch]),
+                  gs.Node("Shape", name=node.name + "_cache_dims", attrs={"start": 1}, inputs=[ins[1]], outputs=[rest]),
+                  gs.Node("Concat", name=node.name + "_cache_shape", attrs={"axis": 0}, inputs=[batch, rest], outputs=[dims])]
+        for k, what in ((1, "cos"), (2, "sin")):
+            wide = temp(f"{what}_cache")
+            nodes.append(gs.Node("Expand", name=f"{node.name}_{what}_cache", inputs=[ins[k], dims], outputs=[wide]))
+            ins[k] = wide
+    return nodes + [gs.Node("RotaryEmbedding", name=node.name, attrs=_attrs(node), inputs=ins, outputs=[tensor(node.output)])]
 
 
 def _silu(name: str, x, y, s) -> list[gs.Node]:

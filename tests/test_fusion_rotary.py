@@ -92,3 +92,25 @@ def test_repeating_tables_fuse_and_others_say_why(split):
     got = {o.rule: o for o in explain_fusions(bad)}["rotary"]
     assert got.matched == 0 and len(got.misses) == 1
     assert "repeats its first half" in got.misses[0]["reason"]
+
+
+def test_fused_decoder_exports_to_onnx_that_onnx_runtime_runs(model, tmp_path):
+    """The fused op keeps the model's one table (batch 1) and broadcasts it; the ONNX export
+    expands it to the batch, as ONNX's op and ONNX Runtime require: batch 2, empty and filled cache."""
+    import onnxruntime as ort
+
+    from optc.api import optimize
+    from optc.frontend.onnx_export import save_onnx
+    from optc.frontend.pytorch import export_decoder
+
+    g = export_decoder(model)
+    optimize(g, "default")
+    assert ops(g).get("RotaryEmbedding")
+    sess = ort.InferenceSession(str(save_onnx(g, tmp_path / "decoder.onnx")), providers=["CPUExecutionProvider"])
+    for past in (0, 3):
+        rng = np.random.default_rng(past)
+        feed = {v.name: rng.standard_normal((2, v.shape[1], past, v.shape[3])).astype(np.float32) if v.dtype.is_float
+                else rng.integers(0, 1000, size=(2, 5)) for v in g.inputs}
+        want = Interpreter(g).run(feed)
+        for out, got in zip(sess.get_outputs(), sess.run(None, feed)):
+            np.testing.assert_allclose(got, want[out.name], rtol=1e-4, atol=1e-4, err_msg=f"{out.name} (past {past})")

@@ -53,7 +53,9 @@ def _rotary_embedding(ctx):
     """Rotate pairs of the first ``rotary_embedding_dim`` (default: all) features of each head
     by the angle whose cos/sin the caches hold (rows picked by ``position_ids`` when given):
     halves [x1 | x2] or, ``interleaved``, even/odd features. X is [B, H, S, D] or [B, S, H*D]
-    (then ``num_heads`` says H)."""
+    (then ``num_heads`` says H). Without position_ids the caches are [B, S, rot/2]; optc also
+    lets a batch of 1 broadcast (the rotary fusion keeps a model's one table; ONNX export
+    expands it)."""
     require_float(ctx, 0)
     dt = ctx.dtype(0)
     for i, what in ((1, "cos_cache"), (2, "sin_cache")):
