@@ -114,3 +114,22 @@ def test_fused_decoder_exports_to_onnx_that_onnx_runtime_runs(model, tmp_path):
         want = Interpreter(g).run(feed)
         for out, got in zip(sess.get_outputs(), sess.run(None, feed)):
             np.testing.assert_allclose(got, want[out.name], rtol=1e-4, atol=1e-4, err_msg=f"{out.name} (past {past})")
+
+
+def test_chains_the_op_does_not_compute_do_not_fuse():
+    """A table of one position for every position (it broadcasts over the sequence, the op's
+    caches cannot) and a Split of run-time sizes: no fusion, and a reason."""
+    angles = np.arange(4.0)
+    one_row = np.cos(np.concatenate([angles, angles])).reshape(1, 1, 1, 8)
+    g = _chain(one_row)
+    got = {o.rule: o for o in explain_fusions(g)}["rotary"]
+    assert got.matched == 0 and "not one row per position of x" in got.misses[0]["reason"]
+
+    g = Graph()
+    x = g.add_input("x", TensorType(F32, (1, 2, 4, 8)))
+    sizes = g.add_input("sizes", TensorType(DType.INT64, (2,)))
+    x1, x2 = g.add_node("Split", [x, sizes], {"axis": 3}, num_outputs=2).outputs
+    rot = g.add_node("Concat", [g.op("Neg", x2), x1], {"axis": -1}).output
+    table = g.add_constant(np.ones((1, 1, 4, 8), np.float32))
+    g.set_outputs([g.op("Add", g.op("Mul", x, table), g.op("Mul", rot, table))])
+    assert fuse_rotary(g) == 0 and "Neg" in ops(g)

@@ -47,6 +47,11 @@ def _reverse_sequence(ctx):
     return [t]
 
 
+def _differs(a, b) -> bool:
+    """Two dims known to differ (two ints; symbolic dims may bind to anything)."""
+    return isinstance(a, int) and isinstance(b, int) and a != b
+
+
 @op("RotaryEmbedding", ["X", "cos_cache", "sin_cache", "position_ids?"], ["Y"],
     attrs={"interleaved": A(INT, 0), "num_heads": A(INT, None), "rotary_embedding_dim": A(INT, 0)})
 def _rotary_embedding(ctx):
@@ -83,6 +88,10 @@ def _rotary_embedding(ctx):
         head = x[2] // heads if isinstance(x[2], int) else None
     else:
         head = x[3]
+    if not ctx.has(3) and cs is not None and len(cs) == 3:  # [B or 1, S, rot/2] for X's B and S
+        seq = x[2] if len(x) == 4 else x[1]
+        if _differs(cs[0], x[0]) and cs[0] != 1 or _differs(cs[1], seq):
+            raise ctx.fail(f"cos_cache {list(cs)} does not match X {list(x)}: expected [batch or 1, {seq}, rot/2]")
     rot = ctx.attr("rotary_embedding_dim") or head
     if isinstance(rot, int):
         if rot <= 0 or rot % 2 or (isinstance(head, int) and rot > head):

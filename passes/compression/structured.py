@@ -606,7 +606,8 @@ def measuring(ev: Evaluator) -> list[int]:
 
 def nominating(ev: Evaluator) -> list[int]:
     """The fit sets fisher draws the shortlist from when one is measured: the others (within the
-    same budget), so a candidate is not measured on the data that nominated it."""
+    same budget), so a candidate is not measured on the data that nominated it (with one fit
+    set, i.e. two calibration sets or fewer, that set does both)."""
     probe = ev.probe
     return within_budget(ev, probe.fit[1::2] or probe.fit)
 

@@ -40,8 +40,9 @@ def _half_of(v: Value, x: Value, half: int, width: int) -> int | None:
     if p is None or not same(p.input(0), x):
         return None
     if p.op == "Split":
-        sizes = _ints(p.input(1))
-        if int(p.attrs.get("axis", 0)) % 4 != 3 or len(p.outputs) != 2 or (sizes is not None and sizes != [half, half]):
+        if int(p.attrs.get("axis", 0)) % 4 != 3 or len(p.outputs) != 2:
+            return None
+        if p.input(1) is not None and _ints(p.input(1)) != [half, half]:  # run-time sizes: no proof
             return None
         return p.outputs.index(strip(v))
     starts, ends, axes, steps = (_ints(p.input(k)) for k in (1, 2, 3, 4))
@@ -67,9 +68,9 @@ def _repeats(v: Value, depth: int = 12) -> bool:
     """The last axis of ``v`` is its first half twice (or of size 1: broadcast)."""
     v = strip(v)
     s = v.shape
-    if s is None or not s:
-        return True
-    if s[-1] == 1:
+    if s is None:
+        return False
+    if not s or s[-1] == 1:  # a scalar, or broadcast along the last axis
         return True
     if not isinstance(s[-1], int) or s[-1] % 2 or depth == 0:
         return False
@@ -91,11 +92,12 @@ def _repeats(v: Value, depth: int = 12) -> bool:
     return False
 
 
-def _table(v: Value, width: int) -> Value:
-    """A rotary table operand: ``[B or 1, 1, S, D]`` whose halves repeat."""
-    s = v.shape
-    require(s is not None and len(s) == 4 and s[1] == 1 and s[3] == width,
-            f"the table %{v.name} is not one row per position shared by the heads ([B, 1, S, {width}])")
+def _table(v: Value, x: Value) -> Value:
+    """A rotary table operand for ``x`` ``[B, H, S, D]``: ``[B or 1, 1, S, D]`` (so the product has
+    x's shape) whose halves repeat."""
+    s, (b, _, seq, width) = v.shape, x.shape
+    require(s is not None and len(s) == 4 and s[0] in (1, b) and s[1] == 1 and s[2] == seq and s[3] == width,
+            f"the table %{v.name} is not one row per position of x shared by the heads ([B or 1, 1, {seq}, {width}])")
     require(_repeats(v), f"cannot show that the table %{v.name} repeats its first half (cat(f, f)), "
                          "which the op's half-width caches mean")
     return v
@@ -118,7 +120,8 @@ def _match(neg: Node):
                         continue
                     for r, sin in operands(rot):
                         if _rotated_half(r, x, s[3] // 2, s[3]):
-                            return add, strip(x), _table(cos, s[3]), _table(sin, s[3])
+                            require(add.output.shape == s, f"the sum %{add.output.name} is broadcast beyond x's shape")
+                            return add, strip(x), _table(cos, x), _table(sin, x)
     require(False, "not x·cos + rotate_half(x)·sin of a 4-D x (rotate_half: Concat(Neg(x[..., D/2:]), x[..., :D/2]))")
 
 
