@@ -51,6 +51,8 @@ def test_decoder_rotary_fuses_with_the_same_numbers(model, path, tmp_path):
     optimize(fused, "default")
     layers = model.config.num_hidden_layers
     assert ops(fused).get("RotaryEmbedding") == 2 * layers and "Neg" not in ops(fused)  # Q and K of each layer
+    rotary = [n for n in fused.nodes if n.op == "RotaryEmbedding"]
+    assert len({n.input(1).name for n in rotary}) == len({n.input(2).name for n in rotary}) == 1  # sliced once
     for past in (0, 3):
         feed = _feed(imported, past)
         want, got = Interpreter(imported).run(feed), Interpreter(fused).run(feed)

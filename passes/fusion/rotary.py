@@ -126,17 +126,34 @@ def _match(neg: Node):
 
 
 def _cache(graph: Graph, table: Value, before: Node, name: str) -> Value:
-    """``table[:, 0, :, :D/2]`` as ``[B, S, D/2]``: the unsqueeze undone where there is one."""
+    """``table[:, 0, :, :D/2]`` as ``[B, S, D/2]``: the unsqueeze undone where there is one. A
+    table computed in the graph is sliced once, right after it is computed, for every layer's Q
+    and K (SmolLM2: 2 slices, not 120)."""
     unsq = producer(table, "Unsqueeze")
     if unsq is not None and _ints(unsq.input(1)) in ([1], [-3]):
         rows = unsq.input(0)
     else:
         axes = graph.add_constant(np.array([1], np.int64), graph.unique_name(f"{name}_axes"))
-        rows = graph.add_node("Squeeze", [table, axes], before=before, name=graph.unique_name(f"{name}_rows")).output
+        rows = _shared(graph, "Squeeze", table, [axes], before, f"{name}_rows")
     half = int(table.shape[3]) // 2
     consts = [graph.add_constant(np.array([c], np.int64), graph.unique_name(f"{name}_{what}"))
               for what, c in (("start", 0), ("end", half), ("axis", -1))]
-    return graph.add_node("Slice", [rows, *consts], before=before, name=graph.unique_name(name)).output
+    return _shared(graph, "Slice", rows, consts, before, name)
+
+
+def _shared(graph: Graph, op: str, v: Value, consts: list[Value], before: Node, name: str) -> Value:
+    """``op(v, *consts)``: an equal node on ``v`` if there is one, else a new one right after
+    ``v``'s producer (so every later use may share it); for a graph input or constant, a new
+    one before ``before``."""
+    if v.producer is None:  # a graph input or constant: an earlier slice may sit after ``before``
+        return graph.add_node(op, [v, *consts], name=graph.unique_name(name), before=before).output
+    want = [np.asarray(c.const).tolist() for c in consts]
+    for n, k in v.uses:
+        if (n.op == op and k == 0 and len(n.inputs) == len(consts) + 1 and not n.attrs
+                and all(u is not None and u.const is not None for u in n.inputs[1:])
+                and [np.asarray(u.const).tolist() for u in n.inputs[1:]] == want):
+            return n.output
+    return graph.add_node(op, [v, *consts], name=graph.unique_name(name), after=v.producer).output
 
 
 def _rewrite(graph: Graph, neg: Node, found):
