@@ -114,11 +114,18 @@ def peel_scale(v: Value, max_steps: int = 8) -> tuple[Value, float]:
     return v, factor
 
 
+def const_ints(v: Value | None) -> list[int] | None:
+    """The elements of a constant integer input as a list (None when it is absent or computed)."""
+    v = strip(v)
+    if v is None or v.const is None:
+        return None
+    return [int(x) for x in np.asarray(v.const).reshape(-1)]
+
+
 def const_axes(node: Node) -> list[int] | None:
     """Reduction axes of a Reduce* node (axes input, or the legacy ``axes`` attribute)."""
     if node.input(1) is not None:
-        c = strip(node.input(1)).const
-        return None if c is None else [int(x) for x in np.asarray(c).reshape(-1)]
+        return const_ints(node.input(1))
     a = node.attrs.get("axes")
     return None if a is None else list(a)
 

@@ -20,18 +20,11 @@ import numpy as np
 
 from optc.ir.graph import Graph, Node, Value
 
-from ._match import operands, producer, same, strip, users
+from ._match import const_ints, operands, producer, same, strip, users
 from ._rewriter import Rule, apply_rule, require
 
 _UNARY = ("Cos", "Sin", "Neg", "Cast", "Identity")
 _BINARY = ("Mul", "Div", "Add", "Sub")
-
-
-def _ints(v: Value | None) -> list[int] | None:
-    v = strip(v)
-    if v is None or v.const is None:
-        return None
-    return [int(x) for x in np.asarray(v.const).reshape(-1)]
 
 
 def _half_of(v: Value, x: Value, half: int, width: int) -> int | None:
@@ -42,10 +35,10 @@ def _half_of(v: Value, x: Value, half: int, width: int) -> int | None:
     if p.op == "Split":
         if int(p.attrs.get("axis", 0)) % 4 != 3 or len(p.outputs) != 2:
             return None
-        if p.input(1) is not None and _ints(p.input(1)) != [half, half]:  # run-time sizes: no proof
+        if p.input(1) is not None and const_ints(p.input(1)) != [half, half]:  # run-time sizes: no proof
             return None
         return p.outputs.index(strip(v))
-    starts, ends, axes, steps = (_ints(p.input(k)) for k in (1, 2, 3, 4))
+    starts, ends, axes, steps = (const_ints(p.input(k)) for k in (1, 2, 3, 4))
     if axes is None or len(axes) != 1 or axes[0] % 4 != 3 or (steps is not None and steps != [1]):
         return None
     if starts == [0] and ends == [half]:
@@ -87,7 +80,7 @@ def _repeats(v: Value, depth: int = 12) -> bool:
     if p.op in _BINARY:
         return all(_repeats(u, depth - 1) for u in p.inputs)
     if p.op == "Unsqueeze":
-        axes = _ints(p.input(1))
+        axes = const_ints(p.input(1))
         return axes is not None and all(a % len(s) != len(s) - 1 for a in axes) and _repeats(p.input(0), depth - 1)
     return False
 
@@ -130,7 +123,7 @@ def _cache(graph: Graph, table: Value, before: Node, name: str) -> Value:
     table computed in the graph is sliced once, right after it is computed, for every layer's Q
     and K (SmolLM2: 2 slices, not 120)."""
     unsq = producer(table, "Unsqueeze")
-    if unsq is not None and _ints(unsq.input(1)) in ([1], [-3]):
+    if unsq is not None and const_ints(unsq.input(1)) in ([1], [-3]):
         rows = unsq.input(0)
     else:
         axes = graph.add_constant(np.array([1], np.int64), graph.unique_name(f"{name}_axes"))
