@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.errors import InvalidValueError
+from ..ir.decoder import INPUT_IDS, MASK, POSITIONS
 from .signature import ArtifactError
 
 
@@ -73,7 +74,9 @@ class Sampling:
 
 
 class Generator:
-    """Runs a compiled decoder (a ``runtime.CompiledModel`` whose signature has a KV cache)."""
+    """Runs a compiled decoder (a ``runtime.CompiledModel`` whose signature has a KV cache). A
+    step that also takes ``attention_mask`` / ``position_ids`` (optimum's exports) gets them:
+    every position a token, positions counting from the prompt's first."""
 
     def __init__(self, model):
         cache = model.signature.kv_cache
@@ -86,14 +89,27 @@ class Generator:
         present_of = {past: present for past, present in cache["pairs"]}
         outs = {s.name: i for i, s in enumerate(self.prefill.outputs)}
         self.logits = outs["logits"]
-        # decode's inputs, in order: the token, then each past tensor from the previous step's
-        # output of the same present name (main and decode return them in the same order).
+        # decode's inputs, in order: each past tensor is the previous step's output of the same
+        # present name (main and decode return them in the same order); the others are made
         if [s.name for s in self.decode.outputs] != list(outs):
             raise ArtifactError("the decode step's outputs are not the prefill's (compiled by another optc?)")
-        self.feed = [None if s.name == "input_ids" else outs[present_of[s.name]] for s in self.decode.inputs]
-        if self.feed.count(None) != 1 or any(s.name not in ("input_ids", *present_of) for s in self.decode.inputs):
-            raise ArtifactError("the decode step takes inputs other than input_ids and the cache: "
-                                f"{', '.join(s.name for s in self.decode.inputs)}")
+        made = (INPUT_IDS, MASK, POSITIONS)
+        self.feed = [outs[present_of[s.name]] if s.name in present_of else s.name for s in self.decode.inputs]
+        odd = [s.name for s in (*self.decode.inputs, *self.prefill.inputs) if s.name not in (*made, *present_of)]
+        if odd or INPUT_IDS not in self.feed:
+            raise ArtifactError("the decode step takes inputs other than input_ids, attention_mask, position_ids and "
+                                f"the cache: {', '.join(s.name for s in self.decode.inputs)}")
+        self.dtypes = {s.name: s.dtype.numpy for s in (*self.prefill.inputs, *self.decode.inputs) if s.name in made}
+
+    def _made(self, name: str, ids: np.ndarray, past: int) -> np.ndarray:
+        """The input ``name`` for tokens ``ids [1, seq]`` after ``past`` cached ones."""
+        if name == INPUT_IDS:
+            a = ids
+        elif name == MASK:
+            a = np.ones((1, past + ids.shape[1]))
+        else:
+            a = np.arange(past, past + ids.shape[1])[None]
+        return a.astype(self.dtypes[name], copy=False)
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), *,
                  stop_tokens: Sequence[int] = (), on_token: Callable[[int], None] | None = None) -> Generation:
@@ -105,14 +121,16 @@ class Generator:
             raise InvalidValueError("the prompt is empty: generation needs at least one token")
         if max_new_tokens < 1:
             raise InvalidValueError(f"max-new-tokens must be >= 1, got {max_new_tokens}")
-        self.prefill.check({"input_ids": ids})
+        first = {s.name: self._made(s.name, ids, 0) for s in self.prefill.inputs}
+        self.prefill.check(first)
         out = Generation([int(t) for t in ids[0]])
         pick, stop = sampling.picker(), set(int(t) for t in stop_tokens)
         t0 = time.perf_counter()
-        state = self.prefill.run_tensors([self.prefill._tensor(ids)])
+        state = self.prefill.run_tensors([self.prefill._tensor(first[s.name]) for s in self.prefill.inputs])
         token = pick(state[self.logits].numpy()[0, -1])
         out.prefill_s = time.perf_counter() - t0
         t0 = time.perf_counter()
+        past = ids.shape[1]
         while True:
             out.tokens.append(token)
             if on_token is not None:
@@ -122,8 +140,10 @@ class Generator:
                 break
             if len(out.tokens) >= max_new_tokens:
                 break
-            step = self.decode._tensor(np.array([[token]], dtype=np.int64))
-            state = self.decode.run_tensors([step if i is None else state[i] for i in self.feed])
+            step = np.array([[token]], dtype=np.int64)
+            state = self.decode.run_tensors([state[f] if isinstance(f, int) else self.decode._tensor(self._made(f, step, past))
+                                             for f in self.feed])
+            past += 1
             token = pick(state[self.logits].numpy()[0, -1])
         out.decode_s = time.perf_counter() - t0
         return out

@@ -28,11 +28,15 @@ from .errors import IRError
 from .folding import eliminate_dead_code, fold_graph
 from .graph import Graph
 from .specialize import bind_dims, specialize_dims
+from .symbolic import Polynomial, add_dims
+from .types import TensorType
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 _PRESENT = re.compile(r"present\.(\d+)\.(key|value)")
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
+MASK = "attention_mask"  # optional: [batch, past+seq], 1 where a position is a token (0: padding)
+POSITIONS = "position_ids"  # optional: [batch, seq], each new token's position
 SEQ_AXIS, CACHE_AXIS = 1, 2
 
 
@@ -103,13 +107,46 @@ def find_kv_cache(graph: Graph) -> KVCache | None:
     return KVCache(tuple((past[k].name, present[k].name) for k in keys), seq_dim, past_dim)
 
 
+def tie_mask_length(graph: Graph, cache: KVCache) -> Graph:
+    """The graph with its ``attention_mask`` (when it takes one) ``[batch, past+seq]`` long.
+
+    The mask covers the cached tokens and the new ones, but exporters give its length a name of
+    its own — torch.export cannot derive one dim from two (``total``), optimum writes
+    ``past_sequence_length + sequence_length`` with its own names — so the model only checks the
+    relation at run time. Bound here, the prefill's mask is ``[batch, seq]`` and the decode
+    step's ``[1, past+1]``, and the inputs' checks enforce it. A mask of another shape raises
+    ``IRError``."""
+    mask = next((v for v in graph.inputs if v.name == MASK), None)
+    if mask is None:
+        return graph
+    shape = mask.type.shape
+    want = add_dims(cache.past_dim, cache.seq_dim)
+    if shape is None or len(shape) != 2:
+        raise IRError(f"decoder graph {graph.name!r}: input {MASK!r} must be [batch, past+seq], got "
+                      f"{list(shape) if shape is not None else 'an unknown shape'}")
+    length = shape[1]
+    if length == want:
+        return graph
+    if isinstance(length, str) and (p := Polynomial.of(length)) is not None and p.to_dim() == want:
+        g = graph.clone()  # optimum's "past_sequence_length + sequence_length": the same sum
+        g.value(MASK).type = TensorType(mask.type.dtype, (shape[0], want))
+        g.infer_types()
+        return g
+    if not isinstance(length, str) or not length.isidentifier() or length in (cache.past_dim, cache.seq_dim) \
+            or any(length in (d for d in (v.type.shape or ()) if isinstance(d, str))
+                   for v in graph.inputs if v is not mask):
+        raise IRError(f"decoder graph {graph.name!r}: input {MASK!r} must be [batch, past+seq] long (the cache "
+                      f"and the new tokens), got [{shape[0]}, {length}]")
+    return bind_dims(graph, {length: want})
+
+
 def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
     """The graph run on an empty cache: ``past`` = 0, the past inputs removed.
 
     With the cache empty, each concatenation onto a past input keeps only its other operands
     (the shapes read from the past fold to 0 first). A past input used any other way cannot be
     dropped and raises ``IRError`` naming the node."""
-    g = bind_dims(graph, {cache.past_dim: 0})
+    g = bind_dims(tie_mask_length(graph, cache), {cache.past_dim: 0})
     past = {id(g.value(name)): name for name in cache.past_names}
     for name in cache.past_names:
         for node, _ in list(g.value(name).uses):
@@ -170,4 +207,4 @@ def decode_graph(graph: Graph, cache: KVCache, batch: int | None = None) -> Grap
     lead = graph.value(INPUT_IDS).type.shape[0]
     if batch is not None and isinstance(lead, str):
         sizes[lead] = batch
-    return specialize_dims(graph, sizes)
+    return specialize_dims(tie_mask_length(graph, cache), sizes)

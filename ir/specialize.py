@@ -13,7 +13,7 @@ from .errors import IRError
 from .folding import fold_graph
 from .graph import Graph
 from .symbolic import substitute_dim
-from .types import TensorType
+from .types import Dim, TensorType
 
 
 def symbolic_dims(graph: Graph) -> list[str]:
@@ -44,9 +44,10 @@ def _check_names(graph: Graph, sizes: Mapping[str, int]) -> None:
             raise IRError(f"graph {graph.name!r} has no symbolic dim {name!r} (it has: {', '.join(known) or 'none'})")
 
 
-def bind_dims(graph: Graph, sizes: Mapping[str, int]) -> Graph:
+def bind_dims(graph: Graph, sizes: Mapping[str, Dim]) -> Graph:
     """``specialize_dims`` without the lower bound: a size may be 0, which only a caller that
-    then removes the empty values may ask for (``ir/decoder.py``: a prefill has no past keys)."""
+    then removes the empty values may ask for (``ir/decoder.py``: a prefill has no past keys),
+    or a dim of other symbols (a mask's ``total`` is ``past+seq``)."""
     _check_names(graph, sizes)
     g = graph.clone()
 

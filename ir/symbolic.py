@@ -205,21 +205,23 @@ def broadcast_dim(a: Dim, b: Dim) -> Dim:
     return None
 
 
-def substitute_dim(dim: Dim, sizes: Mapping[str, int]) -> Dim:
-    """``dim`` with the symbols in ``sizes`` replaced by their values (``past+seq`` with
-    ``seq=1`` is ``past+1``); unknown dims stay unknown."""
+def substitute_dim(dim: Dim, sizes: Mapping[str, Dim]) -> Dim:
+    """``dim`` with the symbols in ``sizes`` replaced by their values — sizes, or dims of other
+    symbols (``past+seq`` with ``seq=1`` is ``past+1``; ``total`` with ``total=past+seq`` is
+    ``past+seq``); unknown dims stay unknown."""
     if dim is None or isinstance(dim, int):
         return dim
     p = Polynomial.of(dim)
     if p is None or not (p.symbols & set(sizes)):
         return dim
-    out: Counter = Counter()
+    out = Polynomial({})
     for syms, coef in p.terms.items():
-        rest = []
+        term = Polynomial({tuple(s for s in syms if s not in sizes): coef})
         for s in syms:
             if s in sizes:
-                coef *= int(sizes[s])
-            else:
-                rest.append(s)
-        out[tuple(rest)] += coef
-    return Polynomial(out).to_dim()
+                value = Polynomial.of(sizes[s])
+                if value is None:
+                    return None
+                term = term * value
+        out = out + term
+    return out.to_dim()

@@ -37,6 +37,7 @@ def test_dim_arithmetic_with_sums():
     assert eval_dim("past+seq", {"past": 3}) is None
     assert substitute_dim("past+seq", {"seq": 1}) == "past+1"
     assert substitute_dim("past+seq", {"past": 0}) == "seq"
+    assert substitute_dim("2*total", {"total": "past+seq"}) == "2*past+2*seq"  # a dim for a dim
     assert Polynomial.of("past+") is None and Polynomial.of("a/b") is None
 
 
@@ -123,6 +124,36 @@ def test_a_cache_without_its_outputs_is_refused():
     with pytest.raises(IRError, match="Relu node .* reads the past input 'past_key_values.0.key'"):
         prefill_graph(g, cache)
     assert find_kv_cache(Graph("plain")) is None
+
+
+def test_a_mask_is_tied_to_the_cache_and_the_new_tokens():
+    """optimum's ``attention_mask`` is named on its own; the steps bind it to ``past+seq``; a mask
+    of a length that is not the cache plus the new tokens is refused, naming it."""
+    from optc.ir import DType, Graph, IRError, TensorType
+    from optc.ir.decoder import decode_graph, find_kv_cache, prefill_graph
+
+    def graph(length):
+        g = Graph("masked")
+        ids = g.add_input("input_ids", TensorType(DType.INT64, ("batch", "seq")))
+        mask = g.add_input("attention_mask", TensorType(DType.INT64, ("batch", length)))
+        past = g.add_input("past_key_values.0.key", TensorType(DType.FLOAT32, ("batch", 2, "past", 4)))
+        new = g.op("Expand", g.op("Unsqueeze", g.op("Cast", ids, to=DType.FLOAT32), g.add_constant(np.array([1, 3]))),
+                   g.op("Concat", g.op("Shape", ids, end=1), g.add_constant(np.array([2])), g.op("Shape", ids, start=1),
+                        g.add_constant(np.array([4])), axis=0))
+        g.set_outputs([g.op("Cast", mask, to=DType.FLOAT32), g.op("Concat", past, new, axis=2)])
+        g.rename_value(g.outputs[0], "logits")
+        g.rename_value(g.outputs[1], "present.0.key")
+        g.infer_types()
+        return g, find_kv_cache(g)
+
+    for length in ("total", "seq + past"):  # torch.export's own name; optimum's sum of the cache's names
+        g, cache = graph(length)
+        assert prefill_graph(g, cache).value("attention_mask").shape == ("batch", "seq")
+        assert decode_graph(g, cache, batch=1).value("attention_mask").shape == (1, "past+1")
+    for bad in ("seq", 7):
+        g, cache = graph(bad)
+        with pytest.raises(IRError, match=r"'attention_mask' must be \[batch, past\+seq\] long"):
+            prefill_graph(g, cache)
 
 
 # -- calibrating and compressing a decoder -------------------------------------------------------------------
@@ -377,6 +408,67 @@ def test_onnx_export_with_a_cache_generates_what_pytorch_does(decoder, tmp_path)
         ref = model(torch.tensor([prompt])).logits.numpy()
     np.testing.assert_allclose(out["logits"], ref, atol=1e-4 * float(np.abs(ref).max()))
     assert out["present.1.key"].shape == (1, 2, 5, 16)
+
+
+def test_masked_steps_run_padded_rows_as_pytorch(decoder):
+    """``export_decoder(attention_mask=True)`` takes optimum's ``attention_mask [batch, past+seq]``
+    and ``position_ids``: a batch whose first row is left-padded, on a filled cache, gives
+    PyTorch's logits in the reference interpreter (the mask's length is tied to the cache)."""
+    import torch
+
+    from optc.frontend.pytorch import export_decoder
+    from optc.ir.decoder import find_kv_cache
+    from optc.ir.interpreter import Interpreter
+
+    model, _ = decoder
+    g = export_decoder(model, attention_mask=True)
+    cache = find_kv_cache(g)
+    assert [v.name for v in g.inputs][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert g.value("attention_mask").shape == ("batch", "past+seq")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30522, (2, 3))
+    past = [torch.randn(2, 2, 4, 16) for _ in cache.pairs]
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :2] = 0  # row 0: two padding positions at the start of its cache
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, 4:]
+    from transformers import DynamicCache
+
+    dc = DynamicCache(config=model.config)
+    for i in range(len(cache.pairs) // 2):
+        dc.update(past[2 * i], past[2 * i + 1], i)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=dc, use_cache=True)
+    out = Interpreter(g).run({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy(),
+                              **{p: t.numpy() for (p, _), t in zip(cache.pairs, past)}})
+    np.testing.assert_allclose(out["logits"], ref.logits.numpy(), atol=1e-4)
+
+
+def test_optimum_style_onnx_export_generates_what_pytorch_does(decoder, tmp_path):
+    """An ONNX step with ``attention_mask`` and ``position_ids`` inputs as optimum exports them
+    (``export_decoder_onnx(attention_mask=True)``): compiled, ``Generator`` feeds both (all ones,
+    positions from 0), and greedy tokens are PyTorch's — also from a one-token prompt."""
+    import torch
+
+    from optc import load_model
+    from optc.api import optimize
+    from optc.codegen.build import build
+    from optc.codegen.generate import Generator
+    from optc.frontend.pytorch import export_decoder_onnx
+
+    model, _ = decoder
+    path = tmp_path / "masked.onnx"
+    export_decoder_onnx(model, path, max_length=256, attention_mask=True)
+    g = load_model(path)
+    optimize(g, "default")
+    m = build(g, "x86").load()
+    assert [s.name for s in m.inputs] == ["input_ids", "attention_mask", "position_ids"]
+    assert [s.name for s in m.step("decode").inputs][:3] == ["input_ids", "attention_mask", "position_ids"]
+    gen = Generator(m)
+    for prompt in ([101, 2023, 2003, 1037, 3231], [101]):
+        with torch.no_grad():
+            want = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[0, len(prompt):].tolist()
+        assert gen.generate(prompt, 10).tokens == want
 
 
 # -- the artifact: tokenizer inside, optc generate --------------------------------------------------------

@@ -18,10 +18,11 @@ import inspect
 import torch
 
 from ...ir import Graph, UnsupportedOpError
-from ...ir.decoder import INPUT_IDS, LOGITS, find_kv_cache
+from ...ir.decoder import INPUT_IDS, LOGITS, MASK, POSITIONS, find_kv_cache, tie_mask_length
 from .api import export_module
 
 _EXAMPLE = {"batch": 2, "seq": 3, "past": 5}  # >= 2 each: torch.export specializes sizes 0 and 1
+_MIN_TRACED = 2  # the smallest size torch.export assumes of a dynamic dim
 
 
 class _CacheStep(torch.nn.Module):
@@ -36,18 +37,29 @@ class _CacheStep(torch.nn.Module):
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, input_ids, past):
+        return self.step(input_ids, past)
+
+    def step(self, input_ids, past, **extra):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
         for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, use_cache=True, **{self.cache_arg: cache})
+        out = self.model(input_ids=input_ids, use_cache=True, **{self.cache_arg: cache}, **extra)
         grown = out.past_key_values
         flat = []
         for i in range(self.layers):
             layer = grown.layers[i]
             flat += [layer.keys, layer.values]
         return (out.logits, *flat)
+
+
+class _MaskedCacheStep(_CacheStep):
+    """``(input_ids, attention_mask, position_ids, past) -> (logits, *present)``: the step of
+    optimum's exports, which batched generation with padded prompts needs."""
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        return self.step(input_ids, past, attention_mask=attention_mask, position_ids=position_ids)
 
 
 def cache_geometry(config) -> tuple[int, int, int]:
@@ -59,38 +71,41 @@ def cache_geometry(config) -> tuple[int, int, int]:
     return layers, kv_heads, head_dim
 
 
-def export_decoder(model: torch.nn.Module, *, max_length: int | None = None) -> Graph:
+def export_decoder(model: torch.nn.Module, *, max_length: int | None = None, attention_mask: bool = False) -> Graph:
     """Import a Hugging Face causal LM (Llama-architecture and alike) with its KV cache: a graph
     ``(input_ids [batch, seq], past_key_values.{i}.key|value [batch, kv_heads, past, head_dim])
     -> (logits [batch, seq, vocab], present.{i}.key|value [batch, kv_heads, past+seq, head_dim])``.
 
     ``max_length`` bounds ``past`` and ``seq`` (default: the config's
-    ``max_position_embeddings``)."""
-    step, args, dynamic, (names, outs) = _traceable_step(model, max_length, "export_decoder")
+    ``max_position_embeddings``). ``attention_mask``: the step also takes ``attention_mask
+    [batch, past+seq]`` and ``position_ids [batch, seq]`` (after ``input_ids``), as optimum's
+    exports do: rows of different lengths, padded, in one batch."""
+    step, args, dynamic, (names, outs) = _traceable_step(model, max_length, "export_decoder", attention_mask)
     graph = export_module(step, args, dynamic_shapes=dynamic)
     graph.name = type(model).__name__
     for v, name in zip(list(graph.inputs), names):
         graph.rename_value(v, name)
     for v, name in zip(list(graph.outputs), outs):
         graph.rename_value(v, name)
-    find_kv_cache(graph)  # the convention holds (raises naming what does not)
-    return graph
+    # the convention holds (raises naming what does not); a mask is past+seq long
+    return tie_mask_length(graph, find_kv_cache(graph))
 
 
-def export_decoder_onnx(model: torch.nn.Module, path, *, max_length: int | None = None) -> None:
+def export_decoder_onnx(model: torch.nn.Module, path, *, max_length: int | None = None,
+                        attention_mask: bool = False) -> None:
     """Write the same step as an ONNX file (``torch.onnx.export``, dynamo): the inputs and
     outputs ``export_decoder`` names, with symbolic batch / seq / past — what ONNX Runtime runs
     a cached generation loop on, and what ``optc.load_model`` imports as a decoder. Written to a
     temp file and renamed."""
     from ...fileio import atomic_path
 
-    step, args, dynamic, (names, outs) = _traceable_step(model, max_length, "export_decoder_onnx")
+    step, args, dynamic, (names, outs) = _traceable_step(model, max_length, "export_decoder_onnx", attention_mask)
     with atomic_path(path) as tmp:
         torch.onnx.export(step, args, str(tmp), dynamo=True, input_names=names, output_names=outs,
                           dynamic_shapes=dynamic, external_data=False)
 
 
-def _traceable_step(model: torch.nn.Module, max_length: int | None, caller: str):
+def _traceable_step(model: torch.nn.Module, max_length: int | None, caller: str, attention_mask: bool = False):
     """The wrapped step, example arguments, dynamic shapes and the (input, output) names."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_hidden_layers"):
@@ -109,4 +124,16 @@ def _traceable_step(model: torch.nn.Module, max_length: int | None, caller: str)
     kinds = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     names = [INPUT_IDS] + [f"past_key_values.{k}" for k in kinds]
     outs = [LOGITS] + [f"present.{k}" for k in kinds]
-    return _CacheStep(model, layers), (ids, cache), dynamic, (names, outs)
+    if not attention_mask:
+        return _CacheStep(model, layers), (ids, cache), dynamic, (names, outs)
+    # The mask's length is past+seq, which torch.export cannot derive from two dims: it gets a
+    # dim of its own (the model checks past+seq <= total <= past+seq; its lower bound is what the
+    # example sizes imply) and ir/decoder.py ties it to past+seq after import.
+    total = torch.export.Dim("total", min=2 * _MIN_TRACED, max=2 * limit)
+    length = _EXAMPLE["past"] + _EXAMPLE["seq"]
+    mask = torch.ones((_EXAMPLE["batch"], length), dtype=torch.long)
+    positions = torch.arange(_EXAMPLE["past"], length).expand(_EXAMPLE["batch"], -1).contiguous()
+    dynamic = {"input_ids": dynamic["input_ids"], "attention_mask": {0: batch, 1: total},
+               "position_ids": {0: batch, 1: seq}, "past": dynamic["past"]}
+    names = [INPUT_IDS, MASK, POSITIONS] + names[1:]
+    return _MaskedCacheStep(model, layers), (ids, mask, positions, cache), dynamic, (names, outs)
