@@ -19,13 +19,13 @@ candidate plan is measured; the answer is one of them, and the report says what 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from ...ir.errors import OptcError
 from ...ir.graph import Graph
 from ...ir.verifier import verify
 from ..base import Pass, PassError, PassResult, option, register_pass
-from .fidelity import Fidelity, refuse_ruin
+from .fidelity import Fidelity, SensitivityProbe, refuse_ruin
 from .mckp import least_cost, least_loss
 from .quant_model import PRECISIONS, QuantModel, eligible
 from .quantize import PrecisionOptions, check_kernels, precision_report
@@ -90,13 +90,17 @@ class AssignPrecision(PrecisionOptions, Pass):
             raise PassError("assign-precision: no eligible weights (float32 projections by a constant weight)")
         model = QuantModel(graph, layers, calib, config, fit)
         costs = self._cost_table(model, cands, ctx, mode)
-        try:
-            sens = self._sensitivity(model, cands)
-            plan, fid, search = self._plan(model, cands, sens, costs, mode)
-            quantized = model.apply(plan)
-            verify(quantized)
-        except OptcError as e:
-            raise PassError(f"assign-precision: {' '.join(str(e).split())}") from e
+        from ...progress import Progress
+
+        with Progress(f"{self.name}: sensitivity of {len(layers)} layers") as progress:
+            try:
+                sens = self._sensitivity(model, cands, lambda text: setattr(progress, "label", f"{self.name}: {text}"))
+                progress.label = f"{self.name}: measuring the plans of the {mode} budget"
+                plan, fid, search = self._plan(model, cands, sens, costs, mode)
+                quantized = model.apply(plan)
+                verify(quantized)
+            except OptcError as e:
+                raise PassError(f"assign-precision: {' '.join(str(e).split())}") from e
         refuse_ruin("assign-precision", fid, source, ctx)
         report = precision_report(model, plan, graph, quantized, fid, source, skipped, sens)
         report.update({"mode": mode, "candidates": cands, "search": search})
@@ -111,13 +115,15 @@ class AssignPrecision(PrecisionOptions, Pass):
         return PassResult(changed, report)
 
     # -- measurements --------------------------------------------------------------------------
-    def _sensitivity(self, model: QuantModel, cands: list[str]) -> dict[str, dict[str, float]]:
-        """1 - mean cosine with the layer alone at each candidate (fp32: 0)."""
-        sets = min(self.probe_sets, len(model.calibration))
+    def _sensitivity(self, model: QuantModel, cands: list[str],
+                     say: Callable[[str], None]) -> dict[str, dict[str, float]]:
+        """1 - mean cosine with the layer alone at each candidate (fp32: 0), on
+        ``SensitivityProbe``'s rows of the first ``probe_sets`` calibration sets."""
+        probe = SensitivityProbe(model.graph, model.calibration[:min(self.probe_sets, len(model.calibration))])
         out: dict[str, dict[str, float]] = {}
-        for l in model.layers:
-            out[l.name] = {p: 0.0 if p == "fp32" else max(0.0, 1.0 - model.fidelity({l.name: p}, sets).mean_cosine)
-                           for p in cands}
+        for i, l in enumerate(model.layers):
+            say(f"sensitivity of layer {i + 1}/{len(model.layers)}")
+            out[l.name] = {p: 0.0 if p == "fp32" else max(0.0, probe.loss(model.apply({l.name: p}))) for p in cands}
         return out
 
     def _cost_table(self, model: QuantModel, cands: list[str], ctx, mode: str) -> dict | None:

@@ -49,7 +49,7 @@ from ...ir.graph import Graph
 from ...ir.types import DType
 from ..base import Pass, PassError, PassResult, option, register_pass
 from . import augment
-from .fidelity import Fidelity, compare, held_back, is_logits, mask_for, refuse_ruin
+from .fidelity import Fidelity, compare, held_back, is_logits, mask_for, leading_rows, refuse_ruin, trim_padding
 
 NORMALIZATIONS = ("LayerNormalization", "AddLayerNorm", "RMSNormalization", "SkipLayerNormalization")
 # (op, input slots holding weights a student may train)
@@ -69,13 +69,12 @@ def split_batches(sets: list[Mapping[str, np.ndarray]], batch: int) -> list[dict
     axis every input shares; a set whose inputs do not share one stays whole)."""
     out = []
     for feed in sets:
-        lead = {np.shape(a)[0] if np.ndim(a) else None for a in feed.values()}
-        n = lead.pop() if len(lead) == 1 else None
+        n = leading_rows(feed)
         if not n or batch <= 0 or n <= batch:
             out.append(dict(feed))
             continue
         for i in range(0, n, batch):
-            out.append(_trim_padding({k: np.ascontiguousarray(a[i:i + batch]) for k, a in feed.items()}))
+            out.append(trim_padding({k: np.ascontiguousarray(a[i:i + batch]) for k, a in feed.items()}))
     return out
 
 
@@ -92,20 +91,6 @@ def held_out_split(sets: list[Mapping[str, np.ndarray]], batch: int) -> tuple[li
                         f"stopping), got {len(batches)} — give more calibration data or a smaller batch=")
     held = set(range(3, len(batches), 4)) or {len(batches) - 1}
     return ([b for i, b in enumerate(batches) if i not in held], [b for i, b in enumerate(batches) if i in held])
-
-
-def _trim_padding(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop the trailing positions no row of a mini-batch uses (a batch padded for its longest
-    sentence, cut into smaller ones): the same outputs on the positions that remain."""
-    masks = [a for k, a in feed.items() if "mask" in k.lower() and np.ndim(a) == 2]
-    if len(masks) != 1 or not np.issubdtype(masks[0].dtype, np.number):
-        return feed
-    used = np.flatnonzero(masks[0].any(axis=0))
-    end = int(used[-1]) + 1 if used.size else masks[0].shape[1]
-    if end == masks[0].shape[1] or not np.all(masks[0][:, end:] == 0):
-        return feed
-    seq = masks[0].shape
-    return {k: np.ascontiguousarray(a[:, :end]) if np.ndim(a) == 2 and a.shape == seq else a for k, a in feed.items()}
 
 
 # -- what trains ---------------------------------------------------------------------------------

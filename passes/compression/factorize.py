@@ -83,7 +83,8 @@ def whitener(gram: np.ndarray, rows: int, damping: float) -> tuple[np.ndarray, n
     scale = float(np.mean(np.diag(g)))
     if not np.isfinite(scale) or scale <= 0:
         scale = 1.0
-    g = 0.5 * (g + g.T) + max(damping, 1e-10) * scale * np.eye(g.shape[0])
+    g = 0.5 * (g + g.T)
+    g[np.diag_indices_from(g)] += max(damping, 1e-10) * scale
     lam, q = np.linalg.eigh(g)
     lam = np.maximum(lam, 1e-12 * scale)
     root = np.sqrt(lam)

@@ -62,11 +62,13 @@ def is_logits(output_name: str) -> bool:
     return "logit" in output_name.lower()
 
 
-def output_vectors(output_name: str, array: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The vectors an output is compared as (see the module docstring), float64 ``[n, d]``."""
-    a = np.asarray(array, dtype=np.float64)
+def output_vectors(output_name: str, array: np.ndarray, inputs: Mapping[str, np.ndarray],
+                   dtype=np.float64) -> np.ndarray:
+    """The vectors an output is compared as (see the module docstring), ``[n, d]`` (float64 unless
+    ``dtype`` says otherwise)."""
+    a = np.asarray(array, dtype=dtype)
     if a.ndim == 3 and not is_logits(output_name):
-        mask = mask_for(a.shape, inputs)
+        mask = mask_for(a.shape, inputs, dtype)
         if mask is not None:
             w = mask[:, :, None]
             return (a * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
@@ -179,6 +181,87 @@ def held_back(sets: list) -> tuple[list, list]:
     passages is measured on both. Needs at least two sets."""
     step = min(4, len(sets))
     return [c for i, c in enumerate(sets) if i % step != step - 1], list(sets[step - 1::step])
+
+
+PROBE_VECTORS = 512
+"""Output vectors a per-layer sensitivity probe compares at most. An encoder's set of 32
+sentences is 32 vectors; a decoder's set of 8 windows of 128 tokens is 1,024 rows of 49,152
+logits, where the probes of SmolLM2's 210 projections took 7.6 s each (a float64 comparison 5 s
+of it): cut to 512 rows in float32, the same ranking of layers at a fraction of the cost."""
+
+
+class SensitivityProbe:
+    """The input rows per-layer probes run on (the first ``vectors`` output vectors of
+    ``input_sets``) and the original's unit output vectors on them, computed once: ``loss`` of a
+    candidate graph is one run of it and a float32 cosine — many probes differ from the original
+    in one layer each, and their losses are compared with one another, never reported."""
+
+    def __init__(self, original: Graph, input_sets: list[Mapping[str, np.ndarray]], output: str | None = None,
+                 vectors: int = PROBE_VECTORS):
+        from ...ir.interpreter import Interpreter
+
+        run = Interpreter(original)
+        self.output = output or original.outputs[0].name
+        self.inputs, self.unit_ref = [], []
+        have = 0
+        for feed in input_sets:
+            if have >= vectors:
+                break
+            rows = leading_rows(feed)
+            if rows is not None and rows > 1:  # how many vectors a row gives, from one row
+                per_row = self._vectors(run(head_rows(feed, 1)), head_rows(feed, 1)).shape[0]
+                feed = head_rows(feed, max(1, min(rows, -(-(vectors - have) // max(per_row, 1)))))
+            ref = self._vectors(run(feed), feed)
+            self.inputs.append(feed)
+            self.unit_ref.append(ref)
+            have += ref.shape[0]
+
+    def _vectors(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        v = output_vectors(self.output, outputs[self.output], feed, np.float32)
+        n = np.linalg.norm(v, axis=-1, keepdims=True)
+        return np.where(n > 0, v / np.maximum(n, 1e-30), 0.0).astype(np.float32)
+
+    def loss(self, candidate: Graph) -> float:
+        """1 - mean cosine of ``candidate``'s output vectors against the original's."""
+        from ...ir.interpreter import Interpreter
+
+        run = Interpreter(candidate)
+        cos = []
+        for feed, ref in zip(self.inputs, self.unit_ref):
+            new = self._vectors(run(feed), feed)
+            c = (new * ref).sum(-1)
+            both_zero = ~ref.any(-1) & ~new.any(-1)  # two zero vectors (a ReLU row) agree
+            cos.append(np.where(both_zero, 1.0, c))
+        return float(1.0 - np.concatenate(cos).astype(np.float64).mean())
+
+
+def leading_rows(feed: Mapping[str, np.ndarray]) -> int | None:
+    lead = {np.shape(a)[0] if np.ndim(a) else None for a in feed.values()}
+    return lead.pop() if len(lead) == 1 else None
+
+
+def head_rows(feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """The first ``rows`` rows of an input set whose inputs share their leading (batch) axis,
+    without the trailing positions none of those rows uses (padding for a longer row); a set
+    whose inputs share no leading axis stays whole."""
+    n = leading_rows(feed)
+    if not n or rows <= 0 or n <= rows:
+        return dict(feed)
+    return trim_padding({k: np.ascontiguousarray(a[:rows]) for k, a in feed.items()})
+
+
+def trim_padding(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop the trailing positions no row of a batch uses (a batch padded for its longest
+    sentence, cut into smaller ones): the same outputs on the positions that remain."""
+    masks = [a for k, a in feed.items() if "mask" in k.lower() and np.ndim(a) == 2]
+    if len(masks) != 1 or not np.issubdtype(masks[0].dtype, np.number):
+        return feed
+    used = np.flatnonzero(masks[0].any(axis=0))
+    end = int(used[-1]) + 1 if used.size else masks[0].shape[1]
+    if end == masks[0].shape[1] or not np.all(masks[0][:, end:] == 0):
+        return feed
+    seq = masks[0].shape
+    return {k: np.ascontiguousarray(a[:, :end]) if np.ndim(a) == 2 and a.shape == seq else a for k, a in feed.items()}
 
 
 RUIN_COSINE = 0.8

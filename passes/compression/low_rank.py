@@ -28,7 +28,7 @@ the panel width (``quantum=64``) run fastest; see bench/low_rank.py for measured
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from ...ir.verifier import verify
 from ..base import Pass, PassError, PassResult, option, register_pass
 from .activations import input_gram
 from .factorize import METHODS, Spectrum, break_even, saves, spectrum, whitener
-from .fidelity import Fidelity, held_back, measure, reference_outputs, refuse_ruin
+from .fidelity import Fidelity, SensitivityProbe, held_back, measure, reference_outputs, refuse_ruin
 from .low_rank_rewrite import apply_factors
 from .projections import Projection, find_projections, name_matches, name_patterns
 from .rank_allocation import allocate, menu, uniform
@@ -153,19 +153,22 @@ class LowRankModel:
         n = len(self.calibration) if sets is None else sets
         return measure(self.graph, self.apply(ranks), self.calibration[:n], reference=self.reference()[:n])
 
-    def measure_sensitivity(self, probe_sets: int = 1, quantum: int = 1) -> dict[str, float]:
+    def measure_sensitivity(self, probe_sets: int = 1, quantum: int = 1,
+                            say: Callable[[str], None] = lambda _: None) -> dict[str, float]:
         """Per layer: (1 − mean cosine) when it alone is factored at ``PROBE_KEEP`` of its
-        parameters, divided by its predicted relative squared output error at that rank."""
+        parameters (on ``SensitivityProbe``'s rows of the first ``probe_sets`` sets), divided by
+        its predicted relative squared output error at that rank."""
         shapes = {l.name: (l.in_features, l.out_features) for l in self.layers}
-        probe = uniform(shapes, PROBE_KEEP, quantum)
-        for l in self.layers:
-            r = probe[l.name] or quantum
+        ranks = uniform(shapes, PROBE_KEEP, quantum)
+        probe = SensitivityProbe(self.graph, self.calibration[:probe_sets])
+        for i, l in enumerate(self.layers):
+            say(f"sensitivity of layer {i + 1}/{len(self.layers)}")
+            r = ranks[l.name] or quantum
             err = self.spectra[l.name].error(r)
             if err <= 0:
                 self.sensitivity[l.name] = 0.0
                 continue
-            loss = 1.0 - self.fidelity({l.name: r}, probe_sets).mean_cosine
-            self.sensitivity[l.name] = max(loss, 0.0) / err
+            self.sensitivity[l.name] = max(probe.loss(self.apply({l.name: r})), 0.0) / err
         return self.sensitivity
 
     def allocated(self, budget: float, quantum: int = 1, flops: bool = False) -> dict[str, int]:
@@ -251,21 +254,28 @@ class LowRank(Pass):
         if not layers:
             raise PassError("low-rank: no eligible weights (constant 2-D projections large enough to factor"
                             + (f"; skipped: {_skip_summary(skipped)}" if skipped else "; the graph has none") + ")")
-        try:
-            # the whitening is fitted to the inputs' statistics: measured on the sets it saw, the
-            # result flatters itself, so those are held back (fidelity.held_back) when there are two
-            fit, held = held_back(calib) if self.method == "whitened" and len(calib) >= 2 else (calib, calib)
-            model = LowRankModel.build(graph, layers, fit, self.method, self.damping, measure_on=held)
-            ranks, fid, search = self._plan(model, mode, graph, dims)
-            factored = model.apply(ranks)
-            verify(factored)
-        except OptcError as e:
-            raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
-        except (ValueError, np.linalg.LinAlgError) as e:
-            raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
-        if fid is None and any(ranks.values()):
-            inputs = model.calibration or _random_inputs(graph, ctx)
-            fid = measure(graph, factored, inputs)
+        from ...progress import Progress
+
+        with Progress(f"{self.name}: input statistics and spectra of {len(layers)} projections") as progress:
+            def say(text: str) -> None:
+                progress.label = f"{self.name}: {text}"
+
+            try:
+                # the whitening is fitted to the inputs' statistics: measured on the sets it saw, the
+                # result flatters itself, so those are held back (fidelity.held_back) when there are two
+                fit, held = held_back(calib) if self.method == "whitened" and len(calib) >= 2 else (calib, calib)
+                model = LowRankModel.build(graph, layers, fit, self.method, self.damping, measure_on=held)
+                ranks, fid, search = self._plan(model, mode, graph, dims, say)
+                factored = model.apply(ranks)
+                verify(factored)
+            except OptcError as e:
+                raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
+            except (ValueError, np.linalg.LinAlgError) as e:
+                raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
+            if fid is None and any(ranks.values()):
+                say(f"measuring the factored model ({sum(1 for r in ranks.values() if r)} projections factored)")
+                inputs = model.calibration or _random_inputs(graph, ctx)
+                fid = measure(graph, factored, inputs)
         source = ("held-back calibration" if model.calibration is not calib else "calibration") if calib else "random"
         if fid is not None and calib:
             refuse_ruin(self.name, fid, source, ctx, "keep more of the weights (keep=...), or set min_cosine=")
@@ -275,14 +285,15 @@ class LowRank(Pass):
             model.apply(ranks, graph)  # the same rewrite, now on the graph itself
         return PassResult(changed, report)
 
-    def _plan(self, model: LowRankModel, mode: str, graph: Graph, dims) -> tuple[dict[str, int], Fidelity | None, dict]:
+    def _plan(self, model: LowRankModel, mode: str, graph: Graph, dims,
+              say: Callable[[str], None]) -> tuple[dict[str, int], Fidelity | None, dict]:
         """The rank per layer (0: unchanged), its calibration fidelity when measured, and what the
         search tried."""
         q = self.quantum
         if mode == "tolerance":
             return model.within_tolerance(self.tolerance, q), None, {}
         if self.allocation == "sensitivity":
-            model.measure_sensitivity(min(self.probe_sets, len(model.calibration)), q)
+            model.measure_sensitivity(min(self.probe_sets, len(model.calibration)), q, say)
         full = model.params({})
         floor = sum(l.params_at(q) for l in model.layers)
         if mode == "keep":
@@ -292,6 +303,7 @@ class LowRank(Pass):
             return self._at_keep(model, self.keep), None, {}
         if mode == "remove_flops":
             return self._flops_target(model, graph, dims), None, {}
+        say(f"searching the most compression with calibration mean cosine >= {self.min_cosine}")
         return self._search(model)
 
     def _at_keep(self, model: LowRankModel, keep: float) -> dict[str, int]:
