@@ -77,3 +77,28 @@ def test_eval_reports_perplexity(causal_lm, tmp_path, capsys):
     assert fid["perplexity"] == fid["perplexity_reference"] == pytest.approx(hf_ppl, rel=1e-4)
     assert main(["eval", str(path), str(path), "--inputs", str(tmp_path / "in.npz")]) == 0
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_sensitivity_probe_thins_rows_and_agrees_with_compare(causal_lm):
+    """``SensitivityProbe`` (the per-layer probes of low-rank and assign-precision) runs on the
+    first rows that give its vector budget — 12 logits rows per sequence here, so 12 vectors is
+    one sequence, its padding trimmed — and its float32 loss is ``1 - compare``'s mean cosine."""
+    from optc import load_model
+    from optc.ir.interpreter import Interpreter
+    from optc.passes.compression.fidelity import SensitivityProbe, head_rows
+
+    path, feed, _ = causal_lm
+    g = load_model(path)
+    probe = SensitivityProbe(g, [feed], vectors=12)
+    assert [f["input_ids"].shape for f in probe.inputs] == [(1, 12)]
+    assert probe.loss(g) == pytest.approx(0.0, abs=1e-6)
+    noisy = g.clone()
+    w = max((c for c in noisy.constants.values() if c.const is not None and c.const.ndim == 2), key=lambda c: c.const.size)
+    w.const = (w.const * 1.3 + 0.05).astype(np.float32)
+    one = head_rows(feed, 1)
+    want = 1.0 - compare([Interpreter(g).run(one)], [Interpreter(noisy).run(one)], [one]).mean_cosine
+    assert want > 1e-4 and probe.loss(noisy) == pytest.approx(want, rel=1e-4)
+    # the padded second row alone loses its trailing padding
+    pad = {k: v[1:] for k, v in feed.items()}
+    assert head_rows({k: np.concatenate([v[1:], v[1:]]) for k, v in feed.items()}, 1)["input_ids"].shape[1] \
+        == int(pad["attention_mask"].sum())
