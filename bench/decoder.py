@@ -64,8 +64,9 @@ VARIANTS = {
                        "quantize{precision=int8,act=none,include=lm_head,exclude=}",
     # structured compression on the same calibration windows (each measured by perplexity)
     "prune-heads": "default,prune-heads{ratio=0.25}",
-    "prune-ffn": "default,prune-ffn{ratio=0.1}",  # 0.2: held-back logits cosine 0.32, refused
-    "low-rank": "default,low-rank{keep=0.8}",
+    # 0.1: held-back logits cosine 0.73 (perplexity +114%), refused; 0.2: cosine 0.32
+    "prune-ffn": "default,prune-ffn{ratio=0.05}",
+    "low-rank": "default,low-rank{keep=0.9}",  # keep=0.8: perplexity +83%, decode 1.14x fp32
 }
 PROMPT = ("The city council met on Tuesday to discuss the new budget for public transport. After a long "
           "debate, the members agreed that more buses would run in the evening, and that the old tram line")
