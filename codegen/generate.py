@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.errors import InvalidValueError
-from ..ir.decoder import INPUT_IDS, MASK, POSITIONS
+from ..ir.decoder import INPUT_IDS, MASK, POSITIONS, step_inputs
 from .signature import ArtifactError
 
 
@@ -90,26 +90,18 @@ class Generator:
         outs = {s.name: i for i, s in enumerate(self.prefill.outputs)}
         self.logits = outs["logits"]
         # decode's inputs, in order: each past tensor is the previous step's output of the same
-        # present name (main and decode return them in the same order); the others are made
+        # present name (main and decode return them in the same order); the ids, mask and
+        # positions are made for each step (ir/decoder.py step_inputs)
         if [s.name for s in self.decode.outputs] != list(outs):
             raise ArtifactError("the decode step's outputs are not the prefill's (compiled by another optc?)")
         made = (INPUT_IDS, MASK, POSITIONS)
+        for step, takes, allowed in (("prefill", self.prefill.inputs, made), ("decode", self.decode.inputs, (*made, *present_of))):
+            if any(s.name not in allowed for s in takes) or INPUT_IDS not in [s.name for s in takes]:
+                raise ArtifactError(f"the {step} step takes inputs other than input_ids, {MASK}, {POSITIONS}"
+                                    f"{' and the cache' if step == 'decode' else ''}: {', '.join(s.name for s in takes)}")
         self.feed = [outs[present_of[s.name]] if s.name in present_of else s.name for s in self.decode.inputs]
-        odd = [s.name for s in (*self.decode.inputs, *self.prefill.inputs) if s.name not in (*made, *present_of)]
-        if odd or INPUT_IDS not in self.feed:
-            raise ArtifactError("the decode step takes inputs other than input_ids, attention_mask, position_ids and "
-                                f"the cache: {', '.join(s.name for s in self.decode.inputs)}")
-        self.dtypes = {s.name: s.dtype.numpy for s in (*self.prefill.inputs, *self.decode.inputs) if s.name in made}
-
-    def _made(self, name: str, ids: np.ndarray, past: int) -> np.ndarray:
-        """The input ``name`` for tokens ``ids [1, seq]`` after ``past`` cached ones."""
-        if name == INPUT_IDS:
-            a = ids
-        elif name == MASK:
-            a = np.ones((1, past + ids.shape[1]))
-        else:
-            a = np.arange(past, past + ids.shape[1])[None]
-        return a.astype(self.dtypes[name], copy=False)
+        self.prefill_takes = {s.name: s.dtype.numpy for s in self.prefill.inputs}
+        self.decode_takes = {s.name: s.dtype.numpy for s in self.decode.inputs if s.name in made}
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), *,
                  stop_tokens: Sequence[int] = (), on_token: Callable[[int], None] | None = None) -> Generation:
@@ -121,7 +113,7 @@ class Generator:
             raise InvalidValueError("the prompt is empty: generation needs at least one token")
         if max_new_tokens < 1:
             raise InvalidValueError(f"max-new-tokens must be >= 1, got {max_new_tokens}")
-        first = {s.name: self._made(s.name, ids, 0) for s in self.prefill.inputs}
+        first = step_inputs(self.prefill_takes, ids, 0)
         self.prefill.check(first)
         out = Generation([int(t) for t in ids[0]])
         pick, stop = sampling.picker(), set(int(t) for t in stop_tokens)
@@ -140,8 +132,8 @@ class Generator:
                 break
             if len(out.tokens) >= max_new_tokens:
                 break
-            step = np.array([[token]], dtype=np.int64)
-            state = self.decode.run_tensors([state[f] if isinstance(f, int) else self.decode._tensor(self._made(f, step, past))
+            made = step_inputs(self.decode_takes, np.array([[token]], dtype=np.int64), past)
+            state = self.decode.run_tensors([state[f] if isinstance(f, int) else self.decode._tensor(made[f])
                                              for f in self.feed])
             past += 1
             token = pick(state[self.logits].numpy()[0, -1])

@@ -22,7 +22,10 @@ Code generation builds two functions from it, sharing their weights:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import IRError
 from .folding import eliminate_dead_code, fold_graph
@@ -121,6 +124,12 @@ def tie_mask_length(graph: Graph, cache: KVCache) -> Graph:
         return graph
     shape = mask.type.shape
     want = add_dims(cache.past_dim, cache.seq_dim)
+    if mask.type.dtype.is_float:  # steps_inputs feeds 1 for a token: a float mask may be additive (0 / -inf)
+        raise IRError(f"decoder graph {graph.name!r}: input {MASK!r} is {mask.type.dtype.value}; a mask of 0/1 "
+                      "integers or booleans is needed (1: a token, 0: padding)")
+    if want is None:
+        raise IRError(f"decoder graph {graph.name!r}: the past and new-token dims ({cache.past_dim}, "
+                      f"{cache.seq_dim}) do not add up to a dim")
     if shape is None or len(shape) != 2:
         raise IRError(f"decoder graph {graph.name!r}: input {MASK!r} must be [batch, past+seq], got "
                       f"{list(shape) if shape is not None else 'an unknown shape'}")
@@ -137,7 +146,29 @@ def tie_mask_length(graph: Graph, cache: KVCache) -> Graph:
                    for v in graph.inputs if v is not mask):
         raise IRError(f"decoder graph {graph.name!r}: input {MASK!r} must be [batch, past+seq] long (the cache "
                       f"and the new tokens), got [{shape[0]}, {length}]")
-    return bind_dims(graph, {length: want})
+    g = bind_dims(graph, {length: want})
+    g.metadata.pop(f"dim_range.{length}", None)  # the importer's range of a name now gone
+    return g
+
+
+def step_inputs(names: Mapping[str, np.dtype], ids: np.ndarray, past: int) -> dict[str, np.ndarray]:
+    """The inputs of ``names`` (name -> dtype) a step takes besides its cache, for the token ids
+    ``ids [rows, seq]`` after ``past`` cached tokens: the ids, ``attention_mask`` all ones (every
+    position a token) and ``position_ids`` counting from ``past``. Another name raises
+    ``IRError``."""
+    rows, seq = ids.shape
+    out = {}
+    for name, dtype in names.items():
+        if name == INPUT_IDS:
+            a = ids
+        elif name == MASK:
+            a = np.ones((rows, past + seq))
+        elif name == POSITIONS:
+            a = np.broadcast_to(np.arange(past, past + seq), (rows, seq))
+        else:
+            raise IRError(f"a decoder step's input {name!r} is not input_ids, {MASK} or {POSITIONS}")
+        out[name] = np.ascontiguousarray(a, dtype=dtype)
+    return out
 
 
 def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
@@ -179,8 +210,6 @@ def prefill_graph(graph: Graph, cache: KVCache) -> Graph:
 def _shape_without_past(g: Graph, node) -> None:
     """``Shape(past)[start:end]`` (an export reading the batch size off the cache) rebuilt from
     ``input_ids``' batch dim and the constant dims, so the empty past input can go."""
-    import numpy as np
-
     past = node.input(0)
     shape, ids = past.type.shape, g.value(INPUT_IDS)
     rank = len(shape)

@@ -7,12 +7,13 @@ also those the lowering writes as TE with symbolic extents — come out static."
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 from .errors import IRError
 from .folding import fold_graph
 from .graph import Graph
-from .symbolic import substitute_dim
+from .symbolic import Polynomial, substitute_dim
 from .types import Dim, TensorType
 
 
@@ -49,6 +50,9 @@ def bind_dims(graph: Graph, sizes: Mapping[str, Dim]) -> Graph:
     then removes the empty values may ask for (``ir/decoder.py``: a prefill has no past keys),
     or a dim of other symbols (a mask's ``total`` is ``past+seq``)."""
     _check_names(graph, sizes)
+    for name, value in sizes.items():
+        if not isinstance(value, numbers.Integral) and (not isinstance(value, str) or Polynomial.of(value) is None):
+            raise IRError(f"dim {name} cannot be bound to {value!r}: a size or a dim of other names is needed")
     g = graph.clone()
 
     def bind(ty: TensorType | None) -> TensorType | None:

@@ -11,6 +11,7 @@ have equal strings, so dims still compare with ``==``. Anything else (data-depen
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -219,7 +220,7 @@ def substitute_dim(dim: Dim, sizes: Mapping[str, Dim]) -> Dim:
         term = Polynomial({tuple(s for s in syms if s not in sizes): coef})
         for s in syms:
             if s in sizes:
-                value = Polynomial.of(sizes[s])
+                value = Polynomial.of(int(sizes[s]) if isinstance(sizes[s], numbers.Integral) else sizes[s])
                 if value is None:
                     return None
                 term = term * value

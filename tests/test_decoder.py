@@ -154,6 +154,10 @@ def test_a_mask_is_tied_to_the_cache_and_the_new_tokens():
         g, cache = graph(bad)
         with pytest.raises(IRError, match=r"'attention_mask' must be \[batch, past\+seq\] long"):
             prefill_graph(g, cache)
+    g, cache = graph("total")
+    g.value("attention_mask").type = TensorType(DType.FLOAT32, ("batch", "total"))  # an additive mask
+    with pytest.raises(IRError, match="a mask of 0/1 integers or booleans is needed"):
+        decode_graph(g, cache, batch=1)
 
 
 # -- calibrating and compressing a decoder -------------------------------------------------------------------
@@ -410,18 +414,24 @@ def test_onnx_export_with_a_cache_generates_what_pytorch_does(decoder, tmp_path)
     assert out["present.1.key"].shape == (1, 2, 5, 16)
 
 
-def test_masked_steps_run_padded_rows_as_pytorch(decoder):
+@pytest.fixture(scope="module")
+def masked(decoder):
+    from optc.frontend.pytorch import export_decoder
+
+    return export_decoder(decoder[0], attention_mask=True)
+
+
+def test_masked_steps_run_padded_rows_as_pytorch(decoder, masked):
     """``export_decoder(attention_mask=True)`` takes optimum's ``attention_mask [batch, past+seq]``
     and ``position_ids``: a batch whose first row is left-padded, on a filled cache, gives
     PyTorch's logits in the reference interpreter (the mask's length is tied to the cache)."""
     import torch
 
-    from optc.frontend.pytorch import export_decoder
     from optc.ir.decoder import find_kv_cache
     from optc.ir.interpreter import Interpreter
 
     model, _ = decoder
-    g = export_decoder(model, attention_mask=True)
+    g = masked
     cache = find_kv_cache(g)
     assert [v.name for v in g.inputs][:3] == ["input_ids", "attention_mask", "position_ids"]
     assert g.value("attention_mask").shape == ("batch", "past+seq")
@@ -441,6 +451,26 @@ def test_masked_steps_run_padded_rows_as_pytorch(decoder):
     out = Interpreter(g).run({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy(),
                               **{p: t.numpy() for (p, _), t in zip(cache.pairs, past)}})
     np.testing.assert_allclose(out["logits"], ref.logits.numpy(), atol=1e-4)
+
+
+def test_masked_decoder_calibrates_on_token_windows(masked):
+    """``token_windows`` gives a masked step its mask (all ones) and positions (from 0), in the
+    dtypes the graph declares: the same logits as the unmasked step on the same windows."""
+    from optc import datasets
+    from optc.calibration import token_windows
+    from optc.ir.decoder import step_inputs
+    from optc.ir.interpreter import Interpreter
+
+    sets = token_windows(datasets.news_sentences("calib", 40), masked, length=16, batch=4)
+    feed = sets[0]
+    assert feed["attention_mask"].shape == (4, 16) and feed["attention_mask"].dtype == np.int64 and feed["attention_mask"].all()
+    np.testing.assert_array_equal(feed["position_ids"], np.tile(np.arange(16), (4, 1)))
+    out = Interpreter(masked).run(feed)
+    assert np.isfinite(out["logits"]).all() and out["present.0.key"].shape == (4, 2, 16, 16)
+    made = step_inputs({"input_ids": np.int32, "attention_mask": np.bool_, "position_ids": np.int32},
+                       np.array([[7]]), past=5)
+    assert made["attention_mask"].shape == (1, 6) and made["attention_mask"].dtype == np.bool_
+    assert made["position_ids"].tolist() == [[5]] and made["input_ids"].dtype == np.int32
 
 
 def test_optimum_style_onnx_export_generates_what_pytorch_does(decoder, tmp_path):

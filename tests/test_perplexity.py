@@ -98,7 +98,26 @@ def test_sensitivity_probe_thins_rows_and_agrees_with_compare(causal_lm):
     one = head_rows(feed, 1)
     want = 1.0 - compare([Interpreter(g).run(one)], [Interpreter(noisy).run(one)], [one]).mean_cosine
     assert want > 1e-4 and probe.loss(noisy) == pytest.approx(want, rel=1e-4)
-    # the padded second row alone loses its trailing padding
+    # the padded second row alone loses its trailing padding (llama_causal_small pads on the right)
     pad = {k: v[1:] for k, v in feed.items()}
     assert head_rows({k: np.concatenate([v[1:], v[1:]]) for k, v in feed.items()}, 1)["input_ids"].shape[1] \
         == int(pad["attention_mask"].sum())
+
+
+def test_sensitivity_probe_keeps_sets_the_model_fixes_whole():
+    """A model whose batch and sequence length are fixed runs each probe on whole sets (cutting
+    rows or padding would be refused by the input check); a probe that overflows is no match."""
+    from optc.ir import DType, Graph, TensorType
+    from optc.passes.compression.fidelity import SensitivityProbe
+
+    g = Graph("fixed")
+    x = g.add_input("x", TensorType(DType.FLOAT32, (4, 8)))
+    w = g.add_constant(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32))
+    g.set_outputs([g.op("MatMul", x, w)])
+    g.infer_types()
+    feed = {"x": np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32)}
+    probe = SensitivityProbe(g, [feed], vectors=1)
+    assert probe.inputs[0]["x"].shape == (4, 8) and probe.loss(g) == pytest.approx(0.0, abs=1e-6)
+    big = g.clone()
+    next(c for c in big.constants.values() if c.const is not None and c.const.ndim == 2).const *= np.float32(3e38)
+    assert probe.loss(big) == pytest.approx(1.0)  # inf rows: cosine 0, not agreement

@@ -127,8 +127,9 @@ def _traceable_step(model: torch.nn.Module, max_length: int | None, caller: str,
     if not attention_mask:
         return _CacheStep(model, layers), (ids, cache), dynamic, (names, outs)
     # The mask's length is past+seq, which torch.export cannot derive from two dims: it gets a
-    # dim of its own (the model checks past+seq <= total <= past+seq; its lower bound is what the
-    # example sizes imply) and ir/decoder.py ties it to past+seq after import.
+    # dim of its own, which the traced model guards to equal past+seq (two inequalities torch does
+    # not solve into a replacement; its lower bound is the two traced minimums of 2), and
+    # ir/decoder.py ties it to past+seq after import.
     total = torch.export.Dim("total", min=2 * _MIN_TRACED, max=2 * limit)
     length = _EXAMPLE["past"] + _EXAMPLE["seq"]
     mask = torch.ones((_EXAMPLE["batch"], length), dtype=torch.long)

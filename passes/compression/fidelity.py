@@ -112,10 +112,12 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], outputs: Iterable[Map
 
 def token_ids(shape, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """The integer input ``[batch, seq]`` of token ids matching the leading dims of ``shape``
-    (one named like ``input_ids`` first; any other integer one that is not a mask), or None."""
+    (``input_ids`` first, then one named like it; any other integer one that is not a mask or
+    positions), or None."""
     found = [(name, x) for name, x in inputs.items() if np.ndim(x) == 2 and tuple(np.shape(x)) == tuple(shape[:2])
-             and np.issubdtype(np.asarray(x).dtype, np.integer) and "mask" not in name.lower()]
-    found.sort(key=lambda kv: "ids" not in kv[0].lower())
+             and np.issubdtype(np.asarray(x).dtype, np.integer)
+             and "mask" not in name.lower() and "position" not in name.lower()]
+    found.sort(key=lambda kv: (kv[0] != "input_ids", "ids" not in kv[0].lower()))
     return np.asarray(found[0][1]) if found else None
 
 
@@ -184,17 +186,19 @@ def held_back(sets: list) -> tuple[list, list]:
 
 
 PROBE_VECTORS = 512
-"""Output vectors a per-layer sensitivity probe compares at most. An encoder's set of 32
+"""About how many output vectors a per-layer sensitivity probe compares. An encoder's set of 32
 sentences is 32 vectors; a decoder's set of 8 windows of 128 tokens is 1,024 rows of 49,152
 logits, where the probes of SmolLM2's 210 projections took 7.6 s each (a float64 comparison 5 s
-of it): cut to 512 rows in float32, the same ranking of layers at a fraction of the cost."""
+of it): cut to 512 rows in float32, 1.6 s. Whole rows are kept (one row may give more), and a
+set whose batch or sequence length is fixed by the model is used whole."""
 
 
 class SensitivityProbe:
-    """The input rows per-layer probes run on (the first ``vectors`` output vectors of
-    ``input_sets``) and the original's unit output vectors on them, computed once: ``loss`` of a
-    candidate graph is one run of it and a float32 cosine — many probes differ from the original
-    in one layer each, and their losses are compared with one another, never reported."""
+    """The input rows per-layer probes run on (the first rows of ``input_sets`` that give about
+    ``vectors`` output vectors) and the original's unit output vectors on them, computed once:
+    ``loss`` of a candidate graph is one run of it and a float32 cosine — many probes differ from
+    the original in one layer each, and their losses are compared with one another, never
+    reported."""
 
     def __init__(self, original: Graph, input_sets: list[Mapping[str, np.ndarray]], output: str | None = None,
                  vectors: int = PROBE_VECTORS):
@@ -203,64 +207,84 @@ class SensitivityProbe:
         run = Interpreter(original)
         self.output = output or original.outputs[0].name
         self.inputs, self.unit_ref = [], []
+        free_rows, free_seq = _symbolic_axis(original, 0), _symbolic_axis(original, 1)
         have = 0
         for feed in input_sets:
             if have >= vectors:
                 break
-            rows = leading_rows(feed)
-            if rows is not None and rows > 1:  # how many vectors a row gives, from one row
-                per_row = self._vectors(run(head_rows(feed, 1)), head_rows(feed, 1)).shape[0]
-                feed = head_rows(feed, max(1, min(rows, -(-(vectors - have) // max(per_row, 1)))))
+            rows = leading_rows(feed) if free_rows else None
+            if rows is not None and rows > 1:  # how many vectors a (padded) row gives, from one row
+                one = head_rows(feed, 1, trim=False)
+                per_row = self._vectors(run(one), one).shape[0]
+                feed = head_rows(feed, max(1, min(rows, -(-(vectors - have) // max(per_row, 1)))), trim=free_seq)
             ref = self._vectors(run(feed), feed)
             self.inputs.append(feed)
             self.unit_ref.append(ref)
             have += ref.shape[0]
 
     def _vectors(self, outputs: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Unit vectors (zero rows stay zero; a row that is not finite becomes NaN)."""
         v = output_vectors(self.output, outputs[self.output], feed, np.float32)
-        n = np.linalg.norm(v, axis=-1, keepdims=True)
-        return np.where(n > 0, v / np.maximum(n, 1e-30), 0.0).astype(np.float32)
+        n = np.linalg.norm(v.astype(np.float64), axis=-1, keepdims=True)  # float32 norms overflow past ~1e19
+        return np.where(n > 0, v / np.maximum(n, 1e-30), np.where(np.isfinite(n), 0.0, np.nan)).astype(np.float32)
 
     def loss(self, candidate: Graph) -> float:
-        """1 - mean cosine of ``candidate``'s output vectors against the original's."""
+        """1 - mean cosine of ``candidate``'s output vectors against the original's; a vector
+        that is not finite (an overflow) counts as cosine 0, never as agreement."""
         from ...ir.interpreter import Interpreter
 
         run = Interpreter(candidate)
         cos = []
         for feed, ref in zip(self.inputs, self.unit_ref):
             new = self._vectors(run(feed), feed)
-            c = (new * ref).sum(-1)
-            both_zero = ~ref.any(-1) & ~new.any(-1)  # two zero vectors (a ReLU row) agree
+            if new.shape != ref.shape:
+                raise ValueError(f"output {self.output!r}: shapes differ ({new.shape} vs {ref.shape})")
+            finite = np.isfinite(new).all(-1)
+            c = np.where(finite, (np.nan_to_num(new) * ref).sum(-1), 0.0)
+            both_zero = finite & ~ref.any(-1) & ~new.any(-1)  # two zero vectors (a ReLU row) agree
             cos.append(np.where(both_zero, 1.0, c))
         return float(1.0 - np.concatenate(cos).astype(np.float64).mean())
 
 
+def _symbolic_axis(graph: Graph, axis: int) -> bool:
+    """Whether every input of rank > ``axis`` has a dim there that is not fixed (a batch or
+    sequence length an input set may cut)."""
+    return all(v.type.shape is not None and not isinstance(v.type.shape[axis], int)
+               for v in graph.inputs if v.type.shape is None or len(v.type.shape) > axis)
+
+
 def leading_rows(feed: Mapping[str, np.ndarray]) -> int | None:
+    """The leading (batch) size every input of a set shares, or None."""
     lead = {np.shape(a)[0] if np.ndim(a) else None for a in feed.values()}
     return lead.pop() if len(lead) == 1 else None
 
 
-def head_rows(feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """The first ``rows`` rows of an input set whose inputs share their leading (batch) axis,
-    without the trailing positions none of those rows uses (padding for a longer row); a set
-    whose inputs share no leading axis stays whole."""
+def head_rows(feed: Mapping[str, np.ndarray], rows: int, trim: bool = True) -> dict[str, np.ndarray]:
+    """The first ``rows`` rows of an input set whose inputs share their leading (batch) axis
+    (``trim``: without the trailing positions none of those rows uses — padding for a longer
+    row); a set whose inputs share no leading axis stays whole."""
     n = leading_rows(feed)
     if not n or rows <= 0 or n <= rows:
         return dict(feed)
-    return trim_padding({k: np.ascontiguousarray(a[:rows]) for k, a in feed.items()})
+    cut = {k: np.ascontiguousarray(a[:rows]) for k, a in feed.items()}
+    return trim_padding(cut) if trim else cut
 
 
 def trim_padding(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop the trailing positions no row of a batch uses (a batch padded for its longest
-    sentence, cut into smaller ones): the same outputs on the positions that remain."""
-    masks = [a for k, a in feed.items() if "mask" in k.lower() and np.ndim(a) == 2]
-    if len(masks) != 1 or not np.issubdtype(masks[0].dtype, np.number):
+    sentence, cut into smaller ones): the same outputs on the positions that remain. Only where
+    another input is as long as the mask (a decoder's mask also covers its cache: left whole)."""
+    masks = [(k, a) for k, a in feed.items() if "mask" in k.lower() and np.ndim(a) == 2]
+    if len(masks) != 1 or not np.issubdtype(masks[0][1].dtype, np.number):
         return feed
-    used = np.flatnonzero(masks[0].any(axis=0))
-    end = int(used[-1]) + 1 if used.size else masks[0].shape[1]
-    if end == masks[0].shape[1] or not np.all(masks[0][:, end:] == 0):
+    name, mask = masks[0]
+    if not any(k != name and np.shape(a) == mask.shape for k, a in feed.items()):
         return feed
-    seq = masks[0].shape
+    used = np.flatnonzero(mask.any(axis=0))
+    end = int(used[-1]) + 1 if used.size else mask.shape[1]
+    if end == mask.shape[1] or not np.all(mask[:, end:] == 0):
+        return feed
+    seq = mask.shape
     return {k: np.ascontiguousarray(a[:, :end]) if np.ndim(a) == 2 and a.shape == seq else a for k, a in feed.items()}
 
 
