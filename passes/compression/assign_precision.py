@@ -9,7 +9,7 @@
     assign-precision{candidates="int8,bf16,fp32"}      the precisions a layer may get
 
 Sensitivity: each layer alone at each candidate precision, the loss ``1 - mean cosine`` on the
-calibration inputs (``probe_sets`` of them). The plan is the exact solution of the
+first ``probe_sets`` calibration sets, cut to about ``fidelity.PROBE_VECTORS`` output vectors. The plan is the exact solution of the
 multiple-choice knapsack over those losses (``mckp.py``), treating them as additive; the plan is
 then measured, and for a fidelity budget the additive loss budget is bisected so that the
 *measured* cosine meets ``min_cosine`` with as little to spare as the search resolves. Every
@@ -55,7 +55,9 @@ class AssignPrecision(PrecisionOptions, Pass):
     act: str = option("dynamic", "int8 activations: dynamic, static or none (weight-only)")
     act_qmax: int = option(0, "largest int8 activation code: 0 = what the target's kernel multiplies exactly, 127 or 255")
     smooth: float = option(0.5, "int8 activations: SmoothQuant's migration strength alpha on normalized inputs; 0 = off")
-    probe_sets: int = option(1, "calibration input sets each sensitivity probe runs on")
+    probe_sets: int = option(1, "calibration input sets the per-layer sensitivity probes draw from, up to "
+                                    "about 512 output vectors (fidelity.PROBE_VECTORS: a decoder's first set of "
+                                    "windows already gives them)")
     include: str = option("", "only weights whose name matches one of these patterns")
     exclude: str = option("pooler|classifier|lm_head", "skip weights whose name matches one of these patterns")
 

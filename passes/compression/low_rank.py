@@ -217,7 +217,9 @@ class LowRank(Pass):
                              "panels of 64 columns (AVX-512; 16 on AVX2), so quantum=64 there wastes nothing")
     include: str = option("", "only weights whose name matches one of these patterns (a|b*; a word matches as a substring)")
     exclude: str = option("pooler|classifier|lm_head", "skip weights whose name matches one of these patterns")
-    probe_sets: int = option(1, "calibration input sets the per-layer sensitivity probes run on")
+    probe_sets: int = option(1, "calibration input sets the per-layer sensitivity probes draw from, up to "
+                                    "about 512 output vectors (fidelity.PROBE_VECTORS: a decoder's first set of "
+                                    "windows already gives them)")
 
     # -- option checks ------------------------------------------------------------------------
     def _mode(self) -> str:
