@@ -253,7 +253,7 @@ def token_windows(sentences: Sequence[str], model: Any, *, tokenizer_dir: str | 
             if v.name in cache.past_names:
                 empty[v.name] = ([0 if d == cache.past_dim else d for d in v.shape], v.dtype.numpy)
     # optimum-style steps also take a mask (every position a token) and positions (from 0)
-    made = {v.name: v.dtype.numpy for v in getattr(model, "inputs", ()) if v.name in (MASK, POSITIONS)}
+    made = {v.name: v.dtype.numpy for v in input_specs(model) if v.name in (MASK, POSITIONS)}
     sets = []
     for i in range(0, count, rows):
         chunk = np.ascontiguousarray(windows[i:i + rows])

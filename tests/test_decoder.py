@@ -473,7 +473,7 @@ def test_masked_decoder_calibrates_on_token_windows(masked):
     assert made["position_ids"].tolist() == [[5]] and made["input_ids"].dtype == np.int32
 
 
-def test_optimum_style_onnx_export_generates_what_pytorch_does(decoder, tmp_path):
+def test_optimum_style_onnx_export_generates_what_pytorch_does(decoder, tmp_path, capsys):
     """An ONNX step with ``attention_mask`` and ``position_ids`` inputs as optimum exports them
     (``export_decoder_onnx(attention_mask=True)``): compiled, ``Generator`` feeds both (all ones,
     positions from 0), and greedy tokens are PyTorch's — also from a one-token prompt."""
@@ -499,6 +499,17 @@ def test_optimum_style_onnx_export_generates_what_pytorch_does(decoder, tmp_path
             want = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None,
                                   pad_token_id=0)[0, len(prompt):].tolist()
         assert gen.generate(prompt, 10).tokens == want
+    # optc eval reads text into the step's windows, mask and positions made (perplexity of each side)
+    from optc import zoo
+    from optc.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["the weather today is cold and the wind is strong"] * 8))
+    capsys.readouterr()  # the ONNX exporter's own lines
+    assert main(["eval", str(path), str(path), "--inputs", str(text), "--tokenizer", str(zoo.minilm_dir()),
+                 "--max-length", "16", "--json"]) == 0
+    fid = json.loads(capsys.readouterr().out)["fidelity"]
+    assert fid["perplexity"] == pytest.approx(fid["perplexity_reference"]) and fid["perplexity"] > 1
 
 
 # -- the artifact: tokenizer inside, optc generate --------------------------------------------------------
