@@ -124,7 +124,7 @@ def tie_mask_length(graph: Graph, cache: KVCache) -> Graph:
         return graph
     shape = mask.type.shape
     want = add_dims(cache.past_dim, cache.seq_dim)
-    if mask.type.dtype.is_float:  # steps_inputs feeds 1 for a token: a float mask may be additive (0 / -inf)
+    if mask.type.dtype.is_float:  # step_inputs feeds 1 for a token: a float mask may be additive (0 / -inf)
         raise IRError(f"decoder graph {graph.name!r}: input {MASK!r} is {mask.type.dtype.value}; a mask of 0/1 "
                       "integers or booleans is needed (1: a token, 0: padding)")
     if want is None:
