@@ -11,10 +11,10 @@
 Sensitivity: each layer alone at each candidate precision, the loss ``1 - mean cosine`` on the
 first ``probe_sets`` calibration sets, cut to about ``fidelity.PROBE_VECTORS`` output vectors.
 The plan is the exact solution of the multiple-choice knapsack over those losses (``mckp.py``),
-treating them as additive; the plan is
-then measured, and for a fidelity budget the additive loss budget is bisected so that the
-*measured* cosine meets ``min_cosine`` with as little to spare as the search resolves. Every
-candidate plan is measured; the answer is one of them, and the report says what was tried.
+treating them as additive; the plan is then measured, and for a fidelity budget the additive
+loss budget is bisected so that the *measured* cosine meets ``min_cosine`` with as little to
+spare as the search resolves. Every candidate plan is measured; the answer is one of them, and
+the report says what was tried.
 """
 
 from __future__ import annotations
