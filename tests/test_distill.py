@@ -12,7 +12,7 @@ import pytest
 import prune_models as pm
 from optc.ir.verifier import verify
 from optc.passes import PassContext, PassError, PassManager
-from optc.passes.compression.distill import split_batches, trainable_weights
+from optc.passes.compression.distill import length_batches, split_batches, trainable_weights
 from optc.passes.compression.fidelity import measure
 
 
@@ -114,6 +114,42 @@ def test_split_batches_cuts_rows_and_trailing_padding():
     assert np.array_equal(out[1]["input_ids"], ids[2:, :8])
     assert split_batches([{"x": np.zeros((3, 5))}], 8)[0]["x"].shape == (3, 5)
 
+
+
+def test_length_batches_group_rows_by_length_and_compute_the_same():
+    """Rows of all sets sorted by length into batches padded to their own longest row (what a
+    step computes is what it costs); each row's outputs are those it had in its own set."""
+    from optc.ir.interpreter import Interpreter
+
+    lengths = [[3, 12, 5, 12], [11, 4, 12, 6]]
+    sets = []
+    for k, ls in enumerate(lengths):
+        ids = np.random.default_rng(k).integers(1, 1000, (4, 12))
+        mask = (np.arange(12)[None] < np.array(ls)[:, None]).astype(np.int64)
+        sets.append({"input_ids": np.where(mask == 1, ids, 0), "token_type_ids": np.zeros_like(ids),
+                     "attention_mask": mask})
+    out = length_batches(sets, 3)
+    assert [b["attention_mask"].sum(1).tolist() for b in out] == [[3, 4, 5], [6, 11, 12], [12, 12]]
+    assert [b["input_ids"].shape for b in out] == [(3, 5), (3, 12), (2, 12)]
+    assert np.all(out[0]["input_ids"][0, 3:] == 0)  # padded with the tokenizer's padding id
+    g = pm.graph("bert")
+    run = Interpreter(g)
+    first = g.output_names()[0]
+
+    def rows(feeds):
+        got = {}
+        for f in feeds:
+            y = run.run({k: a for k, a in f.items() if k != "token_type_ids"})[first]  # the toy takes none
+            for r in range(len(f["input_ids"])):
+                n = int(f["attention_mask"][r].sum())
+                got[tuple(f["input_ids"][r, :n])] = y[r, :n]
+        return got
+
+    want, have = rows(sets), rows(out)
+    assert want.keys() == have.keys() and len(want) == 8
+    assert all(np.allclose(want[k], have[k], rtol=1e-4, atol=1e-5) for k in want)
+    not_tokens = [{"x": np.zeros((5, 3), np.float32)}]
+    assert [b["x"].shape for b in length_batches(not_tokens, 2)] == [(2, 3), (2, 3), (1, 3)]
 
 # -- slow: MiniLM, 40% of its heads, real text ---------------------------------------------------------
 @pytest.mark.slow
