@@ -9,8 +9,9 @@ import time
 
 
 class Progress:
-    def __init__(self, label: str, *, stream=None, after: float = 2.0, every: float = 10.0):
-        self.label = label
+    def __init__(self, label: str, *, prefix: str = "", stream=None, after: float = 2.0, every: float = 10.0):
+        self.prefix = prefix  # what every label of a long step starts with (a pass's name)
+        self.label = prefix + label
         self.stream = stream or sys.stderr
         self.after = after  # say nothing for steps shorter than this
         self.every = every if not self._tty() else 0.5
@@ -18,6 +19,10 @@ class Progress:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.start = 0.0
         self.shown = False
+
+    def say(self, text: str) -> None:
+        """Show ``text`` (after the prefix) from now on: which stage of a long step runs."""
+        self.label = self.prefix + text
 
     def _tty(self) -> bool:
         return hasattr(self.stream, "isatty") and self.stream.isatty()

@@ -95,10 +95,10 @@ class AssignPrecision(PrecisionOptions, Pass):
         costs = self._cost_table(model, cands, ctx, mode)
         from ...progress import Progress
 
-        with Progress(f"{self.name}: sensitivity of {len(layers)} layers") as progress:
+        with Progress(f"sensitivity of {len(layers)} layers", prefix=f"{self.name}: ") as progress:
             try:
-                sens = self._sensitivity(model, cands, lambda text: setattr(progress, "label", f"{self.name}: {text}"))
-                progress.label = f"{self.name}: measuring the plans of the {mode} budget"
+                sens = self._sensitivity(model, cands, progress.say)
+                progress.say(f"measuring the plans of the {mode} budget")
                 plan, fid, search = self._plan(model, cands, sens, costs, mode)
                 quantized = model.apply(plan)
                 verify(quantized)

@@ -409,8 +409,8 @@ class _Trainer:
         def checkpoint(fid=None) -> bool:
             nonlocal best, best_fid, best_step, stale
             fid = fid or self.evaluate(run.params, holdout, reference)
-            prog.label = (f"distill: step {run.step} (lr {run.lr:g}), held-out cosine {fid.mean_cosine:.4f} "
-                          f"(best {max(fid.mean_cosine, best_fid.mean_cosine):.4f}, before {before.mean_cosine:.4f})")
+            prog.say(f"step {run.step} (lr {run.lr:g}), held-out cosine {fid.mean_cosine:.4f} "
+                     f"(best {max(fid.mean_cosine, best_fid.mean_cosine):.4f}, before {before.mean_cosine:.4f})")
             if fid.mean_cosine > best_fid.mean_cosine:
                 best, best_fid, best_step, stale = {n: p.detach().clone() for n, p in run.params.items()}, fid, run.step, 0
                 return False
@@ -418,7 +418,7 @@ class _Trainer:
             return stale >= o.patience
 
         stopped = "time"
-        with Progress(f"distill: held-out cosine {before.mean_cosine:.4f}") as prog:
+        with Progress(f"held-out cosine {before.mean_cosine:.4f}", prefix=f"{o.name}: ") as prog:
             if run is None:  # lr=auto: a short probe of each rate from the same start, the best continues
                 for lr in LR_CANDIDATES:
                     cand = new_run(lr)
@@ -427,7 +427,7 @@ class _Trainer:
                         pass
                     fid = self.evaluate(cand.params, holdout, reference)
                     probes.append({"lr": lr, "steps": cand.step, "mean_cosine": round(fid.mean_cosine, 6)})
-                    prog.label = f"distill: lr {lr:g} probe, held-out cosine {fid.mean_cosine:.4f}"
+                    prog.say(f"lr {lr:g} probe, held-out cosine {fid.mean_cosine:.4f}")
                     if run is None or fid.mean_cosine > run_fid.mean_cosine:
                         run, run_fid = cand, fid
                 checkpoint(run_fid)

@@ -258,10 +258,8 @@ class LowRank(Pass):
                             + (f"; skipped: {_skip_summary(skipped)}" if skipped else "; the graph has none") + ")")
         from ...progress import Progress
 
-        with Progress(f"{self.name}: input statistics and spectra of {len(layers)} projections") as progress:
-            def say(text: str) -> None:
-                progress.label = f"{self.name}: {text}"
-
+        with Progress(f"input statistics and spectra of {len(layers)} projections", prefix=f"{self.name}: ") as progress:
+            say = progress.say
             try:
                 # the whitening is fitted to the inputs' statistics: measured on the sets it saw, the
                 # result flatters itself, so those are held back (fidelity.held_back) when there are two

@@ -94,9 +94,8 @@ def _run(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info
          compensation_of, ctx) -> PassResult:
     from ...progress import Progress
 
-    plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist,
-                name=p.name)
-    with Progress(f"{p.name}: analysing the {kind} and their calibration activations") as plan.progress:
+    plan = Plan(importance=p.importance, steps=p.steps, refit=p.refit, ridge=p.ridge, seed=0, shortlist=p.shortlist)
+    with Progress(f"analysing the {kind} and their calibration activations", prefix=f"{p.name}: ") as plan.progress:
         result = _select_and_rewrite(p, graph, inputs, kind, sites_of, blocks_of, rewrite, layer_nodes, info, skipped,
                                      t0, compensation_of, ctx, plan)
         plan.say(f"{result.report.get('removed', 0)} {kind} removed")

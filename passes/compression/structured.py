@@ -548,12 +548,11 @@ class Plan:
     shortlist: int = 2
     seed: int = 0
     log: list[dict] = field(default_factory=list)
-    progress: Any = None  # an optc.progress.Progress whose label says which round runs
-    name: str = ""  # the pass, first in every progress label
+    progress: Any = None  # an optc.progress.Progress (prefixed with the pass) that says which round runs
 
     def say(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.label = f"{self.name}: {text}"
+            self.progress.say(text)
 
 
 def score(plan: Plan, probe: Probe, ev: Evaluator, state: State) -> list[np.ndarray]:
