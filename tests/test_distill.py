@@ -61,6 +61,30 @@ def test_distill_never_returns_worse_weights():
     assert all(np.array_equal(v.const, before[n]) for n, v in g.constants.items())
 
 
+
+@pytest.mark.parametrize("decays", [0, 2])
+def test_a_plateau_cuts_the_rate_from_the_best_weights_then_stops(decays):
+    """At a plateau (``patience`` evaluations without a gain) training goes on from the best
+    weights at a third of the rate, ``decays`` times, and only then stops."""
+    import torch
+
+    from optc.passes.compression.distill import _Run
+
+    g = pm.graph("bert")
+    teacher = g.clone()
+    PassManager.parse(PRUNE).run(g, PassContext(calibration=_calib()))
+    spec = f"distill{{steps=200,eval_every=2,patience=1,decays={decays},lr=5}}"  # every step makes it worse
+    rep = PassManager.parse(spec).run(g, PassContext(calibration=_calib(), teacher=teacher)).reports[-1]
+    assert rep["lr_decays"] == decays and rep["stopped"] == "early" and rep["steps"] == 2 * (decays + 1)
+    p = {"w": torch.nn.Parameter(torch.ones(3))}
+    opt = torch.optim.Adam(p.values(), lr=0.3)
+    run = _Run(0.3, p, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0), np.random.default_rng(0))
+    run.decay({"w": np.zeros(3, np.float32)}, 1 / 3)
+    assert p["w"].detach().tolist() == [0, 0, 0] and opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    opt.step()
+    run.sched.step()  # the schedule keeps the cut rate
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1) and run.decays == 1
+
 def test_distill_alone_has_nothing_to_learn():
     g = pm.graph("bert")
     rep = PassManager.parse("distill{steps=10,eval_every=5}").run(g, PassContext(calibration=_calib())).reports[-1]

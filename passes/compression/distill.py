@@ -31,8 +31,9 @@ it computes.
 Generalization: the calibration sets the fitted passes hold back (``fidelity.held_back``) are
 held out (from a single set, one mini-batch in four); the fidelity on it (mean cosine of
 the first output, as every lossy pass reports it) is measured every ``eval_every`` steps, the best
-weights are kept, and training stops after ``patience`` evaluations without improvement, at
-``steps``, or at the ``minutes`` budget. The pass never returns weights worse on the held-out
+weights are kept; after ``patience`` evaluations without improvement training goes on from the
+best weights at a third of the rate (``decays`` times), then stops — or at ``steps``, or at the
+``minutes`` budget. The pass never returns weights worse on the held-out
 batches than the ones it started from.
 
 ``lr=auto`` (default): the right rate depends on where the student starts. MiniLM with 40% of
@@ -65,6 +66,7 @@ EMBEDDING_SLOTS = {"Gather": (0,)}
 LOSSES = ("auto", "cosine", "mse", "kl")
 LR_CANDIDATES = (1e-4, 3e-5, 1e-5)  # lr=auto probes these
 PROBE_STEPS = 20  # steps of each lr=auto probe
+LR_DECAY = 1 / 3  # the rate's cut at a plateau (``decays``)
 MAX_AUGMENTED_LENGTH = 128  # spliced rows of a model with a symbolic sequence length stop here
 
 
@@ -228,7 +230,9 @@ class Distill(Pass):
     temperature: float = option(2.0, "kl: softmax temperature")
     batch: int = option(16, "sequences per step")
     eval_every: int = option(10, "steps between held-out evaluations")
-    patience: int = option(5, "held-out evaluations without improvement before stopping")
+    patience: int = option(5, "held-out evaluations without improvement before the rate is cut (or training stops)")
+    decays: int = option(2, "times the rate is cut by 3, from the best weights so far, when the held-out fidelity "
+                            "stops improving, before training stops")
     embeddings: bool = option(False, "also train embedding tables")
     augment: float = option(0.0, "token-id models: probability of replacing a token in a training batch, which is "
                                  "also spliced with other rows (augment.py; 0: train on the calibration batches as they are)")
@@ -263,6 +267,7 @@ class Distill(Pass):
             graph.constants[name].const = array
         params = sum(int(graph.constants[n].const.size) for n in names)
         report = {"steps": result["steps"], "lr": result["lr"], "lr_probes": result["lr_probes"],
+                  "lr_decays": result["lr_decays"],
                   "train_seconds": round(result["seconds"], 1), "stopped": result["stopped"],
                   "best_step": result["best_step"], "trained_tensors": len(names), "trained_parameters": params,
                   "layer_map": len(hidden), "train_batches": len(train), "holdout_batches": len(holdout),
@@ -291,8 +296,9 @@ class Distill(Pass):
         for key in ("minutes", "temperature"):
             if not getattr(self, key) > 0:
                 raise PassError(f"distill: {key} must be > 0, got {getattr(self, key)}")
-        if self.steps < 0 or self.eval_every < 1 or self.patience < 1 or self.layers < 0:
-            raise PassError("distill: steps >= 0, eval_every >= 1, patience >= 1 and layers >= 0 are required")
+        if self.steps < 0 or self.eval_every < 1 or self.patience < 1 or self.layers < 0 or self.decays < 0:
+            raise PassError("distill: steps >= 0, eval_every >= 1, patience >= 1, layers >= 0 and decays >= 0 "
+                            "are required")
 
 
 def trained_outputs(graph: Graph) -> list[str]:
@@ -409,7 +415,7 @@ class _Trainer:
         def checkpoint(fid=None) -> bool:
             nonlocal best, best_fid, best_step, stale
             fid = fid or self.evaluate(run.params, holdout, reference)
-            prog.say(f"step {run.step} (lr {run.lr:g}), held-out cosine {fid.mean_cosine:.4f} "
+            prog.say(f"step {run.step} (lr {run.opt.param_groups[0]['lr']:g}), held-out cosine {fid.mean_cosine:.4f} "
                      f"(best {max(fid.mean_cosine, best_fid.mean_cosine):.4f}, before {before.mean_cosine:.4f})")
             if fid.mean_cosine > best_fid.mean_cosine:
                 best, best_fid, best_step, stale = {n: p.detach().clone() for n, p in run.params.items()}, fid, run.step, 0
@@ -439,13 +445,17 @@ class _Trainer:
                     stopped = "diverged"
                     break
                 if run.step % o.eval_every == 0 and checkpoint():
-                    stopped = "early"
-                    break
+                    if run.decays >= o.decays:
+                        stopped = "early"
+                        break
+                    run.decay(best if best is not None else self.initial, LR_DECAY)
+                    stale = 0
             if run.step % o.eval_every and stopped != "diverged":
                 checkpoint()
         weights = {n: best[n].numpy() for n in self.names} if best is not None else dict(self.initial)
         return {"weights": weights, "before": before, "after": best_fid, "steps": run.step, "best_step": best_step,
-                "stopped": stopped, "seconds": time.perf_counter() - t0, "lr": run.lr, "lr_probes": probes}
+                "stopped": stopped, "seconds": time.perf_counter() - t0, "lr": run.lr, "lr_probes": probes,
+                "lr_decays": run.decays}
 
 
 @dataclass
@@ -459,6 +469,20 @@ class _Run:
     rng: np.random.Generator
     step: int = 0
     order: list = field(default_factory=list)
+    decays: int = 0
+
+    def decay(self, weights: Mapping, factor: float) -> None:
+        """Go on from ``weights`` (the best so far) at ``factor`` times the rate: a plateau at one
+        rate is often a slope at a smaller one (reduce-on-plateau)."""
+        import torch
+
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(torch.as_tensor(np.asarray(weights[name])))
+        self.sched.base_lrs = [lr * factor for lr in self.sched.base_lrs]
+        for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):
+            group["lr"] = lr * factor
+        self.decays += 1
 
 
 def _probe(graph: Graph, hidden: list[str]) -> Graph:
