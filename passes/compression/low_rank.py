@@ -259,13 +259,12 @@ class LowRank(Pass):
         from ...progress import Progress
 
         with Progress(f"input statistics and spectra of {len(layers)} projections", prefix=f"{self.name}: ") as progress:
-            say = progress.say
             try:
                 # the whitening is fitted to the inputs' statistics: measured on the sets it saw, the
                 # result flatters itself, so those are held back (fidelity.held_back) when there are two
                 fit, held = held_back(calib) if self.method == "whitened" and len(calib) >= 2 else (calib, calib)
                 model = LowRankModel.build(graph, layers, fit, self.method, self.damping, measure_on=held)
-                ranks, fid, search = self._plan(model, mode, graph, dims, say)
+                ranks, fid, search = self._plan(model, mode, graph, dims, progress.say)
                 factored = model.apply(ranks)
                 verify(factored)
             except OptcError as e:
@@ -273,7 +272,7 @@ class LowRank(Pass):
             except (ValueError, np.linalg.LinAlgError) as e:
                 raise PassError(f"low-rank: {' '.join(str(e).split())}") from e
             if fid is None and any(ranks.values()):
-                say(f"measuring the factored model ({sum(1 for r in ranks.values() if r)} projections factored)")
+                progress.say(f"measuring the factored model ({sum(1 for r in ranks.values() if r)} projections factored)")
                 inputs = model.calibration or _random_inputs(graph, ctx)
                 fid = measure(graph, factored, inputs)
         source = ("held-back calibration" if model.calibration is not calib else "calibration") if calib else "random"
