@@ -71,7 +71,9 @@ class Target:
         """Library dispatch, legalization and fusion: Relax ops -> fused TIR functions."""
         from tvm import relax
 
-        return [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        from ..codegen.legalize import LEGALIZE
+
+        return [relax.transform.LegalizeOps(LEGALIZE), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
 
     def schedule_rules(self) -> list:
