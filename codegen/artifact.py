@@ -322,14 +322,17 @@ class Artifact:
         return bool(self.manifest.get("tokenizer"))
 
     def generate(self, prompt, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
-                 seed: int | None = None, tokenizer: str | os.PathLike | None = None, on_text=None):
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                 tokenizer: str | os.PathLike | None = None, on_text=None):
         """Generate text with a decoder artifact: ``prompt`` is text (tokenized with the
         artifact's tokenizer, or ``tokenizer``) or a list of token ids. Greedy by default;
-        ``temperature`` > 0 samples (``top_k``, ``seed``). Stops at the tokenizer's end-of-text
-        token. ``on_text`` receives the decoded text as it grows (streaming). Returns a
+        ``temperature`` > 0 samples (``top_k``, ``top_p``, ``seed``); ``repetition_penalty`` (as
+        Hugging Face's) applies either way (``codegen.generate.Sampling``). Stops at the tokenizer's
+        end-of-text token. ``on_text`` receives the decoded text as it grows (streaming). Returns a
         ``codegen.generate.Generation`` with ``.text`` set when a tokenizer was used."""
         from .generate import Generator, Sampling
 
+        sampling = Sampling(temperature, top_k, seed, top_p, repetition_penalty)  # bad values fail first
         gen = Generator(self.model)
         tok = self._tokenizer(tokenizer) if isinstance(prompt, str) or tokenizer is not None else None
         ids = list(prompt) if tok is None else tok(prompt)["input_ids"]
@@ -341,8 +344,7 @@ class Artifact:
             if on_text is not None and tok is not None:
                 on_text(tok.decode(streamed, skip_special_tokens=True))
 
-        result = gen.generate(ids, max_new_tokens, Sampling(temperature, top_k, seed), stop_tokens=stop,
-                              on_token=on_token)
+        result = gen.generate(ids, max_new_tokens, sampling, stop_tokens=stop, on_token=on_token)
         result.text = tok.decode(result.tokens, skip_special_tokens=True) if tok is not None else None
         return result
 

@@ -44,29 +44,55 @@ class Generation:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is picked: greedy (temperature 0), or sampled from the softmax of
-    ``logits / temperature`` restricted to the ``top_k`` most likely tokens (0: all)."""
+    """How the next token is picked, as Hugging Face's ``generate`` picks it: the logits of every
+    token already in the sequence (prompt included) divided by ``repetition_penalty`` (multiplied
+    where negative), then greedy (temperature 0), or sampled from the softmax of
+    ``logits / temperature`` restricted to the ``top_k`` most likely tokens (0: all) and then to
+    the fewest most likely tokens whose probability adds up to ``top_p`` (nucleus sampling)."""
 
     temperature: float = 0.0
     top_k: int = 0
     seed: int | None = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self):
         if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
             raise InvalidValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise InvalidValueError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not (self.repetition_penalty > 0.0 and np.isfinite(self.repetition_penalty)):
+            raise InvalidValueError(f"repetition penalty must be a finite number > 0, got {self.repetition_penalty}")
 
-    def picker(self) -> Callable[[np.ndarray], int]:
+    def scores(self, logits: np.ndarray, seen: Sequence[int] = ()) -> np.ndarray:
+        """The logits the pick is made from (float64; -inf for tokens that cannot be sampled)."""
+        z = logits.astype(np.float64)
+        if self.repetition_penalty != 1.0 and len(seen):
+            ids = np.unique(np.asarray(seen, dtype=np.int64))
+            z[ids] = np.where(z[ids] < 0, z[ids] * self.repetition_penalty, z[ids] / self.repetition_penalty)
         if self.temperature == 0.0:
-            return lambda logits: int(np.argmax(logits))
+            return z
+        z /= self.temperature
+        if 0 < self.top_k < z.size:
+            z[z < np.partition(z, -self.top_k)[-self.top_k]] = -np.inf
+        if self.top_p < 1.0:
+            order = np.argsort(z, kind="stable")  # ascending, as HF's TopPLogitsWarper
+            p = np.exp(z[order] - z[order[-1]])
+            drop = np.cumsum(p / p.sum()) <= 1.0 - self.top_p
+            drop[-1] = False  # the most likely token always stays
+            z[order[drop]] = -np.inf
+        return z
+
+    def picker(self) -> Callable[[np.ndarray, Sequence[int]], int]:
+        """``pick(logits, seen)``: the next token after the tokens ``seen``."""
+        if self.temperature == 0.0:
+            return lambda logits, seen=(): int(np.argmax(self.scores(logits, seen)))
         rng = np.random.default_rng(self.seed)
 
-        def pick(logits: np.ndarray) -> int:
-            z = logits.astype(np.float64) / self.temperature
-            if 0 < self.top_k < z.size:
-                cut = np.partition(z, -self.top_k)[-self.top_k]
-                z = np.where(z >= cut, z, -np.inf)
+        def pick(logits: np.ndarray, seen: Sequence[int] = ()) -> int:
+            z = self.scores(logits, seen)
             p = np.exp(z - z.max())
             return int(rng.choice(z.size, p=p / p.sum()))
 
@@ -119,12 +145,14 @@ class Generator:
         pick, stop = sampling.picker(), set(int(t) for t in stop_tokens)
         t0 = time.perf_counter()
         state = self.prefill.run_tensors([self.prefill._tensor(first[s.name]) for s in self.prefill.inputs])
-        token = pick(state[self.logits].numpy()[0, -1])
+        seen = list(out.prompt)  # what the repetition penalty looks at
+        token = pick(state[self.logits].numpy()[0, -1], seen)
         out.prefill_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         past = ids.shape[1]
         while True:
             out.tokens.append(token)
+            seen.append(token)
             if on_token is not None:
                 on_token(token)
             if token in stop:
@@ -136,6 +164,6 @@ class Generator:
             state = self.decode.run_tensors([state[f] if isinstance(f, int) else self.decode._tensor(made[f])
                                              for f in self.feed])
             past += 1
-            token = pick(state[self.logits].numpy()[0, -1])
+            token = pick(state[self.logits].numpy()[0, -1], seen)
         out.decode_s = time.perf_counter() - t0
         return out

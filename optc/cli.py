@@ -205,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0,
                      help="0 (default): greedy; above 0: sample from the softmax of logits / temperature")
     gen.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely tokens (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                     help="sample among the fewest most likely tokens whose probabilities add up to P (1: all)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                     help="divide the logits of tokens already in the text by R (as Hugging Face's; 1: off)")
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampling")
     gen.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the one the artifact carries)")
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
@@ -677,7 +681,7 @@ def _cmd_generate(args) -> int:
         shown[0] = len(text)
 
     r = artifact.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          seed=args.seed, tokenizer=args.tokenizer, on_text=None if args.json else stream)
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, tokenizer=args.tokenizer, on_text=None if args.json else stream)
     if args.json:
         print(json.dumps({"prompt": args.prompt, "text": r.text, "tokens": r.tokens, "prompt_tokens": len(r.prompt),
                           "stopped": r.stopped, "prefill_s": r.prefill_s, "decode_s": r.decode_s,

@@ -353,12 +353,49 @@ def test_greedy_generation_is_pytorchs(decoder, compiled):
         r = gen.generate(prompt, 16)
         assert r.tokens == want
         assert r.prefill_s > 0 and r.decode_s > 0 and r.stopped == "length"
+        # the repetition penalty as Hugging Face applies it, to the prompt's tokens and the new ones
+        # (below 1 it favours them: this random model never repeats a token on its own)
+        plain = want
+        with torch.no_grad():
+            want = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0, repetition_penalty=0.5)[0, len(prompt):].tolist()
+        assert want != plain and gen.generate(prompt, 16, Sampling(repetition_penalty=0.5)).tokens == want
     # sampling is reproducible with a seed, and stops at a stop token
     a = gen.generate([101, 2023], 12, Sampling(0.9, 50, seed=3))
     b = gen.generate([101, 2023], 12, Sampling(0.9, 50, seed=3))
     assert a.tokens == b.tokens and len(a.tokens) == 12
     stop = gen.generate([101, 2023], 12, Sampling(0.9, 50, seed=3), stop_tokens=[a.tokens[3]])
     assert stop.tokens == a.tokens[:a.tokens.index(a.tokens[3]) + 1] and stop.stopped == "stop token"
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, penalty", [
+    (0.0, 0, 1.0, 1.3), (0.7, 0, 1.0, 1.0), (1.0, 40, 1.0, 1.0), (0.8, 0, 0.9, 1.0), (1.3, 50, 0.5, 1.2),
+    (1.0, 0, 0.02, 1.0), (0.5, 3, 0.999, 0.8),
+])
+def test_sampling_distribution_is_hugging_faces(temperature, top_k, top_p, penalty):
+    """The logits a token is picked from: Hugging Face's processors (repetition penalty, then
+    temperature, top-k, top-p) give the same tokens the same probability, and the same ones none."""
+    import torch
+    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    from optc.codegen.generate import Sampling
+
+    rng = np.random.default_rng(int(temperature * 100 + top_k + top_p * 10))
+    logits = (rng.standard_normal(500) * 3).astype(np.float32)
+    seen = rng.integers(0, 500, 40).tolist()
+    chain = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)] if penalty != 1.0 else [])
+    if temperature:
+        chain += [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + \
+            ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+    want = chain(torch.tensor([seen]), torch.tensor(logits[None], dtype=torch.float64))[0].numpy()
+    got = Sampling(temperature, top_k, top_p=top_p, repetition_penalty=penalty).scores(logits, seen)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert np.isfinite(got).sum() >= 1
+    if temperature and (top_k or top_p < 1.0):
+        assert np.isfinite(got).sum() < 500  # the case cuts something
+    np.testing.assert_allclose(torch.softmax(torch.tensor(got), 0).numpy(), torch.softmax(torch.tensor(want), 0).numpy(),
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_generate_refuses_bad_requests(compiled):
@@ -372,6 +409,12 @@ def test_generate_refuses_bad_requests(compiled):
         gen.generate([1], 0)
     with pytest.raises(InvalidValueError, match="temperature"):
         Sampling(-1.0)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(InvalidValueError, match="top-p must be in"):
+            Sampling(1.0, top_p=bad)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(InvalidValueError, match="repetition penalty must be"):
+            Sampling(repetition_penalty=bad)
     with pytest.raises(Exception, match="dim 1 .* is 30522|30522"):
         gen.generate([30522], 2)  # a token id outside the vocabulary: the checked gather refuses it
 
@@ -555,6 +598,16 @@ def test_cli_generate(artifact, tmp_path):
     o = run_cli(["generate", str(artifact), "--prompt", "hello", "--max-new-tokens", "0"])
     assert_user_error_or_success(o, "zero tokens")
     assert o.status == 2 and "max-new-tokens must be >= 1" in o.stderr
+    argv = ["generate", str(artifact), "--prompt", "hello", "--max-new-tokens", "4", "--json", "--temperature", "0.8",
+            "--top-k", "50", "--top-p", "0.9", "--repetition-penalty", "1.2", "--seed", "7"]
+    runs = [run_cli(argv) for _ in range(2)]
+    assert all(o.status == 0 for o in runs), runs[0].describe()
+    assert json.loads(runs[0].stdout)["tokens"] == json.loads(runs[1].stdout)["tokens"]  # seeded: the same text
+    for flag, value, message in (("--top-p", "1.5", "top-p must be in (0, 1]"),
+                                 ("--repetition-penalty", "0", "repetition penalty must be a finite number > 0")):
+        o = run_cli(["generate", str(artifact), "--prompt", "hello", flag, value])
+        assert_user_error_or_success(o, f"{flag} {value}")
+        assert o.status == 2 and message in o.stderr, o.describe()
 
 
 def test_cli_generate_on_an_encoder_is_one_line(tmp_path):
