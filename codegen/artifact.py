@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import sha256_file
+from ..ir.errors import InvalidValueError
 from .signature import ArtifactError, Signature
 
 FORMAT = "optc-artifact/2"
@@ -323,19 +324,29 @@ class Artifact:
 
     def generate(self, prompt, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                 tokenizer: str | os.PathLike | None = None, on_text=None):
+                 tokenizer: str | os.PathLike | None = None, chat: bool = False, on_text=None):
         """Generate text with a decoder artifact: ``prompt`` is text (tokenized with the
         artifact's tokenizer, or ``tokenizer``) or a list of token ids. Greedy by default;
         ``temperature`` > 0 samples (``top_k``, ``top_p``, ``seed``); ``repetition_penalty`` (as
         Hugging Face's) applies either way (``codegen.generate.Sampling``). Stops at the tokenizer's
-        end-of-text token. ``on_text`` receives the decoded text as it grows (streaming). Returns a
+        end-of-text token. ``chat``: the text is a user's message, put in the tokenizer's chat
+        template (an instruct model's turn format) with the assistant's turn opened. ``on_text`` receives the decoded text as it grows (streaming). Returns a
         ``codegen.generate.Generation`` with ``.text`` set when a tokenizer was used."""
         from .generate import Generator, Sampling
 
         sampling = Sampling(temperature, top_k, seed, top_p, repetition_penalty)  # bad values fail first
         gen = Generator(self.model)
         tok = self._tokenizer(tokenizer) if isinstance(prompt, str) or tokenizer is not None else None
-        ids = list(prompt) if tok is None else tok(prompt)["input_ids"]
+        if chat:
+            if not isinstance(prompt, str):
+                raise InvalidValueError("a chat prompt is text (a user's message), not token ids")
+            if not getattr(tok, "chat_template", None):
+                raise ArtifactError(f"{tokenizer or self.folder}: the tokenizer has no chat template (not an instruct "
+                                    "model's); generate without --chat")
+            prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        # the template already holds the special tokens the model expects
+        ids = tok(prompt, add_special_tokens=not chat)["input_ids"] if isinstance(prompt, str) else list(prompt)
         stop = [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
         streamed: list[int] = []
 

@@ -211,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="divide the logits of tokens already in the text by R (as Hugging Face's; 1: off)")
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampling")
     gen.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the one the artifact carries)")
+    gen.add_argument("--chat", action="store_true",
+                     help="the prompt is a user's message: put it in the tokenizer's chat template (instruct models)")
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     gen.set_defaults(func=_cmd_generate)
 
@@ -681,7 +683,8 @@ def _cmd_generate(args) -> int:
         shown[0] = len(text)
 
     r = artifact.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, tokenizer=args.tokenizer, on_text=None if args.json else stream)
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          tokenizer=args.tokenizer, chat=args.chat, on_text=None if args.json else stream)
     if args.json:
         print(json.dumps({"prompt": args.prompt, "text": r.text, "tokens": r.tokens, "prompt_tokens": len(r.prompt),
                           "stopped": r.stopped, "prefill_s": r.prefill_s, "decode_s": r.decode_s,

@@ -586,6 +586,34 @@ def test_artifact_generates_from_text(decoder, artifact):
     assert len(seen) == 6 and seen[-1] == r.text
 
 
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_chat_prompt_goes_through_the_tokenizers_template(artifact, tmp_path):
+    """``chat=True``: the user's message in the tokenizer's chat template, the assistant's turn
+    opened, no special tokens added twice; a tokenizer without a template is one clear error."""
+    import shutil
+
+    import optc
+    from optc import zoo
+    from optc.calibration import tokenizer
+    from optc.codegen.signature import ArtifactError
+
+    folder = tmp_path / "chat-tokenizer"
+    shutil.copytree(zoo.minilm_dir(), folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx"))
+    (folder / "chat_template.jinja").write_text(CHATML)
+    a = optc.load(artifact)
+    r = a.generate("what is the weather", 3, tokenizer=folder, chat=True)
+    tok = tokenizer(folder)
+    text = tok.apply_chat_template([{"role": "user", "content": "what is the weather"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n") and "what is the weather" in text
+    assert r.prompt == tok(text, add_special_tokens=False)["input_ids"] and len(r.tokens) == 3
+    with pytest.raises(ArtifactError, match="the tokenizer has no chat template"):
+        a.generate("hello", 2, chat=True)  # the artifact's own (MiniLM's) tokenizer has none
+
+
 def test_cli_generate(artifact, tmp_path):
     from isolation import assert_user_error_or_success, run_cli
 
@@ -603,6 +631,9 @@ def test_cli_generate(artifact, tmp_path):
     runs = [run_cli(argv) for _ in range(2)]
     assert all(o.status == 0 for o in runs), runs[0].describe()
     assert json.loads(runs[0].stdout)["tokens"] == json.loads(runs[1].stdout)["tokens"]  # seeded: the same text
+    o = run_cli(["generate", str(artifact), "--prompt", "hello", "--chat"])
+    assert_user_error_or_success(o, "--chat without a template")
+    assert o.status == 2 and "the tokenizer has no chat template" in o.stderr, o.describe()
     for flag, value, message in (("--top-p", "1.5", "top-p must be in (0, 1]"),
                                  ("--repetition-penalty", "0", "repetition penalty must be a finite number > 0")):
         o = run_cli(["generate", str(artifact), "--prompt", "hello", flag, value])
