@@ -330,9 +330,11 @@ class Artifact:
         ``temperature`` > 0 samples (``top_k``, ``top_p``, ``seed``); ``repetition_penalty`` (as
         Hugging Face's) applies either way (``codegen.generate.Sampling``). Stops at the tokenizer's
         end-of-text token. ``chat``: the text is a user's message, put in the tokenizer's chat
-        template (an instruct model's turn format) with the assistant's turn opened. ``on_text`` receives the decoded text as it grows (streaming). Returns a
-        ``codegen.generate.Generation`` with ``.text`` set when a tokenizer was used."""
-        from .generate import Generator, Sampling
+        template (an instruct model's turn format) with the assistant's turn opened. ``on_text``
+        receives the decoded text as it grows (streaming; ``TextStream``: only where it is
+        stable, each time an extension of the last). Returns a ``codegen.generate.Generation``
+        with ``.text`` set when a tokenizer was used."""
+        from .generate import Generator, Sampling, TextStream
 
         sampling = Sampling(temperature, top_k, seed, top_p, repetition_penalty)  # bad values fail first
         gen = Generator(self.model)
@@ -348,14 +350,15 @@ class Artifact:
         # the template already holds the special tokens the model expects
         ids = tok(prompt, add_special_tokens=not chat)["input_ids"] if isinstance(prompt, str) else list(prompt)
         stop = [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
-        streamed: list[int] = []
+        stream = TextStream(tok) if on_text is not None and tok is not None else None
 
         def on_token(t: int) -> None:
-            streamed.append(t)
-            if on_text is not None and tok is not None:
-                on_text(tok.decode(streamed, skip_special_tokens=True))
+            if stream is not None and (text := stream.push(t)) is not None:
+                on_text(text)
 
         result = gen.generate(ids, max_new_tokens, sampling, stop_tokens=stop, on_token=on_token)
+        if stream is not None and (text := stream.finish()) is not None:
+            on_text(text)
         result.text = tok.decode(result.tokens, skip_special_tokens=True) if tok is not None else None
         return result
 

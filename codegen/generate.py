@@ -99,6 +99,39 @@ class Sampling:
         return pick
 
 
+class TextStream:
+    """The text of a growing list of generated tokens, for streaming: reported only where it is
+    stable — never while a character's bytes are still coming (byte-level BPE splits a Chinese
+    character or an emoji over several tokens; decoded alone, each is U+FFFD) and only as an
+    extension of what was reported before, so a printer can print the new part and never take
+    anything back."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""  # what was reported so far
+
+    def _decode(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+    def push(self, token: int) -> str | None:
+        """The text with ``token``, or None while it is not yet stable (or did not grow)."""
+        self.tokens.append(token)
+        text = self._decode()
+        if text == self.text or text.endswith("\ufffd") or not text.startswith(self.text):
+            return None
+        self.text = text
+        return text
+
+    def finish(self) -> str | None:
+        """The whole text if it differs from the last report (generation stopped mid-character)."""
+        text = self._decode()
+        if text == self.text:
+            return None
+        self.text = text
+        return text
+
+
 class Generator:
     """Runs a compiled decoder (a ``runtime.CompiledModel`` whose signature has a KV cache). A
     step that also takes ``attention_mask`` / ``position_ids`` (optimum's exports) gets them:

@@ -583,7 +583,8 @@ def test_artifact_generates_from_text(decoder, artifact):
         want = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=None,
                               pad_token_id=0)[0, len(ids):].tolist()
     assert r.prompt == ids and r.tokens == want
-    assert len(seen) == 6 and seen[-1] == r.text
+    assert 1 <= len(seen) <= 6 and seen[-1] == r.text
+    assert all(b.startswith(a) for a, b in zip(seen, seen[1:]))
 
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -612,6 +613,43 @@ def test_chat_prompt_goes_through_the_tokenizers_template(artifact, tmp_path):
     assert r.prompt == tok(text, add_special_tokens=False)["input_ids"] and len(r.tokens) == 3
     with pytest.raises(ArtifactError, match="the tokenizer has no chat template"):
         a.generate("hello", 2, chat=True)  # the artifact's own (MiniLM's) tokenizer has none
+
+
+def _byte_level_tokenizer():
+    """A byte-level BPE tokenizer (GPT-2's and SmolLM2's kind) that knows no merges outside
+    ASCII: every byte of a Chinese character or an emoji is its own token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(["hello world, the weather is fine"] * 8, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+
+
+def test_text_stream_reports_whole_characters_only():
+    """Streaming byte-level tokens: each report extends the last and holds no half character
+    (U+FFFD), the reports add up to the decoded text, and a stop mid-character still reports
+    what the tokens decode to."""
+    from optc.codegen.generate import TextStream
+
+    tok = _byte_level_tokenizer()
+    text = "hello 世界, the weather 🙂 is fine"
+    ids = tok(text)["input_ids"] + [tok.eos_token_id]
+    assert len(tok("世界🙂")["input_ids"]) == 10  # a token per byte: 3 + 3 + 4
+    stream, reports = TextStream(tok), []
+    for t in ids:
+        if (r := stream.push(t)) is not None:
+            reports.append(r)
+    assert stream.finish() is None and reports[-1] == text
+    assert all("\ufffd" not in r for r in reports)
+    assert all(b.startswith(a) and b != a for a, b in zip(reports, reports[1:]))
+    cut = TextStream(tok)  # stopped inside 界
+    for t in tok("hello 世界")["input_ids"][:-1]:
+        cut.push(t)
+    assert cut.text == "hello 世" and cut.finish() == tok.decode(tok("hello 世界")["input_ids"][:-1])
 
 
 def test_cli_generate(artifact, tmp_path):
