@@ -339,6 +339,42 @@ class Artifact:
         sampling = Sampling(temperature, top_k, seed, top_p, repetition_penalty)  # bad values fail first
         gen = Generator(self.model)
         tok = self._tokenizer(tokenizer) if isinstance(prompt, str) or tokenizer is not None else None
+        ids = self._prompt_ids(prompt, tok, chat, tokenizer)
+        stream = TextStream(tok) if on_text is not None and tok is not None else None
+
+        def on_token(t: int) -> None:
+            if stream is not None and (text := stream.push(t)) is not None:
+                on_text(text)
+
+        result = gen.generate(ids, max_new_tokens, sampling, stop_tokens=self._stop(tok), on_token=on_token)
+        if stream is not None and (text := stream.finish()) is not None:
+            on_text(text)
+        result.text = tok.decode(result.tokens, skip_special_tokens=True) if tok is not None else None
+        return result
+
+    def generate_batch(self, prompts, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int = 0,
+                       top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                       tokenizer: str | os.PathLike | None = None, chat: bool = False):
+        """``generate`` for several prompts (texts, or lists of token ids) in one batch, left-padded
+        (``codegen.generate.Generator.generate_batch``; a decoder compiled with an attention
+        mask). Returns a ``Generation`` per prompt, in order."""
+        from .generate import Generator, Sampling
+
+        sampling = Sampling(temperature, top_k, seed, top_p, repetition_penalty)
+        gen = Generator(self.model)
+        prompts = list(prompts)
+        texts = any(isinstance(p, str) for p in prompts)
+        tok = self._tokenizer(tokenizer) if texts or tokenizer is not None else None
+        ids = [self._prompt_ids(p, tok, chat, tokenizer) for p in prompts]
+        pad = next((t for t in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)) if t is not None), 0)
+        results = gen.generate_batch(ids, max_new_tokens, sampling, stop_tokens=self._stop(tok), pad_token=pad)
+        for r in results:
+            r.text = tok.decode(r.tokens, skip_special_tokens=True) if tok is not None else None
+        return results
+
+    def _prompt_ids(self, prompt, tok, chat: bool, tokenizer) -> list[int]:
+        """A prompt's token ids: text tokenized (``chat``: as a user's turn in the chat template),
+        ids as they are."""
         if chat:
             if not isinstance(prompt, str):
                 raise InvalidValueError("a chat prompt is text (a user's message), not token ids")
@@ -348,19 +384,11 @@ class Artifact:
             prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         # the template already holds the special tokens the model expects
-        ids = tok(prompt, add_special_tokens=not chat)["input_ids"] if isinstance(prompt, str) else list(prompt)
-        stop = [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
-        stream = TextStream(tok) if on_text is not None and tok is not None else None
+        return tok(prompt, add_special_tokens=not chat)["input_ids"] if isinstance(prompt, str) else list(prompt)
 
-        def on_token(t: int) -> None:
-            if stream is not None and (text := stream.push(t)) is not None:
-                on_text(text)
-
-        result = gen.generate(ids, max_new_tokens, sampling, stop_tokens=stop, on_token=on_token)
-        if stream is not None and (text := stream.finish()) is not None:
-            on_text(text)
-        result.text = tok.decode(result.tokens, skip_special_tokens=True) if tok is not None else None
-        return result
+    @staticmethod
+    def _stop(tok) -> list[int]:
+        return [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
 
     def _tokenizer(self, folder):
         from ..calibration import tokenizer as load_tokenizer

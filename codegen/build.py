@@ -209,18 +209,21 @@ def _lower_with_buckets(graph: Graph, target, checked: bool, buckets: list[dict[
 
 
 def _lower_decoder(graph: Graph, target, checked: bool, cache):
-    """A decoder's two steps (``ir/decoder.py``) as the functions ``main`` (prefill: the prompt,
-    no cache) and ``decode`` (one token of one sequence onto a cache) of one module, sharing
-    their weights.
+    """A decoder's steps (``ir/decoder.py``) as the functions ``main`` (prefill: the prompts, no
+    cache) and ``decode`` (one token of one sequence onto a cache) of one module, sharing their
+    weights — and, for a graph that takes an attention mask (rows of different lengths, padded),
+    ``decode_batch``: one token of each of a batch of sequences.
     Returns the combined ``Lowered`` (``main``'s assumptions) and each step's graph and lowering."""
     from tvm import relax
 
-    from ..ir.decoder import decode_graph, prefill_graph
+    from ..ir.decoder import MASK, decode_graph, prefill_graph
     from .lower import finish_module
 
     bb, shared = relax.BlockBuilder(), {}
     steps = {"main": prepare_graph(prefill_graph(graph, cache)),
              "decode": prepare_graph(decode_graph(graph, cache, batch=1))}
+    if MASK in graph.input_names():
+        steps["decode_batch"] = prepare_graph(decode_graph(graph, cache))
     parts = {name: lower(g, target, checked=checked, builder=bb, name=name, constants=shared)
              for name, g in steps.items()}
     main = parts["main"]
@@ -248,7 +251,8 @@ def build(graph: Graph, target="x86", *, fast_schedules: bool = True, checked: b
 
     A decoder graph with a KV cache (``ir/decoder.py``) builds into two functions sharing their
     weights: ``main`` runs the prompt (``input_ids`` alone, returning the logits and the cache)
-    and ``decode`` one token onto a cache; the signature lists ``decode`` under ``entries``.
+    and ``decode`` one token onto a cache (with an attention mask, ``decode_batch`` one token of
+    each row of a batch too); the signature lists them under ``entries``.
     """
     import tvm
 

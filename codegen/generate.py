@@ -161,6 +161,12 @@ class Generator:
         self.feed = [outs[present_of[s.name]] if s.name in present_of else s.name for s in self.decode.inputs]
         self.prefill_takes = {s.name: s.dtype.numpy for s in self.prefill.inputs}
         self.decode_takes = {s.name: s.dtype.numpy for s in self.decode.inputs if s.name in made}
+        # a decoder with an attention mask also has a step for a batch of rows (codegen/build.py)
+        self.decode_batch = model.step("decode_batch") if "decode_batch" in model.signature.entries else None
+        if self.decode_batch is not None:
+            if [s.name for s in self.decode_batch.inputs] != [s.name for s in self.decode.inputs]:
+                raise ArtifactError("the batched decode step's inputs are not the decode step's")
+            self.batch_takes = {s.name: s.dtype.numpy for s in self.decode_batch.inputs if s.name in made}
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), *,
                  stop_tokens: Sequence[int] = (), on_token: Callable[[int], None] | None = None) -> Generation:
@@ -200,3 +206,79 @@ class Generator:
             token = pick(state[self.logits].numpy()[0, -1], seen)
         out.decode_s = time.perf_counter() - t0
         return out
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
+                       *, stop_tokens: Sequence[int] = (), pad_token: int = 0) -> list[Generation]:
+        """Generate after each of ``prompts`` at once: the prompts left-padded to the longest
+        (``pad_token``; the padding masked out, and each row's positions counting from its own
+        first token, as Hugging Face's batched ``generate`` does), then one decode step a token for
+        every row. A row ends at a stop token; the batch runs until every row ended or has
+        ``max_new_tokens``. The times are the batch's. Needs a decoder whose steps take
+        ``attention_mask`` and ``position_ids`` (``export_decoder(attention_mask=True)``, or an
+        optimum-style ONNX export)."""
+        if self.decode_batch is None or not {MASK, POSITIONS} <= set(self.prefill_takes):
+            raise ArtifactError("batched generation needs a decoder whose steps take attention_mask and position_ids "
+                                "(export_decoder(model, attention_mask=True), or an ONNX export with both inputs)")
+        rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+        if not rows:
+            raise InvalidValueError("no prompts to generate from")
+        for i, r in enumerate(rows):
+            if r.size == 0:
+                raise InvalidValueError(f"prompt {i + 1} is empty: generation needs at least one token")
+        if max_new_tokens < 1:
+            raise InvalidValueError(f"max-new-tokens must be >= 1, got {max_new_tokens}")
+        width = max(r.size for r in rows)
+        ids = np.full((len(rows), width), pad_token, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, width - r.size:], mask[i, width - r.size:] = r, 1
+        positions = np.where(mask == 1, mask.cumsum(1) - 1, 1)  # Hugging Face's value under the padding
+        first = self._typed(self.prefill_takes, {INPUT_IDS: ids, MASK: mask, POSITIONS: positions})
+        self.prefill.check(first)
+        outs = [Generation([int(t) for t in r]) for r in rows]
+        seen = [list(o.prompt) for o in outs]  # what the repetition penalty looks at, row by row
+        pick, stop = sampling.picker(), set(int(t) for t in stop_tokens)
+        t0 = time.perf_counter()
+        state = self.prefill.run_tensors([self.prefill._tensor(first[s.name]) for s in self.prefill.inputs])
+        logits = state[self.logits].numpy()[:, -1]
+        tokens = [pick(logits[i], seen[i]) for i in range(len(rows))]
+        prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lengths = np.array([r.size for r in rows], dtype=np.int64)  # each row's tokens so far
+        batch = list(range(len(rows)))  # the rows still running, in the order the tensors hold them
+        while True:
+            for i, token in zip(batch, tokens):
+                outs[i].tokens.append(token)
+                seen[i].append(token)
+                if token in stop:
+                    outs[i].stopped = "stop token"
+            keep = [j for j, i in enumerate(batch) if outs[i].stopped != "stop token" and len(outs[i].tokens) < max_new_tokens]
+            if not keep:
+                break
+            if len(keep) < len(batch):  # ended rows leave the batch (and their cache rows with them)
+                state = self._keep_rows(state, keep)
+                batch, tokens, mask, lengths = [batch[j] for j in keep], [tokens[j] for j in keep], mask[keep], lengths[keep]
+            # the last row left runs the one-sequence step (its matrix-vector kernels)
+            step, takes = (self.decode, self.decode_takes) if len(batch) == 1 else (self.decode_batch, self.batch_takes)
+            mask = np.concatenate([mask, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
+            made = self._typed(takes, {INPUT_IDS: np.array(tokens, dtype=np.int64)[:, None], MASK: mask,
+                                       POSITIONS: lengths[:, None]})
+            state = step.run_tensors([state[f] if isinstance(f, int) else step._tensor(made[f]) for f in self.feed])
+            lengths += 1
+            logits = state[self.logits].numpy()[:, -1]
+            tokens = [pick(logits[j], seen[i]) for j, i in enumerate(batch)]
+        decode_s = time.perf_counter() - t0
+        for o in outs:
+            o.prefill_s, o.decode_s = prefill_s, decode_s
+        return outs
+
+    def _keep_rows(self, state: list, keep: list[int]) -> dict:
+        """The cache tensors of ``state`` cut to the batch rows ``keep`` (a copy through the host:
+        once per row that ends, not per step)."""
+        cache = [f for f in self.feed if isinstance(f, int)]
+        return {f: self.decode_batch._tensor(np.ascontiguousarray(state[f].numpy()[keep])) for f in cache}
+
+    @staticmethod
+    def _typed(takes: dict, arrays: dict) -> dict[str, np.ndarray]:
+        """The arrays a step takes (``takes``: name -> dtype), in its dtypes."""
+        return {name: np.ascontiguousarray(arrays[name], dtype=dtype) for name, dtype in takes.items()}

@@ -200,7 +200,9 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text with a compiled decoder (KV cache): streamed, with tokens/s")
     gen.add_argument("artifact", help="an artifact folder compiled from a decoder with its KV cache")
-    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--prompt", required=True, action="append",
+                     help="the text to continue; several --prompt run as one batch (a decoder compiled with an "
+                          "attention mask)")
     gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate at most (default 64)")
     gen.add_argument("--temperature", type=float, default=0.0,
                      help="0 (default): greedy; above 0: sample from the softmax of logits / temperature")
@@ -682,18 +684,43 @@ def _cmd_generate(args) -> int:
         sys.stdout.flush()
         shown[0] = len(text)
 
-    r = artifact.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                          tokenizer=args.tokenizer, chat=args.chat, on_text=None if args.json else stream)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, seed=args.seed, tokenizer=args.tokenizer, chat=args.chat)
+    if len(args.prompt) > 1:
+        return _generate_batch(artifact, args, options)
+    r = artifact.generate(args.prompt[0], args.max_new_tokens, **options, on_text=None if args.json else stream)
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "text": r.text, "tokens": r.tokens, "prompt_tokens": len(r.prompt),
-                          "stopped": r.stopped, "prefill_s": r.prefill_s, "decode_s": r.decode_s,
-                          "prefill_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s}))
+        print(json.dumps(_generation_json(args.prompt[0], r)))
         return 0
     print()
     print(f"prefill: {len(r.prompt)} tokens in {r.prefill_s * 1e3:.1f} ms ({r.prefill_tokens_per_s:.0f} tokens/s); "
           f"decode: {len(r.tokens) - 1} tokens in {r.decode_s * 1e3:.1f} ms ({r.decode_tokens_per_s:.1f} tokens/s)"
           f"{'; stopped at the end-of-text token' if r.stopped == 'stop token' else ''}", file=sys.stderr)
+    return 0
+
+
+def _generation_json(prompt: str, r) -> dict:
+    return {"prompt": prompt, "text": r.text, "tokens": r.tokens, "prompt_tokens": len(r.prompt), "stopped": r.stopped,
+            "prefill_s": r.prefill_s, "decode_s": r.decode_s, "prefill_tokens_per_s": r.prefill_tokens_per_s,
+            "decode_tokens_per_s": r.decode_tokens_per_s}
+
+
+def _generate_batch(artifact, args, options: dict) -> int:
+    """Several prompts in one batch: each completion printed under its number (or a JSON list),
+    and the batch's throughput."""
+    results = artifact.generate_batch(args.prompt, args.max_new_tokens, **options)
+    if args.json:
+        print(json.dumps([_generation_json(p, r) for p, r in zip(args.prompt, results)]))
+        return 0
+    for i, r in enumerate(results, 1):
+        print(f"[{i}] {r.text}")
+    prompt_tokens = sum(len(r.prompt) for r in results)
+    steps = max(len(r.tokens) for r in results) - 1
+    new = sum(len(r.tokens) for r in results) - len(results)  # the first token of each comes from the prefill
+    decode_s = results[0].decode_s
+    print(f"prefill: {len(results)} prompts, {prompt_tokens} tokens in {results[0].prefill_s * 1e3:.1f} ms; "
+          f"decode: {steps} steps, {new} tokens in {decode_s * 1e3:.1f} ms "
+          f"({new / decode_s if decode_s else float('nan'):.1f} tokens/s over the batch)", file=sys.stderr)
     return 0
 
 

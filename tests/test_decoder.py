@@ -516,6 +516,89 @@ def test_masked_decoder_calibrates_on_token_windows(masked):
     assert made["position_ids"].tolist() == [[5]] and made["input_ids"].dtype == np.int32
 
 
+def _minilm_ids(text: str) -> list[int]:
+    from optc.calibration import tokenizer
+
+    return tokenizer(None)(text)["input_ids"]
+
+
+def test_batched_generation_is_pytorchs(decoder, masked, tmp_path):
+    """A decoder with an attention mask compiles a third function, ``decode_batch``: prompts of
+    different lengths, left-padded in one batch, give Hugging Face's batched greedy tokens row by
+    row (and each row's own unpadded generation); a row that meets its stop token ends there
+    while the others go on; a decoder without a mask says it cannot batch."""
+    import torch
+
+    from optc.api import optimize
+    from optc.codegen.build import build
+    from optc.codegen.generate import Generator, Sampling
+    from optc.ir.errors import InvalidValueError
+
+    model, _ = decoder
+    g = masked.clone()
+    optimize(g, "default")
+    cm = build(g, "x86")
+    assert sorted(cm.entries) == ["decode", "decode_batch"]
+    assert cm.entries["decode_batch"].inputs[0].shape == ("batch", 1)
+    gen = Generator(cm.load())
+    prompts = [[101, 2023, 2003, 1037, 3231], [101, 7592], [101, 1996, 4248, 2829, 4419, 14523, 2058]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)[:, width:].tolist()
+    got = gen.generate_batch(prompts, 12)
+    assert [r.tokens for r in got] == want
+    assert [r.prompt for r in got] == prompts and all(r.stopped == "length" for r in got)
+    assert [gen.generate(p, 12).tokens for p in prompts] == want
+    # rows that end leave the batch (their cache rows dropped); the last one runs the one-row step
+    for stop in ([want[1][4]], [want[1][4], want[0][2]]):
+        ended = gen.generate_batch(prompts, 12, Sampling(), stop_tokens=stop)
+        for r, w in zip(ended, want):
+            at = [k for k, t in enumerate(w) if t in stop]
+            assert r.tokens == (w[:at[0] + 1] if at else w) and r.stopped == ("stop token" if at else "length")
+        assert sum(r.stopped == "length" for r in ended) >= 1
+    with pytest.raises(InvalidValueError, match="prompt 2 is empty"):
+        gen.generate_batch([[101], []], 4)
+    # optc generate with several --prompt: one batch, each row what it gets alone
+    from isolation import run_cli
+
+    from optc import zoo
+    from optc.codegen.artifact import write_artifact
+
+    write_artifact(cm, tmp_path / "lm", tokenizer=zoo.minilm_dir())
+    texts = ["the weather today is", "hello", "a long sentence about the city council and its budget"]
+    o = run_cli(["generate", str(tmp_path / "lm"), *[a for t in texts for a in ("--prompt", t)], "--max-new-tokens", "6",
+                 "--json"])
+    assert o.status == 0, o.describe()
+    rows = json.loads(o.stdout)
+    assert [r["prompt"] for r in rows] == texts
+    for t, r in zip(texts, rows):
+        assert r["tokens"] == gen.generate(_minilm_ids(t), 6).tokens
+    o = run_cli(["generate", str(tmp_path / "lm"), "--prompt", "the weather", "--prompt", "hi", "--max-new-tokens", "3"])
+    assert o.status == 0 and o.stdout.startswith("[1] ") and "\n[2] " in o.stdout and "over the batch" in o.stderr, \
+        o.describe()
+
+
+def test_batched_generation_needs_a_mask(compiled):
+    from optc.codegen.generate import Generator
+    from optc.codegen.signature import ArtifactError
+
+    gen = Generator(compiled.load())
+    assert gen.decode_batch is None
+    with pytest.raises(ArtifactError, match="batched generation needs a decoder whose steps take attention_mask"):
+        gen.generate_batch([[101, 2023], [101]], 4)
+
+
+def test_cli_batch_on_a_decoder_without_a_mask_is_one_line(artifact):
+    from isolation import assert_user_error_or_success, run_cli
+
+    o = run_cli(["generate", str(artifact), "--prompt", "hello", "--prompt", "the weather"])
+    assert_user_error_or_success(o, "two prompts, no mask")
+    assert o.status == 2 and "batched generation needs a decoder whose steps take attention_mask" in o.stderr
+
+
 def test_optimum_style_onnx_export_generates_what_pytorch_does(decoder, tmp_path, capsys):
     """An ONNX step with ``attention_mask`` and ``position_ids`` inputs as optimum exports them
     (``export_decoder_onnx(attention_mask=True)``): compiled, ``Generator`` feeds both (all ones,
