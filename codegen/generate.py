@@ -4,7 +4,9 @@ A decoder artifact (``ir/decoder.py``, ``codegen/build.py``) has two functions: 
 prompt and returns the logits and the KV cache, ``decode`` takes one token and the cache and
 returns the next logits and the cache one longer. The cache stays in device tensors between steps
 (each step's outputs are the next step's inputs, never copied through numpy); only the last
-position's logits come back to pick the next token. Batch 1. Nothing here imports torch.
+position's logits come back to pick the next token. ``generate`` runs one sequence;
+``generate_batch`` runs several prompts at once, left-padded, through the ``decode_batch`` step a
+decoder with an attention mask also has. Nothing here imports torch.
 """
 
 from __future__ import annotations
